@@ -1,0 +1,14 @@
+"""restr_fast: a fast, trainable ReSTR (convolution-free referring image segmentation)."""
+from . import text
+from .attention import attention_backend
+from .compute import count_macs, count_parameters
+from .config import PRESETS, ReSTRConfig, get_config
+from .losses import LossTerms, loss, loss_terms, patch_labels
+from .models import ReSTR, ReSTROutput, build_model
+from .version import __version__
+
+__all__ = [
+    "ReSTRConfig", "PRESETS", "get_config", "build_model", "ReSTR", "ReSTROutput",
+    "loss", "loss_terms", "LossTerms", "patch_labels", "count_macs", "count_parameters",
+    "attention_backend", "text", "__version__",
+]

@@ -1,0 +1,4 @@
+"""The ReSTR model and its parts."""
+from .restr import ReSTR, ReSTROutput, build_model, check_inputs
+
+__all__ = ["ReSTR", "ReSTROutput", "build_model", "check_inputs"]

@@ -1,0 +1,125 @@
+"""ReSTR: image + sentence -> mask of the referred region (Kim et al., CVPR 2022).
+
+Read top to bottom: vision encoder, language encoder, L2-normalised projections to D, fusion
+encoder, patch prediction with the adaptive classifier (eq. 9), masking (eq. 10), decoder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ReSTRConfig, get_config
+from .blocks import init_weights
+from .decoder import Decoder
+from .fusion import FusionEncoder
+from .head import SeedClassifier
+from .language import LanguageEncoder
+from .vision import VisionEncoder
+
+
+class ReSTROutput(NamedTuple):
+    pixel_logits: torch.Tensor  # (B, 1, H, W)
+    patch_logits: torch.Tensor  # (B, 1, H/P, W/P)
+
+
+class ReSTR(nn.Module):
+    """The ReSTR model of ``config``; see :func:`build_model`."""
+
+    def __init__(self, config: ReSTRConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = VisionEncoder(config)
+        self.language = LanguageEncoder(config)
+        self.visual_proj = nn.Linear(config.vision_dim, config.dim)
+        self.text_proj = nn.Linear(config.dim, config.dim)
+        self.fusion = FusionEncoder(config)
+        self.seed_classifier = SeedClassifier(config)
+        self.decoder = Decoder(config) if config.decoder else None
+        self.visual_proj.apply(init_weights)
+        self.text_proj.apply(init_weights)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> ReSTROutput:
+        """images (B, C, H, W) float, H and W multiples of the patch size; tokens (B, max_words)
+        integer word ids, 0 = padding, at least one word per row."""
+        check_inputs(images, tokens, self.config)
+        B, _, H, W = images.shape
+        h, w = H // self.config.patch_size, W // self.config.patch_size
+        word_mask = tokens != 0  # (B, L)
+
+        visual = self.vision(images)  # (B, N, Dv), N = h*w
+        words = self.language(tokens, word_mask)  # (B, L, D)
+        z_v = self.visual_proj(F.normalize(visual, dim=-1))  # (B, N, D)
+        z_l = self.text_proj(F.normalize(words, dim=-1)) * word_mask.unsqueeze(-1)  # (B, L, D), padding zeroed
+
+        fused, classifier = self.fusion(z_v, z_l, word_mask)  # (B, N, D), (B, D)
+        patch_logits, masked = self.seed_classifier(fused, classifier)  # (B, N), (B, N, D)
+        patch_logits = patch_logits.reshape(B, 1, h, w)
+
+        if self.decoder is None:
+            pixel_logits = F.interpolate(patch_logits, size=(H, W), mode="bilinear", align_corners=False)
+        else:
+            decoder_input = torch.cat([z_v, masked], dim=-1).reshape(B, h, w, -1)  # (B, h, w, 2D)
+            pixel_logits = self.decoder(decoder_input)  # (B, 1, H, W)
+        return ReSTROutput(pixel_logits, patch_logits)
+
+
+def check_inputs(images: torch.Tensor, tokens: torch.Tensor, config: ReSTRConfig) -> None:
+    """Raise a ValueError/TypeError naming what is wrong with a forward pass's inputs.
+
+    Shapes, dtypes and devices are always checked. Token values (ids in range, at least one word
+    per row) are checked for CPU tensors only: on a GPU it would cost a synchronisation per step,
+    and the tokenizer already guarantees them.
+    """
+    if not isinstance(images, torch.Tensor) or not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"images and tokens must be tensors, got {type(images).__name__} and "
+                        f"{type(tokens).__name__}")
+    if images.dim() != 4 or images.shape[1] != config.in_chans:
+        raise ValueError(f"images must have shape (B, {config.in_chans}, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor (normalised pixels), got {images.dtype}")
+    B, _, H, W = images.shape
+    P = config.patch_size
+    if H == 0 or W == 0 or H % P or W % P:
+        raise ValueError(f"image size {H}x{W} is not a positive multiple of the patch size {P}: "
+                         f"resize or letterbox the images to e.g. {config.image_size}x{config.image_size}")
+    if tokens.dim() != 2 or tokens.shape != (B, config.max_words):
+        raise ValueError(f"tokens must have shape (B, max_words) = ({B}, {config.max_words}), got "
+                         f"{tuple(tokens.shape)}: encode sentences with restr_fast.text.Vocabulary.encode")
+    if tokens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"tokens must be int64 (or int32) word ids, got {tokens.dtype}")
+    if tokens.device != images.device:
+        raise ValueError(f"images are on {images.device} but tokens on {tokens.device}")
+    if tokens.device.type == "cpu" and tokens.numel():
+        if int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}), got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        empty = (tokens == 0).all(dim=1).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"token rows {empty} hold only padding: every sentence needs at least one word")
+
+
+def build_model(preset_or_config: str | ReSTRConfig = "restr-b16", *,
+                vision_weights: str | Path | None = None, word_vectors: torch.Tensor | None = None,
+                **overrides: Any) -> ReSTR:
+    """Build a ReSTR model.
+
+    Args:
+        preset_or_config: a preset name (``restr-b16``, ``restr-b16-p8``, ``restr-tiny``) or a
+            :class:`ReSTRConfig`.
+        vision_weights: optional local timm ViT checkpoint for the vision encoder
+            (``.npz``, ``.pth``, ``.safetensors``); never downloaded.
+        word_vectors: optional (vocab_size, word_dim) embedding matrix, e.g. from
+            :func:`restr_fast.text.load_glove`.
+        **overrides: config fields to change, e.g. ``fusion="vme"``, ``image_size=320``.
+    """
+    config = get_config(preset_or_config, **overrides)
+    model = ReSTR(config)
+    if vision_weights is not None:
+        model.vision.load_pretrained(vision_weights)
+    if word_vectors is not None:
+        model.language.load_word_vectors(word_vectors)
+    return model

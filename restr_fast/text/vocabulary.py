@@ -1,0 +1,113 @@
+"""Word <-> id mapping, built from training sentences, saved as one word per line."""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from .tokenizer import tokenize
+
+SPECIAL_TOKENS = ("<pad>", "<go>", "<eos>", "<unk>")
+PAD_INDEX, GO_INDEX, EOS_INDEX, UNK_INDEX = range(len(SPECIAL_TOKENS))
+MAX_WORDS = 20
+
+
+class Vocabulary:
+    """Words in id order: ``<pad>, <go>, <eos>, <unk>``, then the words.
+
+    Args:
+        words: the words after the special tokens, without duplicates or empty strings.
+    """
+
+    def __init__(self, words: Sequence[str]) -> None:
+        words = list(words)
+        problems = [w for w in words if not isinstance(w, str) or not w or w in SPECIAL_TOKENS]
+        if problems:
+            raise ValueError(f"vocabulary words must be non-empty strings other than the special "
+                             f"tokens {SPECIAL_TOKENS}, got {problems[:5]}")
+        duplicates = sorted(w for w, n in Counter(words).items() if n > 1)
+        if duplicates:
+            raise ValueError(f"vocabulary has duplicate words: {duplicates[:5]}")
+        self.words = list(SPECIAL_TOKENS) + words
+        self._index = {word: i for i, word in enumerate(self.words)}
+
+    @classmethod
+    def from_sentences(cls, sentences: Iterable[str], min_count: int = 1,
+                       max_size: int | None = None) -> "Vocabulary":
+        """Words of ``sentences`` seen at least ``min_count`` times, most frequent first (ties
+        alphabetically), at most ``max_size`` ids in all (special tokens included)."""
+        counts = Counter(word for sentence in sentences for word in tokenize(sentence))
+        words = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS),
+                       key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            words = words[: max(max_size - len(SPECIAL_TOKENS), 0)]
+        return cls(words)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        """Read a vocabulary file written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"vocabulary file not found: {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"vocabulary file {path} is not UTF-8 text: {error}") from error
+        if lines and lines[-1] == "":
+            lines.pop()
+        if tuple(lines[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"vocabulary file {path} must start with the lines {SPECIAL_TOKENS}, "
+                             f"got {lines[:len(SPECIAL_TOKENS)]}")
+        try:
+            return cls(lines[len(SPECIAL_TOKENS):])
+        except ValueError as error:
+            raise ValueError(f"vocabulary file {path}: {error}") from error
+
+    def save(self, path: str | Path) -> None:
+        """Write one word per line, in id order (atomically)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join(self.words) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self._index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.words == other.words
+
+    def index(self, word: str) -> int:
+        """The id of ``word``, ``<unk>``'s for unknown words."""
+        return self._index.get(word, UNK_INDEX)
+
+    def encode(self, text: str, max_words: int = MAX_WORDS) -> torch.Tensor:
+        """Token ids of a sentence: (max_words,) int64, left-padded with 0.
+
+        Sentences longer than ``max_words`` keep their first ``max_words`` words (with a warning);
+        a sentence without any word is an error.
+        """
+        words = tokenize(text)
+        if not words:
+            raise ValueError(f"text {text!r} has no words: give a sentence describing the object")
+        if len(words) > max_words:
+            warnings.warn(f"sentence of {len(words)} words truncated to its first {max_words}: {text!r}",
+                          stacklevel=2)
+            words = words[:max_words]
+        ids = [PAD_INDEX] * (max_words - len(words)) + [self.index(w) for w in words]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def encode_batch(self, texts: Sequence[str], max_words: int = MAX_WORDS) -> torch.Tensor:
+        """(len(texts), max_words) int64 ids."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch takes a list of sentences; use encode for one")
+        return torch.stack([self.encode(t, max_words) for t in texts])
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Words of non-padding ids."""
+        return [self.words[int(i)] for i in ids if int(i) != PAD_INDEX]

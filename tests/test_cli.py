@@ -1,0 +1,26 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from restr_fast.cli import main
+
+
+def test_forward_prints_parts_and_shapes(capsys):
+    assert main(["forward", "--config", "restr-tiny", "--text", "the small green square", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "restr-tiny" in out and "fusion" in out and "GMACs" in out
+    assert "pixel_logits (2, 1, 96, 96), patch_logits (2, 1, 12, 12)" in out
+    assert "['the', 'small', 'green', 'square']" in out
+
+
+def test_bad_arguments_give_one_line_errors(capsys):
+    assert main(["forward", "--text", "..."]) == 2
+    assert "error: text '...' has no words" in capsys.readouterr().err
+    assert main(["forward", "--image-size", "100"]) == 2
+    assert "not a multiple of patch_size" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "restr-fast"
+    result = subprocess.run([str(script), "forward", "--help"], capture_output=True, text=True, check=True)
+    assert "--config" in result.stdout

@@ -1,0 +1,43 @@
+"""Compute and parameter counts against the paper's Tables 3 and 5."""
+import pytest
+import torch
+
+from restr_fast import build_model, count_macs, count_parameters
+
+
+def meta_model(**overrides):
+    with torch.device("meta"):
+        return build_model("restr-b16", **overrides)
+
+
+def test_whole_model_macs_match_table_5():
+    macs = count_macs(meta_model(), 320)
+    assert macs == pytest.approx(52.29e9, rel=0.03)
+
+
+@pytest.mark.parametrize("fusion, paper_gmacs", [("cme", 15.96), ("vme", 31.36)])
+def test_fusion_encoder_macs_match_table_3(fusion, paper_gmacs):
+    parts = count_macs(meta_model(fusion=fusion), 480, by_part=True)
+    assert parts["fusion"] == pytest.approx(paper_gmacs * 1e9, rel=0.03)
+    assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+
+
+def test_fusion_parameters_match_table_3():
+    cme = count_parameters(meta_model().fusion)
+    shared = count_parameters(meta_model(weight_sharing=True).fusion)
+    assert cme == pytest.approx(28.35e6, rel=0.01)
+    assert shared == pytest.approx(14.18e6, rel=0.01)
+    assert shared == pytest.approx(cme / 2, rel=0.01)
+
+
+def test_macs_count_the_attention_matmuls_and_scale_with_batch():
+    tiny = build_model("restr-tiny")
+    one = count_macs(tiny, 96)
+    assert count_macs(tiny, 96, batch_size=3) == 3 * one
+    parts = count_macs(tiny, 96, by_part=True)
+    config = tiny.config
+    n = config.grid_size ** 2 + 1  # patch tokens + class token
+    linear = config.vision_depth * 12 * n * config.vision_dim ** 2
+    attention = config.vision_depth * 2 * n * n * config.vision_dim
+    patch_embed = (n - 1) * config.vision_dim * config.in_chans * config.patch_size ** 2
+    assert parts["vision"] == linear + attention + patch_embed

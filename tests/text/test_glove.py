@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from restr_fast.text import PAD_INDEX, UNK_INDEX, Vocabulary, load_glove
+
+VECTORS = {"the": [0.1, 0.2, 0.3], "Red": [1.0, -1.0, 0.5], "red": [2.0, 2.0, 2.0], "dog": [-0.5, 0.25, 4.0],
+           ". . .": [9.0, 9.0, 9.0], "unused": [7.0, 7.0, 7.0]}
+
+
+@pytest.fixture
+def vocabulary():
+    return Vocabulary(["the", "red", "dog", "circle"])
+
+
+@pytest.fixture
+def glove_txt(tmp_path):
+    path = tmp_path / "glove.tiny.3d.txt"
+    lines = [f"{word} {' '.join(str(v) for v in vector)}" for word, vector in VECTORS.items()]
+    path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    return path
+
+
+def test_text_format_fills_the_vocabularys_rows(glove_txt, vocabulary):
+    table = load_glove(glove_txt, vocabulary)
+    assert table.shape == (len(vocabulary), 3) and table.dtype == torch.float32
+    assert not table[PAD_INDEX].any()
+    for word in ("the", "dog"):
+        assert table[vocabulary.index(word)].tolist() == pytest.approx(VECTORS[word])
+    assert table[vocabulary.index("red")].tolist() == pytest.approx(VECTORS["red"])  # exact case wins
+    assert table[vocabulary.index("circle")].abs().sum() > 0  # missing: random
+    torch.testing.assert_close(load_glove(glove_txt, vocabulary, seed=3), load_glove(glove_txt, vocabulary, seed=3))
+
+
+def test_lower_cased_match_and_mean_for_missing(tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_text("Red 1 2 3\nthe 3 2 1\n")
+    vocabulary = Vocabulary(["red", "the", "circle"])
+    table = load_glove(path, vocabulary, missing="mean")
+    assert table[vocabulary.index("red")].tolist() == [1, 2, 3]
+    assert table[vocabulary.index("circle")].tolist() == [2, 2, 2]
+    assert table[UNK_INDEX].tolist() == [2, 2, 2]
+
+
+def test_npy_matrix_with_its_word_list(tmp_path, vocabulary):
+    words = list(VECTORS)
+    np.save(tmp_path / "glove.npy", np.array(list(VECTORS.values()), dtype=np.float32))
+    (tmp_path / "glove.txt").write_text("\n".join(words) + "\n")
+    table = load_glove(tmp_path / "glove.npy", vocabulary, dim=3)
+    assert table[vocabulary.index("dog")].tolist() == pytest.approx(VECTORS["dog"])
+    (tmp_path / "other-words.txt").write_text("\n".join(words[:2]) + "\n")
+    with pytest.raises(ValueError, match="expected \\(2, D\\)"):
+        load_glove(tmp_path / "glove.npy", vocabulary, words_path=tmp_path / "other-words.txt")
+    with pytest.raises(ValueError, match="vectors of size 3, expected 300"):
+        load_glove(tmp_path / "glove.npy", vocabulary, dim=300)
+    np.save(tmp_path / "alone.npy", np.zeros((2, 3)))
+    with pytest.raises(FileNotFoundError, match="word list of .*alone.npy not found"):
+        load_glove(tmp_path / "alone.npy", vocabulary)
+
+
+def test_glove_table_loads_into_a_model(glove_txt, vocabulary):
+    from restr_fast import build_model
+    table = load_glove(glove_txt, vocabulary)
+    model = build_model("restr-tiny", vocab_size=len(vocabulary), word_dim=3, text_heads=1, word_vectors=table)
+    assert torch.equal(model.language.embed.weight.detach(), table)
+
+
+def test_bad_glove_files_are_named(tmp_path, vocabulary):
+    with pytest.raises(FileNotFoundError, match="GloVe file not found"):
+        load_glove(tmp_path / "missing.txt", vocabulary)
+    (tmp_path / "short.txt").write_text("the 1 2 3\nred 1 2\n")
+    with pytest.raises(ValueError, match="short.txt, line 2: expected a word and 3 numbers"):
+        load_glove(tmp_path / "short.txt", vocabulary)
+    (tmp_path / "nan.txt").write_text("the 1 2 3\nred 1 x 3\n")
+    with pytest.raises(ValueError, match="nan.txt, line 2"):
+        load_glove(tmp_path / "nan.txt", vocabulary)
+    (tmp_path / "dim.txt").write_text("the 1 2 3\n")
+    with pytest.raises(ValueError, match="expected a word and 300 numbers"):
+        load_glove(tmp_path / "dim.txt", vocabulary, dim=300)
+    (tmp_path / "none.txt").write_text("zebra 1 2 3\n")
+    with pytest.raises(ValueError, match="none of the 8 vocabulary words has a vector"):
+        load_glove(tmp_path / "none.txt", vocabulary)
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\xfa 1 2\n")
+    with pytest.raises(ValueError, match="not a UTF-8 GloVe text file"):
+        load_glove(tmp_path / "binary.txt", vocabulary)
+    with pytest.raises(ValueError, match="missing must be one of"):
+        load_glove(tmp_path / "none.txt", vocabulary, missing="zero")
