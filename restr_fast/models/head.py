@@ -13,18 +13,46 @@ class SeedClassifier(nn.Module):
 
     With ``patch_projection`` the patches and the classifier each pass a Linear before scoring
     (``proj_patch``/``proj_cls`` of the released code); the masking always applies to z'_v itself.
+    With ``config.fast`` the scoring, sigmoid, masking and concatenation run as one Triton kernel
+    (:func:`restr_fast.kernels.seed_mask`).
     """
 
     def __init__(self, config: ReSTRConfig) -> None:
         super().__init__()
         self.mask_form = config.mask_form
+        self.fast = config.fast
         self.proj_patch = nn.Linear(config.dim, config.dim) if config.patch_projection else nn.Identity()
         self.proj_cls = nn.Linear(config.dim, config.dim) if config.patch_projection else nn.Identity()
         self.apply(init_weights)
 
-    def forward(self, patches: torch.Tensor, classifier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """patches (B, N, D), classifier (B, D) -> patch_logits (B, N), masked patches (B, N, D)."""
+    def forward(self, patches: torch.Tensor, classifier: torch.Tensor,
+                prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """patches (B, N, D), classifier (B, D) -> patch_logits (B, N) and the masked patches (B, N, D),
+        or, with ``prefix`` (B, N, Dp), the decoder's input [prefix, masked] (B, N, Dp + D)."""
+        classifier = self.proj_cls(classifier)  # (B, D)
+        if self.fast:
+            return self._fused(patches, classifier, prefix)
         scale = patches.shape[-1] ** -0.5
-        logits = torch.einsum("bnd,bd->bn", self.proj_patch(patches), self.proj_cls(classifier)) * scale
-        weight = logits.sigmoid() if self.mask_form == "sigmoid" else logits  # (B, N)
-        return logits, patches * weight.unsqueeze(-1)
+        logits = torch.einsum("bnd,bd->bn", self.proj_patch(patches), classifier) * scale  # (B, N)
+        weight = logits.sigmoid() if self.mask_form == "sigmoid" else logits
+        masked = patches * weight.unsqueeze(-1)  # (B, N, D)
+        return logits, masked if prefix is None else torch.cat([prefix, masked], dim=-1)
+
+    def _fused(self, patches: torch.Tensor, classifier: torch.Tensor,
+               prefix: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same in one Triton kernel. proj_patch is folded into the classifier,
+        (z W^T + b) . c = z . (c W) + b . c, so it never runs over the N patches."""
+        from ..kernels import seed_mask
+
+        bias = None
+        if isinstance(self.proj_patch, nn.Linear):
+            bias = classifier @ self.proj_patch.bias  # (B,)
+            classifier = classifier @ self.proj_patch.weight  # (B, D)
+        if torch.is_autocast_enabled(patches.device.type):  # the op is not autocast: pick its dtype here
+            dtype = torch.get_autocast_dtype(patches.device.type)
+            patches, classifier = patches.to(dtype), classifier.to(dtype)
+            prefix = None if prefix is None else prefix.to(dtype)
+        elif prefix is not None:
+            prefix = prefix.to(patches.dtype)
+        classifier = classifier.to(patches.dtype)
+        return seed_mask(patches, classifier, bias=bias, prefix=prefix, mask_form=self.mask_form)

@@ -56,15 +56,16 @@ class ReSTR(nn.Module):
         z_l = self.text_proj(F.normalize(words, dim=-1)) * word_mask.unsqueeze(-1)  # (B, L, D), padding zeroed
 
         fused, classifier = self.fusion(z_v, z_l, word_mask)  # (B, N, D), (B, D)
-        patch_logits, masked = self.seed_classifier(fused, classifier)  # (B, N), (B, N, D)
-        patch_logits = patch_logits.reshape(B, 1, h, w)
-
         if self.decoder is None:
+            patch_logits, _ = self.seed_classifier(fused, classifier)  # (B, N)
+            patch_logits = patch_logits.reshape(B, 1, h, w)
             pixel_logits = F.interpolate(patch_logits, size=(H, W), mode="bilinear", align_corners=False)
-        else:
-            decoder_input = torch.cat([z_v, masked], dim=-1).reshape(B, h, w, -1)  # (B, h, w, 2D)
-            pixel_logits = self.decoder(decoder_input)  # (B, 1, H, W)
-        return ReSTROutput(pixel_logits, patch_logits)
+            return ReSTROutput(pixel_logits, patch_logits)
+
+        # decoder input [z_v, z'_v * y_p]: (B, N, 2D)
+        patch_logits, decoder_input = self.seed_classifier(fused, classifier, prefix=z_v)
+        pixel_logits = self.decoder(decoder_input.reshape(B, h, w, -1))  # (B, 1, H, W)
+        return ReSTROutput(pixel_logits, patch_logits.reshape(B, 1, h, w))
 
 
 def check_inputs(images: torch.Tensor, tokens: torch.Tensor, config: ReSTRConfig) -> None:
@@ -93,7 +94,7 @@ def check_inputs(images: torch.Tensor, tokens: torch.Tensor, config: ReSTRConfig
         raise TypeError(f"tokens must be int64 (or int32) word ids, got {tokens.dtype}")
     if tokens.device != images.device:
         raise ValueError(f"images are on {images.device} but tokens on {tokens.device}")
-    if tokens.device.type == "cpu" and tokens.numel():
+    if tokens.device.type == "cpu" and tokens.numel() and not torch.compiler.is_compiling():
         if int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}), got "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")

@@ -1,0 +1,40 @@
+"""Registering Triton ops with torch.library, and deciding where the kernels can run."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from torch.library import custom_op, triton_op
+
+# Triton decides at import (``@triton.jit``) whether kernels run on its CPU interpreter.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def register_triton_op(name: str, *, fake: Callable) -> Callable:
+    """Register ``fn`` as the op ``name`` (no mutated arguments).
+
+    On a GPU it becomes a ``torch.library.triton_op``: ``torch.compile`` traces into its kernels and
+    ``fn`` serves as its own fake. Under Triton's interpreter ``wrap_triton`` hands back the bare
+    kernel, which cannot be traced, so there the op is an opaque ``custom_op`` whose output shapes
+    come from ``fake``: compiled graphs still call it without a break.
+    """
+    def register(fn: Callable):
+        if INTERPRETED:
+            op = custom_op(name, fn, mutates_args=())
+            op.register_fake(fake)
+            return op
+        return triton_op(name, fn, mutates_args=())
+    return register
+
+
+def kernel_can_run(tensor: torch.Tensor) -> bool:
+    """Whether Triton kernels can run on ``tensor``'s device: CUDA, or the CPU under the interpreter."""
+    return tensor.device.type == "cuda" or (tensor.device.type == "cpu" and INTERPRETED)
+
+
+def unit_stride(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor`` itself when its last dimension is contiguous (kernels take any other strides), else a copy."""
+    if tensor is None or tensor.stride(-1) == 1:
+        return tensor
+    return tensor.contiguous()

@@ -1,0 +1,318 @@
+"""Fused seed-classifier scoring, sigmoid and masking (eqs. 9 and 10 of the paper).
+
+    logits = (patches . classifier + bias) / sqrt(D)           (B, N)
+    masked = patches * sigmoid(logits)    (or * logits)        (B, N, D)
+
+PyTorch needs three passes over the (B, N, D) patches for this, plus a fourth to concatenate
+``[prefix, masked]`` as the decoder's input. The forward kernel reads each row of patches once
+and writes ``masked`` (and the copied prefix) straight into the decoder's input buffer. The
+backward kernel recomputes the scores from the patches instead of storing them, and reduces the
+classifier's gradient per program in fp32 (no atomics: deterministic).
+
+Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton_op`` so that
+``torch.compile`` traces through it without a graph break.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from . import op_registry
+from .op_registry import register_triton_op, unit_stride
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_D = 8192  # one row of patches must fit a block
+
+
+@triton.jit
+def _seed_mask_fwd_kernel(
+    Z, C, BIAS, PREFIX, LOGITS, OUT,
+    N, D, DP, scale,
+    stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
+    HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr,
+):
+    b = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    tile_ok = row_ok[:, None] & (cols < D)[None, :]
+
+    c = tl.load(C + b * stride_cb + cols, mask=cols < D, other=0.0).to(tl.float32)  # (BLOCK_D,)
+    z = tl.load(Z + b * stride_zb + rows[:, None] * stride_zn + cols[None, :], mask=tile_ok,
+                other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
+    s = tl.sum(z * c[None, :], axis=1)  # (BLOCK_N,)
+    if HAS_BIAS:
+        s += tl.load(BIAS + b).to(tl.float32)
+    s = s * scale
+    if SIGMOID:
+        weight = tl.sigmoid(s)
+    else:
+        weight = s
+    tl.store(LOGITS + b * stride_lb + rows, s.to(LOGITS.dtype.element_ty), mask=row_ok)
+    out_rows = OUT + b * stride_ob + rows[:, None] * stride_on  # row starts of [prefix, masked]
+    tl.store(out_rows + DP + cols[None, :], (z * weight[:, None]).to(OUT.dtype.element_ty), mask=tile_ok)
+
+    if HAS_PREFIX:  # the left part of the decoder's input: a copy of the prefix rows
+        pcols = tl.arange(0, BLOCK_DP)
+        prefix_ok = row_ok[:, None] & (pcols < DP)[None, :]
+        p = tl.load(PREFIX + b * stride_pb + rows[:, None] * stride_pn + pcols[None, :], mask=prefix_ok)
+        tl.store(out_rows + pcols[None, :], p, mask=prefix_ok)
+
+
+@triton.jit
+def _seed_mask_bwd_kernel(
+    Z, C, BIAS, GRAD_LOGITS, GRAD_MASKED, GRAD_Z, GRAD_C_PARTIAL, GRAD_BIAS_PARTIAL,
+    N, D, scale, rows_per_program,
+    stride_zb, stride_zn, stride_cb, stride_glb, stride_gln, stride_gmb, stride_gmn, stride_gzb, stride_gzn,
+    stride_gcb, stride_gcs, stride_gbb,
+    HAS_BIAS: tl.constexpr, HAS_GRAD_LOGITS: tl.constexpr, HAS_GRAD_MASKED: tl.constexpr,
+    SIGMOID: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    split = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    c = tl.load(C + b * stride_cb + cols, mask=col_ok, other=0.0).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(BIAS + b).to(tl.float32)
+    grad_c = tl.zeros([BLOCK_D], dtype=tl.float32)
+    grad_bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+
+    first_row = split * rows_per_program
+    for start in range(first_row, first_row + rows_per_program, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        tile_ok = row_ok[:, None] & col_ok[None, :]
+        z = tl.load(Z + b * stride_zb + rows[:, None] * stride_zn + cols[None, :], mask=tile_ok,
+                    other=0.0).to(tl.float32)
+        s = (tl.sum(z * c[None, :], axis=1) + bias) * scale  # recomputed scores (BLOCK_N,)
+        grad_s = tl.zeros([BLOCK_N], dtype=tl.float32)
+        if HAS_GRAD_LOGITS:
+            grad_s += tl.load(GRAD_LOGITS + b * stride_glb + rows * stride_gln, mask=row_ok,
+                              other=0.0).to(tl.float32)
+        if HAS_GRAD_MASKED:
+            if SIGMOID:
+                weight = tl.sigmoid(s)
+                dweight = weight * (1.0 - weight)
+            else:
+                weight = s
+                dweight = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
+            gm = tl.load(GRAD_MASKED + b * stride_gmb + rows[:, None] * stride_gmn + cols[None, :],
+                         mask=tile_ok, other=0.0).to(tl.float32)
+            grad_s += tl.sum(gm * z, axis=1) * dweight
+        grad_dot = tl.where(row_ok, grad_s * scale, 0.0)  # d loss / d (patches . classifier + bias)
+        grad_z = grad_dot[:, None] * c[None, :]
+        if HAS_GRAD_MASKED:
+            grad_z += gm * weight[:, None]
+        tl.store(GRAD_Z + b * stride_gzb + rows[:, None] * stride_gzn + cols[None, :],
+                 grad_z.to(GRAD_Z.dtype.element_ty), mask=tile_ok)
+        grad_c += tl.sum(grad_dot[:, None] * z, axis=0)
+        grad_bias += grad_dot
+
+    tl.store(GRAD_C_PARTIAL + b * stride_gcb + split * stride_gcs + cols, grad_c, mask=col_ok)
+    tl.store(GRAD_BIAS_PARTIAL + b * stride_gbb + split, tl.sum(grad_bias, axis=0))
+
+
+def _blocks(d: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_D): a whole row per block, about 8K elements per tile."""
+    block_d = triton.next_power_of_2(d)
+    return max(1, min(64, 8192 // block_d)), block_d
+
+
+def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device) -> int:
+    """Rows each backward program reduces over: enough programs to fill the GPU about four times,
+    few enough that the (B, splits, D) partial sums stay small."""
+    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    splits = max(1, min(triton.cdiv(n, block_n), triton.cdiv(programs, batch)))
+    return triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+
+
+def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: bool) -> None:
+    """Write logits (B, N) and [prefix, masked] into out (B, N, >= Dp + D): any row strides.
+
+    Read-only inputs stand in for absent optional ones: no tensor is passed twice, so that
+    torch.compile's analysis of what the kernel mutates stays simple."""
+    B, N, D = patches.shape
+    DP = 0 if prefix is None else prefix.shape[-1]
+    block_n, block_d = _blocks(D)
+    prefix_arg = patches if prefix is None else prefix
+    wrap_triton(_seed_mask_fwd_kernel)[(B, triton.cdiv(N, block_n))](
+        patches, classifier, classifier if bias is None else bias, prefix_arg, logits, out,
+        N, D, DP, 1.0 / math.sqrt(D),
+        patches.stride(0), patches.stride(1), classifier.stride(0), prefix_arg.stride(0), prefix_arg.stride(1),
+        logits.stride(0), out.stride(0), out.stride(1),
+        HAS_BIAS=bias is not None, HAS_PREFIX=DP > 0, SIGMOID=sigmoid,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=triton.next_power_of_2(max(DP, 1)),
+    )
+
+
+def _forward_outputs(patches, classifier, bias, prefix, sigmoid):
+    """logits (B, N) and the output (B, N, Dp + D): [prefix, masked], the decoder's input."""
+    B, N, D = patches.shape
+    DP = 0 if prefix is None else prefix.shape[-1]
+    return patches.new_empty((B, N)), patches.new_empty((B, N, DP + D))
+
+
+@register_triton_op("restr_fast::seed_mask", fake=_forward_outputs)
+def _seed_mask_op(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None,
+                  prefix: torch.Tensor | None, sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, out = _forward_outputs(patches, classifier, bias, prefix, sigmoid)
+    _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid)
+    return logits, out
+
+
+def _backward_outputs(patches, classifier, bias, grad_logits, grad_masked, sigmoid):
+    """Gradients of the patches (B, N, D), the classifier (B, D) and the bias (B,) (fp32)."""
+    B, N, D = patches.shape
+    return patches.new_empty((B, N, D)), classifier.new_empty((B, D)), patches.new_empty((B,), dtype=torch.float32)
+
+
+@register_triton_op("restr_fast::seed_mask_backward", fake=_backward_outputs)
+def _seed_mask_backward_op(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None,
+                           grad_logits: torch.Tensor | None, grad_masked: torch.Tensor | None,
+                           sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, N, D = patches.shape
+    block_n, block_d = _blocks(D)
+    rows = _rows_per_program(B, N, block_n, patches.device)
+    splits = triton.cdiv(N, rows)
+    grad_patches = patches.new_empty((B, N, D))
+    grad_c_partial = patches.new_empty((B, splits, D), dtype=torch.float32)
+    grad_bias_partial = patches.new_empty((B, splits), dtype=torch.float32)
+    gl = grad_logits if grad_logits is not None else patches  # read-only stand-ins when absent
+    gm = grad_masked if grad_masked is not None else patches
+    wrap_triton(_seed_mask_bwd_kernel)[(B, splits)](
+        patches, classifier, classifier if bias is None else bias, gl, gm,
+        grad_patches, grad_c_partial, grad_bias_partial,
+        N, D, 1.0 / math.sqrt(D), rows,
+        patches.stride(0), patches.stride(1), classifier.stride(0), gl.stride(0), gl.stride(1),
+        gm.stride(0), gm.stride(1),
+        grad_patches.stride(0), grad_patches.stride(1),
+        grad_c_partial.stride(0), grad_c_partial.stride(1), grad_bias_partial.stride(0),
+        HAS_BIAS=bias is not None, HAS_GRAD_LOGITS=grad_logits is not None,
+        HAS_GRAD_MASKED=grad_masked is not None, SIGMOID=sigmoid, BLOCK_N=block_n, BLOCK_D=block_d,
+    )
+    return grad_patches, grad_c_partial.sum(1).to(classifier.dtype), grad_bias_partial.sum(1)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    patches, classifier, bias, prefix, sigmoid = inputs
+    ctx.save_for_backward(patches, classifier, bias)
+    ctx.sigmoid = sigmoid
+    ctx.prefix_dim = None if prefix is None else prefix.shape[-1]
+
+
+def _backward(ctx, grad_logits, grad_out):
+    patches, classifier, bias = ctx.saved_tensors
+    grad_prefix = grad_masked = None
+    if grad_out is not None:  # upstream gradients may be expanded (zero strides)
+        dp = ctx.prefix_dim or 0
+        grad_masked = unit_stride(grad_out[:, :, dp:])
+        grad_prefix = grad_out[:, :, :dp] if ctx.prefix_dim is not None else None
+    grad_patches, grad_classifier, grad_bias = torch.ops.restr_fast.seed_mask_backward(
+        patches, classifier, bias, grad_logits, grad_masked, ctx.sigmoid)
+    grad_bias = None if bias is None else grad_bias.to(bias.dtype)
+    return grad_patches, grad_classifier, grad_bias, grad_prefix, None
+
+
+_seed_mask_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def seed_mask_reference(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None = None,
+                        mask_form: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor]:
+    """The same op in plain PyTorch: (patch_logits (B, N), masked (B, N, D))."""
+    dots = torch.einsum("bnd,bd->bn", patches, classifier)
+    if bias is not None:
+        dots = dots + bias[:, None]
+    logits = dots * patches.shape[-1] ** -0.5
+    weight = logits.sigmoid() if mask_form == "sigmoid" else logits
+    return logits, patches * weight.unsqueeze(-1)
+
+
+def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor | None = None, *,
+              bias: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
+              mask_form: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch logits and masked patches in one pass.
+
+    Args:
+        patches: (B, N, D) patch tokens z'_v; fp32, fp16 or bf16.
+        classifier: (B, D) adaptive classifier e'_s, same dtype.
+        out: optional (B, N, >=D) tensor (e.g. the right half of the decoder's input buffer); the
+            masked patches are written into ``out[..., :D]``. Not differentiable: for inference.
+        bias: optional (B,) score offset added before the 1/sqrt(D) scaling.
+        prefix: optional (B, N, Dp) tensor placed before the masked patches: the second result is
+            then ``[prefix, masked]`` (B, N, Dp + D), the decoder's input, with no extra pass.
+        mask_form: ``sigmoid`` (paper, eq. 10) or ``logit`` (the released code: the raw score).
+
+    Returns:
+        patch_logits (B, N) = (patches . classifier + bias) / sqrt(D), and the masked patches
+        (B, N, D), or ``[prefix, masked]`` with ``prefix``, or ``out`` with ``out``.
+
+    On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), and for D > 8192,
+    this runs the same computation in plain PyTorch.
+    """
+    _check_inputs(patches, classifier, out, bias, prefix, mask_form)
+    if not op_registry.kernel_can_run(patches) or patches.shape[-1] > MAX_D or patches.numel() == 0:
+        logits, masked = seed_mask_reference(patches, classifier, bias, mask_form)
+        if out is not None:
+            out[..., : patches.shape[-1]].copy_(masked)
+            return logits, out
+        return logits, masked if prefix is None else torch.cat([prefix, masked], dim=-1)
+
+    patches, classifier, prefix = (unit_stride(t) for t in (patches, classifier, prefix))
+    bias = None if bias is None else bias.contiguous()
+    sigmoid = mask_form == "sigmoid"
+    if out is None:
+        return torch.ops.restr_fast.seed_mask(patches, classifier, bias, prefix, sigmoid)
+    logits = patches.new_empty(patches.shape[:2])
+    _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
+    return logits, out
+
+
+def _check_inputs(patches, classifier, out, bias, prefix, mask_form) -> None:
+    if mask_form not in ("sigmoid", "logit"):
+        raise ValueError(f"mask_form must be 'sigmoid' or 'logit', got {mask_form!r}")
+    if not isinstance(patches, torch.Tensor) or patches.dim() != 3:
+        raise ValueError(f"patches must be a (B, N, D) tensor, got {_describe(patches)}")
+    B, N, D = patches.shape
+    if not isinstance(classifier, torch.Tensor) or classifier.shape != (B, D):
+        raise ValueError(f"classifier must have shape (B, D) = ({B}, {D}) to match patches {tuple(patches.shape)}, "
+                         f"got {_describe(classifier)}")
+    for name, tensor, shape in (("bias", bias, (B,)), ("prefix", prefix, None), ("out", out, None)):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+        if shape is not None and tensor.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    if prefix is not None and (prefix.dim() != 3 or prefix.shape[:2] != (B, N)):
+        raise ValueError(f"prefix must have shape (B, N, Dp) = ({B}, {N}, Dp), got {tuple(prefix.shape)}")
+    if out is not None:
+        if out.dim() != 3 or out.shape[:2] != (B, N) or out.shape[2] < D:
+            raise ValueError(f"out must have shape (B, N, >=D) = ({B}, {N}, >={D}), got {tuple(out.shape)}")
+        if prefix is not None:
+            raise ValueError("give either out or prefix, not both")
+        if out.stride(-1) != 1:
+            raise ValueError("out must have unit stride along its last dimension")
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (patches, classifier, bias, out)):
+            raise ValueError("seed_mask(out=...) is for inference (no autograd through out); "
+                             "pass prefix= instead to build the decoder's input differentiably")
+    tensors = {"patches": patches, "classifier": classifier, "bias": bias, "prefix": prefix, "out": out}
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has dtype {tensor.dtype}; seed_mask supports float32, float16 and bfloat16")
+        if tensor is not None and tensor.device != patches.device:
+            raise ValueError(f"{name} is on {tensor.device} but patches on {patches.device}")
+    for name in ("classifier", "prefix", "out"):
+        if tensors[name] is not None and tensors[name].dtype != patches.dtype:
+            raise TypeError(f"{name} has dtype {tensors[name].dtype} but patches {patches.dtype}: "
+                            f"cast them to one dtype")
+
+
+def _describe(value) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__

@@ -1,0 +1,201 @@
+"""The fused seed-classifier kernel against the reference op (DESIGN.md section 6)."""
+import pytest
+import torch
+
+from restr_fast.kernels import op_registry, seed_mask
+from restr_fast.kernels.seed_mask import seed_mask_reference
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (B, N, D): every N of {1, 7, 900, 3600} and D of {64, 96, 300, 768}, odd sizes kept, sized for the interpreter
+SHAPES = [(2, 1, 64), (3, 7, 96), (2, 7, 768), (1, 900, 300), (2, 300, 96), (1, 3600, 64), (1, 61, 768)]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    """Every torch.empty (the kernel's outputs included) is filled with NaN, so an element the
+    kernel forgets to write fails the comparison."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    assert torch.empty(4).isnan().all()
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
+def inputs(B, N, D, dtype=torch.float32, prefix_dim=None, seed=0):
+    generator = torch.Generator(DEVICE).manual_seed(seed)
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, device=DEVICE, dtype=dtype)
+    patches, classifier, bias = rand(B, N, D), rand(B, D), rand(B)
+    prefix = rand(B, N, prefix_dim) if prefix_dim else None
+    return patches, classifier, bias, prefix
+
+
+def run(fn, tensors, grads):
+    """Outputs and the input gradients for upstream gradients ``grads``."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+    outputs = fn(*leaves)
+    torch.autograd.backward([o for o in outputs], [g for g in grads])
+    return [o.detach() for o in outputs], [t.grad if t is not None else None for t in leaves]
+
+
+def reference(mask_form, with_bias=True):
+    def fn(patches, classifier, bias, prefix=None):
+        logits, masked = seed_mask_reference(patches, classifier, bias if with_bias else None, mask_form)
+        return logits, masked if prefix is None else torch.cat([prefix, masked], dim=-1)
+    return fn
+
+
+def fused(mask_form, with_bias=True):
+    def fn(patches, classifier, bias, prefix=None):
+        return seed_mask(patches, classifier, bias=bias if with_bias else None, prefix=prefix, mask_form=mask_form)
+    return fn
+
+
+def assert_within_rule(ours, torch_same_dtype, exact, atol, name):
+    """Tolerance rule: |ours - exact| <= 2 |torch - exact| + atol, element-wise maximum."""
+    ours_error = (ours.double() - exact).abs().max().item()
+    torch_error = (torch_same_dtype.double() - exact).abs().max().item()
+    assert ours_error <= 2 * torch_error + atol, f"{name}: kernel error {ours_error:.3g}, torch error {torch_error:.3g}"
+
+
+@pytest.mark.parametrize("B, N, D", SHAPES)
+@pytest.mark.parametrize("mask_form", ["sigmoid", "logit"])
+def test_forward_and_backward_match_the_reference_fp32(B, N, D, mask_form):
+    tensors = inputs(B, N, D, seed=B * N + D)
+    generator = torch.Generator(DEVICE).manual_seed(1)
+    grads = [torch.randn(B, N, generator=generator, device=DEVICE), torch.randn(B, N, D, generator=generator, device=DEVICE)]
+    exact_in = [t.double() for t in tensors[:3]]
+    (exact_out, exact_grads) = run(reference(mask_form), exact_in, [g.double() for g in grads])
+    (torch_out, torch_grads) = run(reference(mask_form), tensors[:3], grads)
+    (our_out, our_grads) = run(fused(mask_form), tensors[:3], grads)
+    for name, ours, theirs, exact in zip(("logits", "masked"), our_out, torch_out, exact_out):
+        assert ours.dtype == torch.float32 and ours.shape == exact.shape
+        assert_within_rule(ours, theirs, exact, 1e-5, name)
+    for name, ours, theirs, exact in zip(("patches", "classifier", "bias"), our_grads, torch_grads, exact_grads):
+        assert_within_rule(ours, theirs, exact, 1e-5 * max(1.0, N ** 0.5), f"grad {name}")
+
+
+@pytest.mark.parametrize("mask_form", ["sigmoid", "logit"])
+def test_prefix_builds_the_decoders_input(mask_form):
+    B, N, D, DP = 2, 37, 96, 72
+    tensors = inputs(B, N, D, prefix_dim=DP)
+    grads = [torch.randn(B, N, device=DEVICE), torch.randn(B, N, DP + D, device=DEVICE)]
+    exact_out, exact_grads = run(reference(mask_form), [t.double() for t in tensors], [g.double() for g in grads])
+    our_out, our_grads = run(fused(mask_form), tensors, grads)
+    assert our_out[1].shape == (B, N, DP + D)
+    assert torch.equal(our_out[1][..., :DP], tensors[3])  # a plain copy
+    for ours, exact in zip(our_out + our_grads, exact_out + exact_grads):
+        torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
+    assert torch.equal(our_grads[3], grads[1][..., :DP])
+
+
+def test_without_bias_and_with_one_output_used():
+    B, N, D = 2, 9, 64
+    patches, classifier, _, _ = inputs(B, N, D)
+    for pick in (0, 1):
+        leaves = [t.clone().requires_grad_() for t in (patches, classifier)]
+        exact = [t.double().detach().requires_grad_() for t in (patches, classifier)]
+        seed_mask(*leaves)[pick].sum().backward()
+        seed_mask_reference(*exact)[pick].sum().backward()
+        for ours, ref in zip(leaves, exact):
+            torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_out_writes_into_the_decoder_buffer():
+    B, N, D = 2, 13, 96
+    patches, classifier, bias, _ = inputs(B, N, D)
+    buffer = torch.full((B, N, 2 * D + 3), float("nan"), device=DEVICE)
+    logits, result = seed_mask(patches, classifier, buffer[..., D:], bias=bias)
+    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.double())
+    assert result.data_ptr() == buffer[..., D:].data_ptr()
+    torch.testing.assert_close(buffer[..., D: 2 * D].double(), exact_masked, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5)
+    assert buffer[..., :D].isnan().all() and buffer[..., 2 * D:].isnan().all()  # nothing else touched
+    with pytest.raises(ValueError, match="for inference"):
+        seed_mask(patches.requires_grad_(), classifier, buffer[..., D:])
+
+
+def test_non_contiguous_inputs():
+    B, N, D = 2, 11, 64
+    wide = torch.randn(B, N, 3 * D, device=DEVICE)
+    patches = wide[..., D: 2 * D]  # row stride 3D
+    transposed = torch.randn(B, D, N, device=DEVICE).transpose(1, 2)  # channel stride N
+    classifier = torch.randn(D, B, device=DEVICE).t()
+    for p in (patches, transposed):
+        logits, masked = seed_mask(p, classifier)
+        exact_logits, exact_masked = seed_mask_reference(p.double(), classifier.double())
+        torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(masked.double(), exact_masked, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
+    monkeypatch.setattr(op_registry, "INTERPRETED", False)
+    monkeypatch.setattr(torch.ops.restr_fast, "seed_mask", None)  # the kernel must not be called
+    patches, classifier, bias, prefix = (t.cpu() for t in inputs(2, 5, 64, prefix_dim=8))
+    logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
+    exact_logits, exact_masked = seed_mask_reference(patches, classifier, bias)
+    torch.testing.assert_close(logits, exact_logits)
+    torch.testing.assert_close(out, torch.cat([prefix, exact_masked], -1))
+
+
+def test_compiled_function_traces_through_the_op_without_graph_breaks():
+    B, N, D = 2, 9, 64
+    patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=16)
+
+    def head(patches, classifier, bias, prefix):
+        logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
+        return logits.sigmoid(), out * 2
+
+    backend = "inductor" if DEVICE == "cuda" else "aot_eager"  # inductor has no CPU path for Triton ops
+    compiled = torch.compile(head, fullgraph=True, backend=backend)
+    grads = [torch.randn(B, N, device=DEVICE), torch.randn(B, N, 16 + D, device=DEVICE)]
+    eager_out, eager_grads = run(head, [patches, classifier, bias, prefix], grads)
+    comp_out, comp_grads = run(compiled, [patches, classifier, bias, prefix], grads)
+    for a, b in zip(eager_out + eager_grads, comp_out + comp_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda z, c: seed_mask(z[0], c), ValueError, r"patches must be a \(B, N, D\) tensor"),
+    (lambda z, c: seed_mask(z, c[:1]), ValueError, r"classifier must have shape \(B, D\) = \(2, 64\)"),
+    (lambda z, c: seed_mask(z, c[:, :63]), ValueError, r"classifier must have shape"),
+    (lambda z, c: seed_mask(z, c[0]), ValueError, r"classifier must have shape"),
+    (lambda z, c: seed_mask(z.long(), c.long()), TypeError, "supports float32, float16 and bfloat16"),
+    (lambda z, c: seed_mask(z, c.double()), TypeError, "classifier has dtype torch.float64"),
+    (lambda z, c: seed_mask(z, c.half()), TypeError, "cast them to one dtype"),
+    (lambda z, c: seed_mask(z, c, bias=c[:, 0:1]), ValueError, r"bias must have shape \(2,\)"),
+    (lambda z, c: seed_mask(z, c, prefix=z[:1]), ValueError, r"prefix must have shape \(B, N, Dp\)"),
+    (lambda z, c: seed_mask(z, c, torch.empty(2, 5, 63)), ValueError, r"out must have shape \(B, N, >=D\)"),
+    (lambda z, c: seed_mask(z, c, mask_form="tanh"), ValueError, "mask_form must be"),
+])
+def test_bad_inputs_are_named(call, error, message):
+    patches, classifier, _, _ = inputs(2, 5, 64)
+    with pytest.raises(error, match=message):
+        call(patches.cpu(), classifier.cpu())
+
+
+def test_mixed_devices_are_named():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU to mix devices")
+    patches, classifier, _, _ = inputs(2, 5, 64)
+    with pytest.raises(ValueError, match="classifier is on cpu"):
+        seed_mask(patches, classifier.cpu())
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N", [900, 3600])
+@pytest.mark.parametrize("mask_form", ["sigmoid", "logit"])
+def test_low_precision_at_real_size_on_gpu(dtype, N, mask_form):
+    B, D, DP = 8, 768, 768
+    tensors = inputs(B, N, D, dtype=dtype, prefix_dim=DP, seed=N)
+    grads = [torch.randn(B, N, device=DEVICE, dtype=dtype), torch.randn(B, N, DP + D, device=DEVICE, dtype=dtype)]
+    exact_out, exact_grads = run(reference(mask_form), [t.double() for t in tensors], [g.double() for g in grads])
+    torch_out, torch_grads = run(reference(mask_form), tensors, grads)
+    our_out, our_grads = run(fused(mask_form), tensors, grads)
+    for name, ours, theirs, exact in zip(("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix"),
+                                         our_out + our_grads, torch_out + torch_grads, exact_out + exact_grads):
+        assert ours.dtype == dtype
+        assert_within_rule(ours, theirs, exact, 1e-3, name)

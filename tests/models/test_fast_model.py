@@ -1,0 +1,89 @@
+"""The fast model (Triton kernels) against the reference model on the same weights."""
+import pytest
+import torch
+
+import restr_fast
+from restr_fast import build_model
+
+
+def pair(config, **overrides):
+    """(reference, fast) models holding the same weights."""
+    torch.manual_seed(0)
+    reference = build_model(config, fast=False, **overrides)
+    fast = build_model(config, fast=True, **overrides)
+    fast.load_state_dict(reference.state_dict())
+    return reference, fast
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mask_form": "logit"}, {"patch_projection": False},
+                                       {"decoder": False}, {"fusion": "vme"}])
+def test_outputs_and_every_gradient_match(overrides, tiny_config, make_inputs):
+    reference, fast = pair(tiny_config, **overrides)
+    images, tokens = make_inputs(tiny_config)
+    masks = (torch.rand(2, 1, tiny_config.image_size, tiny_config.image_size) > 0.5).float()
+    losses = []
+    for model in (reference, fast):
+        out = model(images, tokens)
+        loss = restr_fast.loss(out, masks, model.config)
+        loss.backward()
+        losses.append((out, loss))
+    (ref_out, ref_loss), (fast_out, fast_loss) = losses
+    torch.testing.assert_close(fast_out.patch_logits, ref_out.patch_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_out.pixel_logits, ref_out.pixel_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_loss, ref_loss, rtol=1e-6, atol=1e-6)
+    fast_params = dict(fast.named_parameters())
+    for name, parameter in reference.named_parameters():
+        torch.testing.assert_close(fast_params[name].grad, parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_few_training_steps_give_the_same_losses(tiny_config, make_inputs):
+    reference, fast = pair(tiny_config)
+    images, tokens = make_inputs(tiny_config, batch_size=3)
+    masks = (torch.rand(3, 1, tiny_config.image_size, tiny_config.image_size) > 0.7).float()
+    curves = []
+    for model in (reference, fast):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        curve = []
+        for _ in range(4):
+            optimizer.zero_grad()
+            loss = restr_fast.loss(model(images, tokens), masks, model.config)
+            loss.backward()
+            optimizer.step()
+            curve.append(loss.item())
+        curves.append(curve)
+    assert curves[0][-1] < curves[0][0]
+    assert curves[1] == pytest.approx(curves[0], rel=1e-4)
+
+
+def test_bf16_autocast_runs_the_fast_path(tiny_config, make_inputs):
+    reference, fast = pair(tiny_config)
+    images, tokens = make_inputs(tiny_config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_out, fast_out = reference(images, tokens), fast(images, tokens)
+    assert fast_out.patch_logits.dtype == torch.bfloat16
+    with torch.no_grad():
+        exact = reference.double()(images.double(), tokens)
+    for name in ("patch_logits", "pixel_logits"):
+        ours = (getattr(fast_out, name).double() - getattr(exact, name)).abs().max().item()
+        theirs = (getattr(ref_out, name).double() - getattr(exact, name)).abs().max().item()
+        assert ours <= 2 * theirs + 1e-2, f"{name}: fast error {ours:.3g}, reference bf16 error {theirs:.3g}"
+
+
+def test_compiled_fast_model_calls_the_kernel_without_graph_breaks(tiny_config, make_inputs):
+    reference, fast = pair(tiny_config)
+    images, tokens = make_inputs(tiny_config)
+    # inductor has no CPU path for Triton ops: on the CPU the graph runs through aot_eager
+    inner = torch._dynamo.lookup_backend("inductor" if torch.cuda.is_available() else "aot_eager")
+    graph_ops = []
+
+    def recording_backend(graph_module, example_inputs):
+        graph_ops.extend(str(node.target) for node in graph_module.graph.nodes)
+        return inner(graph_module, example_inputs)
+
+    compiled = torch.compile(fast, fullgraph=True, backend=recording_backend)
+    with torch.no_grad():
+        expected = reference(images, tokens)
+        out = compiled(images, tokens)
+    assert any(op.startswith("restr_fast.seed_mask") for op in graph_ops), "the graph does not call the kernel op"
+    torch.testing.assert_close(out.pixel_logits, expected.pixel_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.patch_logits, expected.patch_logits, rtol=1e-5, atol=1e-5)
