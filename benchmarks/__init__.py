@@ -1,0 +1,1 @@
+"""restr_fast's pytest-benchmark suite: ``pytest benchmarks/ --benchmark-only``."""

@@ -1,0 +1,135 @@
+"""Benchmark harness: synchronised GPU timing, peak memory, ratios to the baselines measured in the
+same run, and the machine (GPU name, driver, memory, clocks, power) in the JSON.
+
+Run: ``pytest benchmarks/ --benchmark-only`` (``-m kernels`` for the kernel groups alone).
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from typing import Callable
+
+import pytest
+import torch
+
+GPU = torch.cuda.is_available()
+requires_gpu = pytest.mark.skipif(not GPU, reason="GPU benchmark group: needs a CUDA GPU")
+cpu_only = pytest.mark.skipif(GPU, reason="CPU group: on a GPU machine the GPU groups measure this")
+
+# Implementations compared within a group, baselines first; ratios are against these baselines.
+BASELINES = ("reference", "eager", "eager-sdpa")
+
+
+def synchronized_timer() -> float:
+    """perf_counter after the GPU's queue has drained, so a timed region covers the GPU work."""
+    if GPU:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info) -> None:
+    import triton
+    machine_info["torch"] = torch.__version__
+    machine_info["triton"] = triton.__version__
+    machine_info["cuda"] = torch.version.cuda
+    machine_info["python"] = platform.python_version()
+    if GPU:
+        machine_info["gpu"] = gpu_description()
+
+
+def gpu_description() -> dict:
+    """Name, driver, memory, clocks and power of GPU 0, read through nvidia-ml-py (NVML)."""
+    description = {"name": torch.cuda.get_device_name(0),
+                   "memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1)}
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        description.update(
+            driver=_text(pynvml.nvmlSystemGetDriverVersion()),
+            sm_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            max_sm_clock_mhz=pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            memory_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+            power_w=pynvml.nvmlDeviceGetPowerUsage(handle) / 1000,
+            power_limit_w=pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+        )
+    except Exception as error:  # NVML missing or not permitted: keep what torch reports
+        description["nvml_error"] = str(error)
+    return description
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@pytest.fixture(scope="session")
+def baseline_times() -> dict:
+    """Median seconds per call of the baselines measured so far: {(group, case): {impl: s}}."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth() -> float:
+    """Bytes per second of a large device-to-device copy on this GPU (read + write)."""
+    source = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    start = synchronized_timer()
+    for _ in range(20):
+        target.copy_(source)
+    seconds = (synchronized_timer() - start) / 20
+    return 2 * source.numel() / seconds
+
+
+@pytest.fixture
+def measure(benchmark, baseline_times):
+    """measure(fn, impl=..., case=..., bytes_moved=None, flop=None) times ``fn`` in the benchmark
+    and returns its median seconds per call.
+
+    Each round calls ``fn`` as often as fits about ``round_s`` seconds, between two synchronised
+    timer reads, so small kernels are timed without the launch-and-sync overhead. Peak memory is
+    measured in a separate call. ``extra_info`` gets the median per call, the peak memory, GB/s
+    or TFLOP/s, and the ratio to each baseline measured earlier in the run for the same case.
+    """
+    def run(fn: Callable[[], object], *, impl: str, case: str, bytes_moved: float | None = None,
+            flop: float | None = None, rounds: int = 15, warmup: int = 2, round_s: float = 0.05) -> float:
+        for _ in range(warmup):
+            fn()
+        start = synchronized_timer()
+        fn()
+        single = synchronized_timer() - start
+        calls = max(1, min(1000, math.ceil(round_s / max(single, 1e-7))))
+
+        peak = _peak_memory(fn)
+        benchmark._timer = synchronized_timer  # pytest-benchmark reads its timer from this attribute
+        benchmark.pedantic(fn, rounds=rounds, iterations=calls, warmup_rounds=1)
+        median = benchmark.stats.stats.median
+
+        info = benchmark.extra_info
+        info.update(impl=impl, case=case, median_ms=median * 1e3, calls_per_round=calls)
+        if peak is not None:
+            info["peak_memory_gb"] = peak / 1e9
+        if bytes_moved is not None:
+            info["gb_per_s"] = bytes_moved / median / 1e9
+        if flop is not None:
+            info["tflop_per_s"] = flop / median / 1e12
+        measured = baseline_times.setdefault((benchmark.group, case), {})
+        for baseline, seconds in measured.items():
+            info[f"speedup_vs_{baseline}"] = seconds / median
+        if impl in BASELINES:
+            measured[impl] = median
+        return median
+
+    return run
+
+
+def _peak_memory(fn: Callable[[], object]) -> int | None:
+    if not GPU:
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
