@@ -36,7 +36,7 @@ def _seed_mask_fwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < N
@@ -61,7 +61,7 @@ def _seed_mask_fwd_kernel(
         pcols = tl.arange(0, BLOCK_DP)
         prefix_ok = row_ok[:, None] & (pcols < DP)[None, :]
         p = tl.load(PREFIX + b * stride_pb + rows[:, None] * stride_pn + pcols[None, :], mask=prefix_ok)
-        tl.store(out_rows + pcols[None, :], p, mask=prefix_ok)
+        tl.store(out_rows + pcols[None, :], p.to(OUT.dtype.element_ty), mask=prefix_ok)
 
 
 @triton.jit
@@ -73,7 +73,7 @@ def _seed_mask_bwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_GRAD_LOGITS: tl.constexpr, HAS_GRAD_MASKED: tl.constexpr,
     SIGMOID: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
@@ -119,10 +119,12 @@ def _seed_mask_bwd_kernel(
     tl.store(GRAD_BIAS_PARTIAL + b * stride_gbb + split, tl.sum(grad_bias, axis=0))
 
 
-def _blocks(d: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_D): a whole row per block, about 8K elements per tile."""
+def _blocks(d: int, widest: int | None = None) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_D, num_warps): a whole row per block, about 8K elements in the widest tile
+    (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more."""
     block_d = triton.next_power_of_2(d)
-    return max(1, min(64, 8192 // block_d)), block_d
+    block_widest = max(block_d, triton.next_power_of_2(widest or 1))
+    return max(1, min(64, 8192 // block_widest)), block_d, 8 if block_widest >= 1024 else 4
 
 
 def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device) -> int:
@@ -136,11 +138,11 @@ def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device) ->
 def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: bool) -> None:
     """Write logits (B, N) and [prefix, masked] into out (B, N, >= Dp + D): any row strides.
 
-    Read-only inputs stand in for absent optional ones: no tensor is passed twice, so that
-    torch.compile's analysis of what the kernel mutates stays simple."""
+    Absent optional inputs get read-only stand-ins (classifier, patches): only tensors the kernel
+    reads are ever passed twice, which torch.compile's mutation analysis handles."""
     B, N, D = patches.shape
     DP = 0 if prefix is None else prefix.shape[-1]
-    block_n, block_d = _blocks(D)
+    block_n, block_d, num_warps = _blocks(D, DP)
     prefix_arg = patches if prefix is None else prefix
     wrap_triton(_seed_mask_fwd_kernel)[(B, triton.cdiv(N, block_n))](
         patches, classifier, classifier if bias is None else bias, prefix_arg, logits, out,
@@ -148,7 +150,7 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
         patches.stride(0), patches.stride(1), classifier.stride(0), prefix_arg.stride(0), prefix_arg.stride(1),
         logits.stride(0), out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, HAS_PREFIX=DP > 0, SIGMOID=sigmoid,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=triton.next_power_of_2(max(DP, 1)),
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=triton.next_power_of_2(max(DP, 1)), num_warps=num_warps,
     )
 
 
@@ -178,7 +180,7 @@ def _seed_mask_backward_op(patches: torch.Tensor, classifier: torch.Tensor, bias
                            grad_logits: torch.Tensor | None, grad_masked: torch.Tensor | None,
                            sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N, D = patches.shape
-    block_n, block_d = _blocks(D)
+    block_n, block_d, num_warps = _blocks(D)
     rows = _rows_per_program(B, N, block_n, patches.device)
     splits = triton.cdiv(N, rows)
     grad_patches = patches.new_empty((B, N, D))
@@ -196,6 +198,7 @@ def _seed_mask_backward_op(patches: torch.Tensor, classifier: torch.Tensor, bias
         grad_c_partial.stride(0), grad_c_partial.stride(1), grad_bias_partial.stride(0),
         HAS_BIAS=bias is not None, HAS_GRAD_LOGITS=grad_logits is not None,
         HAS_GRAD_MASKED=grad_masked is not None, SIGMOID=sigmoid, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=num_warps,
     )
     return grad_patches, grad_c_partial.sum(1).to(classifier.dtype), grad_bias_partial.sum(1)
 
@@ -205,6 +208,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(patches, classifier, bias)
     ctx.sigmoid = sigmoid
     ctx.prefix_dim = None if prefix is None else prefix.shape[-1]
+    ctx.prefix_dtype = None if prefix is None else prefix.dtype
 
 
 def _backward(ctx, grad_logits, grad_out):
@@ -213,7 +217,7 @@ def _backward(ctx, grad_logits, grad_out):
     if grad_out is not None:  # upstream gradients may be expanded (zero strides)
         dp = ctx.prefix_dim or 0
         grad_masked = unit_stride(grad_out[:, :, dp:])
-        grad_prefix = grad_out[:, :, :dp] if ctx.prefix_dim is not None else None
+        grad_prefix = grad_out[:, :, :dp].to(ctx.prefix_dtype) if ctx.prefix_dim is not None else None
     grad_patches, grad_classifier, grad_bias = torch.ops.restr_fast.seed_mask_backward(
         patches, classifier, bias, grad_logits, grad_masked, ctx.sigmoid)
     grad_bias = None if bias is None else grad_bias.to(bias.dtype)
@@ -244,9 +248,10 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         classifier: (B, D) adaptive classifier e'_s, same dtype.
         out: optional (B, N, >=D) tensor (e.g. the right half of the decoder's input buffer); the
             masked patches are written into ``out[..., :D]``. Not differentiable: for inference.
-        bias: optional (B,) score offset added before the 1/sqrt(D) scaling.
+        bias: optional (B,) score offset added before the 1/sqrt(D) scaling; any supported float dtype.
         prefix: optional (B, N, Dp) tensor placed before the masked patches: the second result is
-            then ``[prefix, masked]`` (B, N, Dp + D), the decoder's input, with no extra pass.
+            then ``[prefix, masked]`` (B, N, Dp + D) in the dtype of ``patches``, the decoder's
+            input, with no extra pass. Any supported float dtype.
         mask_form: ``sigmoid`` (paper, eq. 10) or ``logit`` (the released code: the raw score).
 
     Returns:
@@ -308,7 +313,7 @@ def _check_inputs(patches, classifier, out, bias, prefix, mask_form) -> None:
             raise TypeError(f"{name} has dtype {tensor.dtype}; seed_mask supports float32, float16 and bfloat16")
         if tensor is not None and tensor.device != patches.device:
             raise ValueError(f"{name} is on {tensor.device} but patches on {patches.device}")
-    for name in ("classifier", "prefix", "out"):
+    for name in ("classifier", "out"):
         if tensors[name] is not None and tensors[name].dtype != patches.dtype:
             raise TypeError(f"{name} has dtype {tensors[name].dtype} but patches {patches.dtype}: "
                             f"cast them to one dtype")

@@ -48,11 +48,7 @@ class SeedClassifier(nn.Module):
         if isinstance(self.proj_patch, nn.Linear):
             bias = classifier @ self.proj_patch.bias  # (B,)
             classifier = classifier @ self.proj_patch.weight  # (B, D)
-        if torch.is_autocast_enabled(patches.device.type):  # the op is not autocast: pick its dtype here
-            dtype = torch.get_autocast_dtype(patches.device.type)
-            patches, classifier = patches.to(dtype), classifier.to(dtype)
-            prefix = None if prefix is None else prefix.to(dtype)
-        elif prefix is not None:
-            prefix = prefix.to(patches.dtype)
+        # The op is not autocast: like the reference (patches * weight, then the concatenation), it
+        # computes in fp32 and returns the dtype of the patches; the prefix is converted as it is copied.
         classifier = classifier.to(patches.dtype)
         return seed_mask(patches, classifier, bias=bias, prefix=prefix, mask_form=self.mask_form)

@@ -1,10 +1,13 @@
 """The fused seed-classifier kernel against the reference op (DESIGN.md section 6)."""
+import importlib
+
 import pytest
 import torch
 
 from restr_fast.kernels import op_registry, seed_mask
 from restr_fast.kernels.seed_mask import seed_mask_reference
 
+seed_mask_module = importlib.import_module("restr_fast.kernels.seed_mask")
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -89,6 +92,32 @@ def test_prefix_builds_the_decoders_input(mask_form):
     for ours, exact in zip(our_out + our_grads, exact_out + exact_grads):
         torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
     assert torch.equal(our_grads[3], grads[1][..., :DP])
+
+
+def test_backward_reduces_over_several_programs_per_row(monkeypatch):
+    """On a GPU each batch row's classifier gradient is summed from several programs' partials."""
+    monkeypatch.setattr(seed_mask_module, "_rows_per_program", lambda batch, n, block_n, device: block_n)
+    B, N, D = 2, 45, 96  # BLOCK_N = 64 rows of 96 -> ... one block per program, several programs per row
+    tensors = inputs(B, N, D, prefix_dim=8)
+    grads = [torch.randn(B, N, device=DEVICE), torch.randn(B, N, 8 + D, device=DEVICE)]
+    exact_out, exact_grads = run(reference("sigmoid"), [t.double() for t in tensors], [g.double() for g in grads])
+    our_out, our_grads = run(fused("sigmoid"), tensors, grads)
+    for ours, exact in zip(our_out + our_grads, exact_out + exact_grads):
+        torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_of_another_dtype_is_converted_as_it_is_copied():
+    """Under autocast z_v is bf16 while the fused patches are fp32: the output is fp32, as in PyTorch."""
+    B, N, D, DP = 2, 7, 64, 32
+    patches, classifier, bias, _ = inputs(B, N, D)
+    prefix = torch.randn(B, N, DP, device=DEVICE).bfloat16().requires_grad_()
+    logits, out = seed_mask(patches, classifier, bias=bias.bfloat16(), prefix=prefix)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out[..., :DP], prefix.float())
+    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.bfloat16().double())
+    torch.testing.assert_close(out[..., DP:].double(), exact_masked, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert prefix.grad.dtype == torch.bfloat16 and torch.equal(prefix.grad, torch.ones_like(prefix))
 
 
 def test_without_bias_and_with_one_output_used():

@@ -5,22 +5,29 @@ import torch
 import restr_fast
 from restr_fast import build_model
 
+# Where the kernels run: the GPU, or the CPU under Triton's interpreter (set by conftest.py).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def pair(config, **overrides):
-    """(reference, fast) models holding the same weights."""
+    """(reference, fast) models holding the same weights, on DEVICE."""
     torch.manual_seed(0)
-    reference = build_model(config, fast=False, **overrides)
-    fast = build_model(config, fast=True, **overrides)
+    reference = build_model(config, fast=False, **overrides).to(DEVICE)
+    fast = build_model(config, fast=True, **overrides).to(DEVICE)
     fast.load_state_dict(reference.state_dict())
     return reference, fast
+
+
+def on_device(*tensors):
+    return [t.to(DEVICE) for t in tensors]
 
 
 @pytest.mark.parametrize("overrides", [{}, {"mask_form": "logit"}, {"patch_projection": False},
                                        {"decoder": False}, {"fusion": "vme"}])
 def test_outputs_and_every_gradient_match(overrides, tiny_config, make_inputs):
     reference, fast = pair(tiny_config, **overrides)
-    images, tokens = make_inputs(tiny_config)
-    masks = (torch.rand(2, 1, tiny_config.image_size, tiny_config.image_size) > 0.5).float()
+    images, tokens = on_device(*make_inputs(tiny_config))
+    masks = (torch.rand(2, 1, tiny_config.image_size, tiny_config.image_size, device=DEVICE) > 0.5).float()
     losses = []
     for model in (reference, fast):
         out = model(images, tokens)
@@ -38,8 +45,8 @@ def test_outputs_and_every_gradient_match(overrides, tiny_config, make_inputs):
 
 def test_a_few_training_steps_give_the_same_losses(tiny_config, make_inputs):
     reference, fast = pair(tiny_config)
-    images, tokens = make_inputs(tiny_config, batch_size=3)
-    masks = (torch.rand(3, 1, tiny_config.image_size, tiny_config.image_size) > 0.7).float()
+    images, tokens = on_device(*make_inputs(tiny_config, batch_size=3))
+    masks = (torch.rand(3, 1, tiny_config.image_size, tiny_config.image_size, device=DEVICE) > 0.7).float()
     curves = []
     for model in (reference, fast):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -57,10 +64,11 @@ def test_a_few_training_steps_give_the_same_losses(tiny_config, make_inputs):
 
 def test_bf16_autocast_runs_the_fast_path(tiny_config, make_inputs):
     reference, fast = pair(tiny_config)
-    images, tokens = make_inputs(tiny_config)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    images, tokens = on_device(*make_inputs(tiny_config))
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
         ref_out, fast_out = reference(images, tokens), fast(images, tokens)
-    assert fast_out.patch_logits.dtype == torch.bfloat16
+    for name in ("patch_logits", "pixel_logits"):
+        assert getattr(fast_out, name).dtype == getattr(ref_out, name).dtype, name
     with torch.no_grad():
         exact = reference.double()(images.double(), tokens)
     for name in ("patch_logits", "pixel_logits"):
@@ -71,7 +79,7 @@ def test_bf16_autocast_runs_the_fast_path(tiny_config, make_inputs):
 
 def test_compiled_fast_model_calls_the_kernel_without_graph_breaks(tiny_config, make_inputs):
     reference, fast = pair(tiny_config)
-    images, tokens = make_inputs(tiny_config)
+    images, tokens = on_device(*make_inputs(tiny_config))
     # inductor has no CPU path for Triton ops: on the CPU the graph runs through aot_eager
     inner = torch._dynamo.lookup_backend("inductor" if torch.cuda.is_available() else "aot_eager")
     graph_ops = []
