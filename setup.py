@@ -19,6 +19,7 @@ setup(
     # shadow the unrelated `kernels` package on PyPI.
     packages=[
         "restr_fast",
+        "restr_fast.data",
         "restr_fast.models",
         "restr_fast.text",
         "restr_fast.kernels",
@@ -29,6 +30,7 @@ setup(
         "restr_fast.kernels": "kernels",
         "restr_fast.training": "training",
     },
+    package_data={"restr_fast.training": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.10",
         "triton>=3.4; platform_system == 'Linux'",

@@ -1,9 +1,11 @@
-"""The ``restr-fast`` command line."""
+"""The ``restr-fast`` command line: forward, synth, train, evaluate, demo."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -45,19 +47,167 @@ def _forward(args: argparse.Namespace) -> None:
           f"forward of batch {args.batch_size} on {args.device}: {seconds * 1e3:.1f} ms")
 
 
+def _synth(args: argparse.Namespace) -> None:
+    from .data.synthetic import generate
+    counts = generate(args.out, images=args.images, seed=args.seed, name=args.name)
+    for split, count in counts.items():
+        print(f"{split:<6} {count['images']:>6} images {count['refs']:>6} refs {count['sentences']:>6} sentences")
+    print(f"wrote {Path(args.out) / args.name} and {Path(args.out) / 'images' / args.name}")
+
+
+TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
+    "data_root": "data_root", "dataset": "dataset", "split_by": "split_by", "image_root": "image_root",
+    "steps": "steps", "batch_size": "batch_size", "lr": "lr", "device": "device", "amp": "amp",
+    "accumulate": "accumulate", "grad_checkpointing": "grad_checkpointing", "glove": "glove",
+    "vit_weights": "vit_weights", "workers": "workers", "seed": "seed", "eval_every": "eval_every",
+    "vocabulary": "vocabulary", "checkpoint_every": "checkpoint_every", "log_every": "log_every",
+    "stop_after": "stop_after",
+}
+
+
+def _train(args: argparse.Namespace) -> None:
+    import yaml
+
+    from .config import ReSTRConfig
+    from .training import TrainConfig, train
+
+    out = Path(args.out)
+    if args.resume:  # the run's own settings; flags given now override them
+        saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None
+        if saved is None:
+            raise FileNotFoundError(f"--resume: {out / 'config.yaml'} not found; is {out} a run folder?")
+        model_config, train_values = ReSTRConfig.from_dict(saved["model"]), saved["train"]
+    else:
+        preset, model_overrides, train_values = _resolve_config(args.config)
+        if args.img_size is not None:
+            model_overrides["image_size"] = args.img_size
+        model_config = get_config(preset, **model_overrides)
+    for flag, field in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            train_values[field] = value
+    if not train_values.get("data_root"):
+        raise ValueError("--data-root is required (the folder with <dataset>/refs(<split_by>).p)")
+    config = TrainConfig(**train_values)
+    metrics = train(model_config, config, out, resume=args.resume)
+    if metrics:
+        print(f"{config.val_split} overall IoU {100 * metrics['overall_iou']:.2f}; run folder {out}")
+    else:
+        print(f"stopped before the end; continue with --resume; run folder {out}")
+
+
+def _resolve_config(name: str):
+    """A preset name, a YAML path, or the name of a YAML under training/configs/."""
+    from . import training
+    if name in PRESETS:
+        return name, {}, {}
+    for candidate in (Path(name), Path(training.__file__).parent / "configs" / f"{name}.yaml"):
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return training.load_run_config(candidate)
+    raise ValueError(f"--config {name!r} is neither a preset ({sorted(PRESETS)}), a YAML file, nor a config "
+                     f"under training/configs/")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .data import ReferDataset
+    from .metrics import format_table
+    from .training import evaluate, load_checkpoint, model_from_checkpoint
+    from .training.distributed import setup
+
+    device = setup(args.device).device
+    model, vocabulary = model_from_checkpoint(load_checkpoint(args.checkpoint))
+    model.to(device)
+    dataset = ReferDataset(args.data_root, args.dataset, args.split_by, args.split, vocabulary,
+                           model.config.image_size, image_root=args.image_root, max_words=model.config.max_words,
+                           originals=True, sentences=args.sentence)
+    amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    result = evaluate(model, dataset, device, batch_size=args.batch_size, amp=amp, workers=args.workers,
+                      limit=args.limit)
+    title = f"{args.dataset} ({args.split_by}) {args.split}" + (f", every sentence = {args.sentence!r}"
+                                                               if args.sentence else "")
+    print(format_table(result, title))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .training.demo import run_demo
+    run_demo(args.out, steps=args.steps, images=args.images, device=args.device, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restr-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     forward = commands.add_parser("forward", help="forward pass of a random model on a random image")
     forward.add_argument("--config", default="restr-tiny", choices=sorted(PRESETS), help="model preset")
-    forward.add_argument("--text", default="the red circle left of the blue square",
-                         help="the referring sentence")
+    forward.add_argument("--text", default="the red circle left of the blue square", help="the referring sentence")
     forward.add_argument("--image-size", type=int, default=None, help="input side (default: the preset's)")
     forward.add_argument("--batch-size", type=int, default=1)
     forward.add_argument("--device", default="cpu")
     forward.add_argument("--seed", type=int, default=0)
     forward.set_defaults(run=_forward)
+
+    synth = commands.add_parser("synth", help="write a synthetic referring-segmentation dataset (REFER layout)")
+    synth.add_argument("--out", required=True, help="DATA_ROOT to write into")
+    synth.add_argument("--images", type=int, default=2000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--name", default="synthetic", help="dataset name (folder under DATA_ROOT)")
+    synth.set_defaults(run=_synth)
+
+    train = commands.add_parser("train", help="train a model (the paper's recipe by default)")
+    train.add_argument("--config", default="restr-b16",
+                       help="a preset, a YAML file, or the name of one under training/configs/ (e.g. refcoco)")
+    train.add_argument("--out", required=True, help="run folder (config, vocabulary, log, checkpoints)")
+    train.add_argument("--data-root", dest="data_root")
+    train.add_argument("--dataset")
+    train.add_argument("--split-by", dest="split_by")
+    train.add_argument("--image-root", dest="image_root")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="per process")
+    train.add_argument("--img-size", dest="img_size", type=int, help="model input side")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--device", help="auto (default), cpu, cuda")
+    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"))
+    train.add_argument("--accumulate", type=int, help="gradient accumulation steps")
+    train.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_const", const=True)
+    train.add_argument("--glove", help="GloVe file for the word embeddings")
+    train.add_argument("--vit-weights", dest="vit_weights", help="timm ViT checkpoint for the vision encoder")
+    train.add_argument("--vocabulary", help="vocabulary file (default: built from the training sentences)")
+    train.add_argument("--workers", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--eval-every", dest="eval_every", type=int)
+    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    train.add_argument("--log-every", dest="log_every", type=int)
+    train.add_argument("--stop-after", dest="stop_after", type=int,
+                       help="end this invocation after N steps (continue later with --resume)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--data-root", required=True)
+    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--split-by", default="unc")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--image-root")
+    evaluate.add_argument("--json", help="write the metrics to this JSON file")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--workers", type=int, default=0)
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N samples only")
+    evaluate.add_argument("--sentence", help="replace every sentence by this text (e.g. one neutral word)")
+    evaluate.set_defaults(run=_evaluate)
+
+    demo = commands.add_parser("demo", help="synthetic data -> train restr-tiny -> evaluate -> figures")
+    demo.add_argument("--out", default="restr-demo")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: about 8 minutes on 2 CPU cores)")
+    demo.add_argument("--images", type=int, default=3000)
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
     return parser
 
 

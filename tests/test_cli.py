@@ -9,7 +9,7 @@ def test_forward_prints_parts_and_shapes(capsys):
     assert main(["forward", "--config", "restr-tiny", "--text", "the small green square", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "restr-tiny" in out and "fusion" in out and "GMACs" in out
-    assert "pixel_logits (2, 1, 96, 96), patch_logits (2, 1, 12, 12)" in out
+    assert "pixel_logits (2, 1, 64, 64), patch_logits (2, 1, 8, 8)" in out
     assert "['the', 'small', 'green', 'square']" in out
 
 

@@ -32,10 +32,10 @@ def test_fusion_parameters_match_table_3():
 
 def test_macs_count_the_attention_matmuls_and_scale_with_batch():
     tiny = build_model("restr-tiny")
-    one = count_macs(tiny, 96)
-    assert count_macs(tiny, 96, batch_size=3) == 3 * one
-    parts = count_macs(tiny, 96, by_part=True)
     config = tiny.config
+    one = count_macs(tiny, config.image_size)
+    assert count_macs(tiny, config.image_size, batch_size=3) == 3 * one
+    parts = count_macs(tiny, config.image_size, by_part=True)
     n = config.grid_size ** 2 + 1  # patch tokens + class token
     linear = config.vision_depth * 12 * n * config.vision_dim ** 2
     attention = config.vision_depth * 2 * n * n * config.vision_dim

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from ..attention import attention
+
+
+def run_block(block: nn.Module, x: torch.Tensor, *args, checkpointing: bool = False) -> torch.Tensor:
+    """``block(x, *args)``; with ``checkpointing`` (and gradients on) its activations are recomputed
+    in the backward pass instead of being stored."""
+    if checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, x, *args, use_reentrant=False)
+    return block(x, *args)
 
 
 class Attention(nn.Module):

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ReSTRConfig
+from .blocks import run_block
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
@@ -22,6 +23,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_channels, in_channels // 2, bias=False)
         self.negative_slope = negative_slope
+        nn.init.kaiming_normal_(self.linear.weight, a=negative_slope, nonlinearity="leaky_relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, h, w, C) -> (B, 2h, 2w, C/2)."""
@@ -33,11 +35,12 @@ class Decoder(nn.Module):
 
     def __init__(self, config: ReSTRConfig) -> None:
         super().__init__()
+        self.grad_checkpointing = False
         channels = config.decoder_channels  # (2D, D, ..., 2D / P)
         self.blocks = nn.ModuleList([DecoderBlock(c, config.negative_slope) for c in channels[:-1]])
         self.head = nn.Linear(channels[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)  # (B, 2h, 2w, C/2)
+            x = run_block(block, x, checkpointing=self.grad_checkpointing)  # (B, 2h, 2w, C/2)
         return self.head(x).permute(0, 3, 1, 2)  # (B, 1, H, W)

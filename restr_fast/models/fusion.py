@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ReSTRConfig
-from .blocks import PreNormBlock, init_weights
+from .blocks import PreNormBlock, init_weights, run_block
 
 
 class Encoder(nn.Module):
@@ -19,6 +19,7 @@ class Encoder(nn.Module):
         super().__init__()
         mlp_dim = int(config.dim * config.fusion_mlp_ratio)
         self.depth = depth
+        self.grad_checkpointing = False
         self.blocks = nn.ModuleList([
             PreNormBlock(config.dim, config.fusion_heads, mlp_dim, config.attention)
             for _ in range(1 if shared else depth)
@@ -26,7 +27,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         for i in range(self.depth):
-            x = self.blocks[i % len(self.blocks)](x, key_mask)
+            x = run_block(self.blocks[i % len(self.blocks)], x, key_mask, checkpointing=self.grad_checkpointing)
         return x
 
 

@@ -5,7 +5,6 @@ import torch
 import torch.nn as nn
 
 from ..config import ReSTRConfig
-from .blocks import init_weights
 
 
 class SeedClassifier(nn.Module):
@@ -23,7 +22,10 @@ class SeedClassifier(nn.Module):
         self.fast = config.fast
         self.proj_patch = nn.Linear(config.dim, config.dim) if config.patch_projection else nn.Identity()
         self.proj_cls = nn.Linear(config.dim, config.dim) if config.patch_projection else nn.Identity()
-        self.apply(init_weights)
+        for projection in (self.proj_patch, self.proj_cls):
+            if isinstance(projection, nn.Linear):  # variance-preserving, so that the scores start at O(1)
+                nn.init.normal_(projection.weight, std=config.dim ** -0.5)
+                nn.init.zeros_(projection.bias)
 
     def forward(self, patches: torch.Tensor, classifier: torch.Tensor,
                 prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

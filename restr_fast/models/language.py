@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ReSTRConfig
-from .blocks import PostNormBlock, init_weights
+from .blocks import PostNormBlock, init_weights, run_block
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -30,6 +30,7 @@ class LanguageEncoder(nn.Module):
 
     def __init__(self, config: ReSTRConfig) -> None:
         super().__init__()
+        self.grad_checkpointing = False
         self.embed = nn.Embedding(config.vocab_size, config.word_dim, padding_idx=0)
         self.register_buffer("positions", sinusoidal_positions(config.max_words, config.word_dim),
                              persistent=False)
@@ -46,7 +47,7 @@ class LanguageEncoder(nn.Module):
         """tokens (B, L) long, word_mask (B, L) bool (True for real words) -> (B, L, D)."""
         x = self.embed(tokens) + self.positions  # (B, L, word_dim)
         for block in self.blocks:
-            x = block(x, word_mask)
+            x = run_block(block, x, word_mask, checkpointing=self.grad_checkpointing)
         return self.norm(self.proj(x))  # (B, L, D)
 
     @torch.no_grad()

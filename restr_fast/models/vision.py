@@ -9,7 +9,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from ..config import ReSTRConfig
-from .blocks import PreNormBlock, init_weights
+from .blocks import PreNormBlock, init_weights, run_block
 from .vit_weights import load_vit_weights
 
 
@@ -24,6 +24,7 @@ class VisionEncoder(nn.Module):
     def __init__(self, config: ReSTRConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
+        self.grad_checkpointing = False
         self.vit = VisionTransformer(
             img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_chans,
             embed_dim=config.vision_dim, depth=0, num_heads=config.vision_heads,
@@ -45,7 +46,7 @@ class VisionEncoder(nn.Module):
             num_prefix_tokens=1)
         x = torch.cat([self.vit.cls_token.expand(B, -1, -1), x.reshape(B, h * w, D)], dim=1) + pos_embed
         for block in self.vit.blocks:
-            x = block(x)  # (B, 1 + h*w, D)
+            x = run_block(block, x, checkpointing=self.grad_checkpointing)  # (B, 1 + h*w, D)
         return self.vit.norm(x)[:, 1:]  # (B, h*w, D)
 
     def load_pretrained(self, path: str | Path) -> None:

@@ -86,19 +86,19 @@ class Vocabulary:
         """The id of ``word``, ``<unk>``'s for unknown words."""
         return self._index.get(word, UNK_INDEX)
 
-    def encode(self, text: str, max_words: int = MAX_WORDS) -> torch.Tensor:
+    def encode(self, text: str, max_words: int = MAX_WORDS, warn: bool = True) -> torch.Tensor:
         """Token ids of a sentence: (max_words,) int64, left-padded with 0.
 
-        Sentences longer than ``max_words`` keep their first ``max_words`` words (with a warning);
-        a sentence without any word is an error.
+        Sentences longer than ``max_words`` keep their first ``max_words`` words (with a warning
+        unless ``warn`` is False); a sentence without any word is an error.
         """
         words = tokenize(text)
         if not words:
             raise ValueError(f"text {text!r} has no words: give a sentence describing the object")
-        if len(words) > max_words:
+        if len(words) > max_words and warn:
             warnings.warn(f"sentence of {len(words)} words truncated to its first {max_words}: {text!r}",
                           stacklevel=2)
-            words = words[:max_words]
+        words = words[:max_words]
         ids = [PAD_INDEX] * (max_words - len(words)) + [self.index(w) for w in words]
         return torch.tensor(ids, dtype=torch.long)
 

@@ -1,0 +1,235 @@
+"""Referring-segmentation datasets in the layout of the REFER toolkit (RefCOCO, RefCOCO+, RefCOCOg,
+ReferIt), read as they are.
+
+    DATA_ROOT/<dataset>/refs(<split_by>).p    pickled list of refs
+    DATA_ROOT/<dataset>/instances.json        COCO-style images, annotations, categories
+    DATA_ROOT/images/mscoco/images/train2014/ images of refcoco, refcoco+, refcocog
+    DATA_ROOT/images/saiapr_tc-12/            images of refclef (ReferIt)
+    DATA_ROOT/images/<dataset>/               images of any other dataset in this layout
+
+Each (ref, sentence) pair is one sample.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as coco_mask
+from torch.utils.data import Dataset
+
+from ..text import MAX_WORDS, Vocabulary, tokenize
+from .transforms import Letterbox, letterbox_image, letterbox_mask, load_image
+
+IMAGE_DIRS = {
+    "refcoco": "images/mscoco/images/train2014",
+    "refcoco+": "images/mscoco/images/train2014",
+    "refcocog": "images/mscoco/images/train2014",
+    "refclef": "images/saiapr_tc-12",
+}
+SPLIT_BYS = ("unc", "google", "umd", "berkeley")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (ref, sentence) pair."""
+
+    ref_id: int
+    ann_id: int
+    image_id: int
+    sent_id: int
+    sentence: str
+
+
+def default_image_root(data_root: Path, dataset: str) -> Path:
+    return data_root / IMAGE_DIRS.get(dataset, f"images/{dataset}")
+
+
+class ReferAnnotations:
+    """The refs, images and annotations of one dataset and split scheme, with lookup by id.
+
+    Raises FileNotFoundError naming the missing file, ValueError for files that cannot be read.
+    """
+
+    def __init__(self, data_root: str | Path, dataset: str, split_by: str) -> None:
+        self.data_root = Path(data_root)
+        self.dataset, self.split_by = dataset, split_by
+        folder = self.data_root / dataset
+        refs_path = folder / f"refs({split_by}).p"
+        instances_path = folder / "instances.json"
+        if not refs_path.is_file():
+            found = sorted(p.name for p in folder.glob("refs(*).p")) if folder.is_dir() else []
+            raise FileNotFoundError(f"refs file not found: {refs_path} (dataset {dataset!r}, split_by "
+                                    f"{split_by!r}; found {found or 'no refs files'} in {folder}; split_by is "
+                                    f"one of {list(SPLIT_BYS)} for the REFER datasets)")
+        if not instances_path.is_file():
+            raise FileNotFoundError(f"instances file not found: {instances_path}")
+        try:
+            with open(refs_path, "rb") as file:
+                self.refs: list[dict] = pickle.load(file)
+        except Exception as error:
+            raise ValueError(f"cannot read the refs file {refs_path}: {type(error).__name__}: {error}") from error
+        try:
+            instances = json.loads(instances_path.read_text())
+        except Exception as error:
+            raise ValueError(f"cannot read the instances file {instances_path}: {error}") from error
+        if not isinstance(self.refs, list) or not all(isinstance(r, dict) for r in self.refs):
+            raise ValueError(f"{refs_path} must hold a list of ref dicts")
+        try:
+            self.images = {image["id"]: image for image in instances["images"]}
+            self.annotations = {ann["id"]: ann for ann in instances["annotations"]}
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{instances_path} must hold COCO-style 'images' and 'annotations' lists "
+                             f"with 'id' fields: {error!r}") from error
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({ref.get("split", "") for ref in self.refs})
+
+    def samples(self, split: str) -> list[Sample]:
+        """Every (ref, sentence) pair of ``split``, in file order."""
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r} for {self.dataset} ({self.split_by}); "
+                             f"its splits are {self.splits}")
+        samples = []
+        for ref in self.refs:
+            if ref.get("split") != split:
+                continue
+            for field in ("ref_id", "ann_id", "image_id", "sentences"):
+                if field not in ref:
+                    raise ValueError(f"ref {ref.get('ref_id', '?')} of {self.dataset} has no {field!r} field")
+            if ref["ann_id"] not in self.annotations:
+                raise ValueError(f"ref {ref['ref_id']} points to annotation {ref['ann_id']}, which "
+                                 f"{self.dataset}/instances.json does not have")
+            if ref["image_id"] not in self.images:
+                raise ValueError(f"ref {ref['ref_id']} points to image {ref['image_id']}, which "
+                                 f"{self.dataset}/instances.json does not have")
+            for sentence in ref["sentences"]:
+                text = sentence.get("sent") or sentence.get("raw") or ""
+                samples.append(Sample(ref["ref_id"], ref["ann_id"], ref["image_id"],
+                                      sentence.get("sent_id", -1), text))
+        if not samples:
+            raise ValueError(f"split {split!r} of {self.dataset} ({self.split_by}) has no sentences")
+        return samples
+
+    def mask(self, ann_id: int) -> np.ndarray:
+        """The (height, width) bool mask of an annotation: polygons (one or several) or RLE."""
+        ann = self.annotations[ann_id]
+        image = self.images[ann["image_id"]]
+        height, width = image["height"], image["width"]
+        segmentation = ann.get("segmentation")
+        try:
+            if isinstance(segmentation, list):  # polygons [[x0, y0, x1, y1, ...], ...]
+                polygons = [p for p in segmentation if len(p) >= 6]
+                if not polygons:
+                    return np.zeros((height, width), dtype=bool)
+                rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
+            elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+                rle = coco_mask.frPyObjects(segmentation, height, width)  # uncompressed RLE
+            elif isinstance(segmentation, dict):
+                rle = dict(segmentation)
+                if isinstance(rle["counts"], str):
+                    rle["counts"] = rle["counts"].encode("ascii")
+            else:
+                raise TypeError(f"segmentation of type {type(segmentation).__name__}")
+            return coco_mask.decode(rle).astype(bool)
+        except Exception as error:
+            raise ValueError(f"annotation {ann_id} of {self.dataset}: cannot decode its segmentation: "
+                             f"{error}") from error
+
+    def image_path(self, image_root: Path, image_id: int) -> Path:
+        return image_root / self.images[image_id]["file_name"]
+
+
+class ReferDataset(Dataset):
+    """Samples of one split, letterboxed to the model's input.
+
+    Items are dicts: ``image`` (3, S, S) normalised, ``mask`` (1, S, S) in {0, 1}, ``tokens``
+    (max_words,) word ids, ``index``, ``words`` (sentence length in words); with ``originals``
+    also ``original_mask`` (H, W) bool and ``box`` (the :class:`Letterbox`) for evaluation at the
+    original size.
+
+    Args:
+        data_root: the REFER data folder.
+        dataset: e.g. ``refcoco``, ``refcoco+``, ``refcocog``, ``refclef`` or any other name in the layout.
+        split_by: ``unc``, ``google``, ``umd``, ``berkeley`` (or the one the dataset has).
+        split: e.g. ``train``, ``val``, ``testA``, ``testB``, ``test``.
+        vocabulary: word ids for the sentences.
+        image_size: side of the square model input.
+        image_root: folder of the images (default: see :data:`IMAGE_DIRS`).
+        originals: also return the original mask and the letterbox (for evaluation).
+        sentences: replace every sentence by this text (e.g. one neutral word, to measure how much
+            the model uses the language).
+    """
+
+    def __init__(self, data_root: str | Path, dataset: str, split_by: str, split: str, vocabulary: Vocabulary,
+                 image_size: int, image_root: str | Path | None = None, max_words: int = MAX_WORDS,
+                 originals: bool = False, sentences: str | None = None) -> None:
+        self.annotations = ReferAnnotations(data_root, dataset, split_by)
+        samples = self.annotations.samples(split)
+        self.samples = [s for s in samples if tokenize(s.sentence)]
+        self.wordless = len(samples) - len(self.samples)  # sentences without any word, left out
+        if not self.samples:
+            raise ValueError(f"split {split!r} of {dataset} ({split_by}) has no sentence with words")
+        self.image_root = Path(image_root) if image_root else default_image_root(Path(data_root), dataset)
+        self.vocabulary, self.image_size, self.max_words = vocabulary, image_size, max_words
+        self.originals, self.sentences = originals, sentences
+        self._check_images()
+
+    def _check_images(self) -> None:
+        image_ids = sorted({s.image_id for s in self.samples})
+        missing = [self.annotations.image_path(self.image_root, i) for i in image_ids
+                   if not self.annotations.image_path(self.image_root, i).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of the {len(image_ids)} images of this split are missing, "
+                                    f"e.g. {missing[0]}; pass --image-root if they are elsewhere")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image = load_image(self.annotations.image_path(self.image_root, sample.image_id))
+        mask = self.annotations.mask(sample.ann_id)
+        if mask.shape != (image.height, image.width):
+            raise ValueError(f"annotation {sample.ann_id}: mask of size {mask.shape} for an image of size "
+                             f"{(image.height, image.width)} (image {sample.image_id})")
+        text = self.sentences if self.sentences is not None else sample.sentence
+        pixels, box = letterbox_image(image, self.image_size)
+        item = {
+            "image": pixels,
+            "mask": letterbox_mask(mask, box, self.image_size),
+            "tokens": self.vocabulary.encode(text, self.max_words, warn=False),
+            "index": index,
+            "words": min(len(tokenize(sample.sentence)), self.max_words),
+        }
+        if self.originals:
+            item["original_mask"] = torch.from_numpy(mask)
+            item["box"] = box
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors and numbers; keep original masks and boxes (different sizes) as lists."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key in ("original_mask", "box"):
+            batch[key] = values
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = torch.tensor(values)
+    return batch
+
+
+def sentences_of(data_root: str | Path, dataset: str, split_by: str, split: str) -> list[str]:
+    """All sentences of a split (e.g. to build the vocabulary from the training sentences)."""
+    return [s.sentence for s in ReferAnnotations(data_root, dataset, split_by).samples(split)]
+
+
+__all__ = ["ReferAnnotations", "ReferDataset", "Sample", "Letterbox", "collate", "sentences_of",
+           "default_image_root", "SPLIT_BYS"]

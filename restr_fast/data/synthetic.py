@@ -1,0 +1,174 @@
+"""A synthetic referring-segmentation dataset in the REFER layout.
+
+Each image holds two to four shapes of different kinds, colours, sizes and places; each shape is
+referred to by sentences that only it fits among the shapes of its image: by colour, kind,
+or, when several shapes share both, by place ("on the left", "at the top") or size ("the bigger").
+So the image alone never tells which shape is meant: the sentence does.
+
+    DATA_ROOT/<name>/refs(unc).p, DATA_ROOT/<name>/instances.json, DATA_ROOT/images/<name>/*.png
+"""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..text import tokenize
+
+COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 215), "yellow": (230, 195, 25),
+           "purple": (135, 55, 175)}
+KINDS = ("circle", "square", "triangle")
+SPLITS = ("train", "val", "testA", "testB")  # testA: two shapes per image, testB: three or four
+
+
+@dataclass
+class Shape:
+    kind: str
+    colour: str
+    x: float  # centre, pixels
+    y: float
+    radius: float  # half the side of the bounding square
+
+    def polygon(self) -> list[float]:
+        """Outline as [x0, y0, x1, y1, ...] (COCO polygon)."""
+        if self.kind == "circle":
+            points = [(self.x + self.radius * math.cos(2 * math.pi * i / 32),
+                       self.y + self.radius * math.sin(2 * math.pi * i / 32)) for i in range(32)]
+        elif self.kind == "square":
+            r = self.radius * 0.9
+            points = [(self.x - r, self.y - r), (self.x + r, self.y - r), (self.x + r, self.y + r), (self.x - r, self.y + r)]
+        else:
+            r = self.radius
+            points = [(self.x, self.y - r), (self.x + r, self.y + 0.8 * r), (self.x - r, self.y + 0.8 * r)]
+        return [round(v, 2) for point in points for v in point]
+
+
+def describe(target: Shape, shapes: list[Shape], rng: random.Random) -> list[str]:
+    """Sentences that fit ``target`` and no other shape of ``shapes`` (one to three of them): by its
+    attributes when they single it out, else (and now and then anyway) by place or size."""
+    others = [s for s in shapes if s is not target]
+    c, k = target.colour, target.kind
+    attributes = []
+    if all(s.colour != c for s in others):
+        attributes += [f"the {c} one", f"{c} shape", f"the {c} {k}"]
+    if all(s.kind != k for s in others):
+        attributes += [f"the {k}", f"{k}"]
+    if all((s.colour, s.kind) != (c, k) for s in others) and not attributes:
+        attributes += [f"the {c} {k}", f"{c} {k}"]
+    twins = [s for s in others if (s.colour, s.kind) == (c, k)]
+    group = twins if twins else others
+    noun = f"{c} {k}" if twins else rng.choice(("shape", k))
+    relations = []
+    if all(target.x < s.x - target.radius for s in group):
+        relations += [f"the {noun} on the left", f"left {noun}"]
+    if all(target.x > s.x + target.radius for s in group):
+        relations += [f"the {noun} on the right", f"right {noun}"]
+    if all(target.y < s.y - target.radius for s in group):
+        relations += [f"the {noun} at the top", f"upper {noun}"]
+    if all(target.y > s.y + target.radius for s in group):
+        relations += [f"the {noun} at the bottom", f"lower {noun}"]
+    if all(target.radius > 1.3 * s.radius for s in group):
+        relations += [f"the bigger {noun}", f"big {noun}"]
+    if all(target.radius < s.radius / 1.3 for s in group):
+        relations += [f"the smaller {noun}", f"small {noun}"]
+    sentences = []
+    for _ in range(rng.randint(1, 3)):
+        pool = attributes if attributes and (not relations or rng.random() < 0.6) else relations
+        if pool:
+            sentences.append(pool.pop(rng.randrange(len(pool))))
+    return sentences
+
+
+def _place(width: int, height: int, count: int, rng: random.Random) -> list[Shape]:
+    """Up to ``count`` non-overlapping shapes; duplicates of colour and kind are common on purpose."""
+    shapes: list[Shape] = []
+    side = min(width, height)
+    for _ in range(200):
+        if len(shapes) == count:
+            break
+        radius = side * rng.choice((rng.uniform(0.14, 0.18), rng.uniform(0.23, 0.29)))
+        x, y = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+        if any(math.hypot(x - s.x, y - s.y) < radius + s.radius + 3 for s in shapes):
+            continue
+        if shapes and rng.random() < 0.2:  # a twin of an earlier shape: only place or size can tell
+            twin = rng.choice(shapes)
+            kind, colour = twin.kind, twin.colour
+        else:
+            kind, colour = rng.choice(KINDS), rng.choice(list(COLOURS))
+        shapes.append(Shape(kind, colour, x, y, radius))
+    return shapes
+
+
+def _background(width: int, height: int, rng: random.Random) -> Image.Image:
+    base = tuple(rng.randint(170, 250) for _ in range(3))
+    image = Image.new("RGB", (width, height), base)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(0, 6)):  # faint clutter, so that not every non-grey pixel is a shape
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        r = rng.uniform(2, 6)
+        shade = tuple(min(255, max(0, v + rng.randint(-40, 40))) for v in base)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
+    return image
+
+
+def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str = "synthetic") -> dict:
+    """Write ``images`` images with their refs; returns counts per split."""
+    rng = random.Random(seed)
+    data_root = Path(data_root)
+    image_dir = data_root / "images" / name
+    image_dir.mkdir(parents=True, exist_ok=True)
+    (data_root / name).mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": kind} for i, kind in enumerate(KINDS)]
+    records, annotations, refs = [], [], []
+    counts = {split: {"images": 0, "refs": 0, "sentences": 0} for split in SPLITS}
+    ann_id = ref_id = sent_id = 0
+    for image_id in range(1, images + 1):
+        width, height = rng.choice(((128, 128), (160, 120), (120, 160), (144, 96), (112, 112)))
+        shapes: list[Shape] = []
+        while len(shapes) < 2:
+            shapes = _place(width, height, rng.choice((2, 2, 3, 3, 4)), rng)
+        split = {0: "val", 5: "test"}.get(image_id % 10, "train")  # 80 / 10 / 10 %, every split non-empty
+        if split == "test":
+            split = "testA" if len(shapes) == 2 else "testB"
+        file_name = f"{name}_{image_id:06d}.png"
+        image = _background(width, height, rng)
+        draw = ImageDraw.Draw(image)
+        for shape in shapes:
+            points = shape.polygon()
+            draw.polygon(list(zip(points[0::2], points[1::2])), fill=COLOURS[shape.colour])
+        image.save(image_dir / file_name)
+        records.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        counts[split]["images"] += 1
+        for shape in shapes:
+            ann_id += 1
+            polygon = shape.polygon()
+            xs, ys = polygon[0::2], polygon[1::2]
+            annotations.append({
+                "id": ann_id, "image_id": image_id, "category_id": KINDS.index(shape.kind) + 1,
+                "segmentation": [polygon], "iscrowd": 0,
+                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                "area": (max(xs) - min(xs)) * (max(ys) - min(ys)),
+            })
+            texts = describe(shape, shapes, rng)
+            if not texts:
+                continue
+            ref_id += 1
+            sentences = []
+            for text in texts:
+                sent_id += 1
+                sentences.append({"raw": text, "sent": text, "tokens": tokenize(text), "sent_id": sent_id})
+            refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+                         "sentences": sentences, "sent_ids": [s["sent_id"] for s in sentences],
+                         "category_id": KINDS.index(shape.kind) + 1, "file_name": file_name})
+            counts[split]["refs"] += 1
+            counts[split]["sentences"] += len(sentences)
+    instances = {"images": records, "annotations": annotations, "categories": categories}
+    (data_root / name / "instances.json").write_text(json.dumps(instances))
+    with open(data_root / name / "refs(unc).p", "wb") as file:
+        pickle.dump(refs, file)
+    return counts

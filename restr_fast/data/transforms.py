@@ -1,0 +1,87 @@
+"""Image loading, letterboxing to the model's square input, and mapping predictions back."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+MEAN = STD = 0.5  # the paper's normalisation, per channel
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an original (height, width) image sits inside the square model input."""
+
+    height: int  # original size
+    width: int
+    top: int  # offset of the resized image in the input
+    left: int
+    resized_height: int
+    resized_width: int
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image from a file; grayscale, RGBA, palette and 16-bit images are converted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB version of any PIL image: 16/32-bit grayscale is scaled to 8 bits, alpha is dropped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max() if values.size else 0.0
+        scale = 255.0 / top if top > 0 else 0.0
+        image = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8))
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image has no pixels (size {image.width}x{image.height})")
+    return image.convert("RGB")
+
+
+def letterbox_box(height: int, width: int, size: int) -> Letterbox:
+    """Scale the long side to ``size`` and centre the image on a size x size canvas."""
+    scale = size / max(height, width)
+    resized_h, resized_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return Letterbox(height, width, (size - resized_h) // 2, (size - resized_w) // 2, resized_h, resized_w)
+
+
+def letterbox_image(image: Image.Image, size: int) -> tuple[torch.Tensor, Letterbox]:
+    """(3, size, size) float input normalised with mean = std = 0.5 (padding is 0, mid-grey), and its box."""
+    box = letterbox_box(image.height, image.width, size)
+    resized = image.resize((box.resized_width, box.resized_height), Image.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 255.0  # (3, h, w)
+    canvas = torch.zeros(3, size, size)
+    canvas[:, box.top: box.top + box.resized_height, box.left: box.left + box.resized_width] = (pixels - MEAN) / STD
+    return canvas, box
+
+
+def letterbox_mask(mask: np.ndarray, box: Letterbox, size: int) -> torch.Tensor:
+    """(1, size, size) float {0, 1} mask resized with nearest neighbours into the box."""
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((box.resized_width, box.resized_height),
+                                                                   Image.NEAREST)
+    canvas = torch.zeros(1, size, size)
+    canvas[0, box.top: box.top + box.resized_height, box.left: box.left + box.resized_width] = \
+        torch.from_numpy(np.asarray(resized) > 127).float()
+    return canvas
+
+
+def unletterbox(logits: torch.Tensor, box: Letterbox) -> torch.Tensor:
+    """Model-input logits (..., size, size) -> logits at the original (..., height, width).
+
+    The padding is cut away, then the logits are resized bilinearly."""
+    inside = logits[..., box.top: box.top + box.resized_height, box.left: box.left + box.resized_width]
+    leading = inside.shape[:-2]
+    inside = inside.reshape(-1, 1, *inside.shape[-2:]).float()
+    restored = F.interpolate(inside, size=(box.height, box.width), mode="bilinear", align_corners=False)
+    return restored.reshape(*leading, box.height, box.width)

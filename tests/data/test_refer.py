@@ -1,0 +1,171 @@
+"""REFER-layout datasets on a tiny fixture written by the test."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from restr_fast.data import ReferDataset, collate, letterbox_box, unletterbox
+from restr_fast.text import Vocabulary
+
+SIZE = 32
+
+
+def rle_of(mask, compressed=True):
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if compressed:
+        return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    flat = mask.astype(np.uint8).flatten(order="F")  # uncompressed RLE: run lengths, column-major
+    counts, current, run = [], 0, 0
+    for value in flat:
+        if value != current:
+            counts.append(run)
+            current, run = value, 0
+        run += 1
+    counts.append(run)
+    return {"size": list(mask.shape), "counts": counts}
+
+
+@pytest.fixture(scope="module")
+def refer_root(tmp_path_factory):
+    """refclef-like dataset 'tiny': four images (different sizes, one grayscale), polygon,
+    multi-polygon, compressed and uncompressed RLE masks, splits train/val/testA."""
+    root = tmp_path_factory.mktemp("refer")
+    image_dir = root / "images" / "tiny"
+    image_dir.mkdir(parents=True)
+    (root / "tiny").mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {1: (40, 60), 2: (50, 30), 3: (24, 24), 4: (36, 48)}  # (height, width)
+    images, annotations, masks = [], [], {}
+    for image_id, (h, w) in sizes.items():
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).convert("L") if image_id == 3 else Image.fromarray(pixels)
+        image.save(image_dir / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w})
+    # 1: a polygon rectangle; 2: two rectangles (multi-polygon); 3: compressed RLE; 4: uncompressed RLE
+    annotations.append({"id": 11, "image_id": 1, "category_id": 1, "segmentation": [[10, 5, 40, 5, 40, 25, 10, 25]]})
+    annotations.append({"id": 21, "image_id": 2, "category_id": 1,
+                        "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12], [15, 30, 25, 30, 25, 45, 15, 45]]})
+    blob = np.zeros((24, 24), bool)
+    blob[3:9, 4:20] = True
+    masks[31] = blob
+    annotations.append({"id": 31, "image_id": 3, "category_id": 1, "segmentation": rle_of(blob)})
+    ring = np.zeros((36, 48), bool)
+    ring[5:30, 10:40] = True
+    ring[10:20, 20:30] = False
+    masks[41] = ring
+    annotations.append({"id": 41, "image_id": 4, "category_id": 1, "segmentation": rle_of(ring, compressed=False)})
+    refs = [
+        {"ref_id": 1, "ann_id": 11, "image_id": 1, "split": "train", "category_id": 1, "file_name": "1_11.png",
+         "sentences": [{"raw": "Left box.", "sent": "left box", "tokens": ["left", "box"], "sent_id": 1},
+                       {"raw": "the wide one", "sent": "the wide one", "tokens": ["the", "wide", "one"], "sent_id": 2}]},
+        {"ref_id": 2, "ann_id": 21, "image_id": 2, "split": "train", "category_id": 1, "file_name": "2_21.png",
+         "sentences": [{"raw": "two parts", "sent": "two parts", "tokens": ["two", "parts"], "sent_id": 3}]},
+        {"ref_id": 3, "ann_id": 31, "image_id": 3, "split": "val", "category_id": 1, "file_name": "3_31.png",
+         "sentences": [{"raw": "grey strip at the top", "sent": "grey strip at the top", "tokens": [], "sent_id": 4}]},
+        {"ref_id": 4, "ann_id": 41, "image_id": 4, "split": "testA", "category_id": 1, "file_name": "4_41.png",
+         "sentences": [{"raw": "the ring", "sent": "the ring", "tokens": ["the", "ring"], "sent_id": 5},
+                       {"raw": "...", "sent": "...", "tokens": [], "sent_id": 6}]},
+        {"ref_id": 5, "ann_id": 41, "image_id": 4, "split": "empty", "category_id": 1, "file_name": "4_41.png",
+         "sentences": []},
+    ]
+    for ref in refs:
+        ref["sent_ids"] = [s["sent_id"] for s in ref["sentences"]]
+    (root / "tiny" / "instances.json").write_text(json.dumps(
+        {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}))
+    with open(root / "tiny" / "refs(unc).p", "wb") as file:
+        pickle.dump(refs, file)
+    return root, masks
+
+
+@pytest.fixture
+def vocabulary():
+    return Vocabulary.from_sentences(["left box", "the wide one", "two parts", "grey strip at the top", "the ring"])
+
+
+def dataset(refer_root, vocabulary, split, **kwargs):
+    return ReferDataset(refer_root[0], "tiny", "unc", split, vocabulary, SIZE, **kwargs)
+
+
+def test_samples_are_ref_sentence_pairs(refer_root, vocabulary):
+    train = dataset(refer_root, vocabulary, "train")
+    assert [s.sentence for s in train.samples] == ["left box", "the wide one", "two parts"]
+    item = train[1]
+    assert item["image"].shape == (3, SIZE, SIZE) and item["mask"].shape == (1, SIZE, SIZE)
+    assert item["tokens"].tolist()[-3:] == [vocabulary.index(w) for w in ("the", "wide", "one")]
+    assert item["tokens"].tolist()[:17] == [0] * 17 and item["words"] == 3
+    test = dataset(refer_root, vocabulary, "testA")
+    assert len(test) == 1 and test.wordless == 1  # the sentence "..." has no words and is left out
+
+
+def test_masks_polygon_multipolygon_and_rle(refer_root, vocabulary):
+    root, masks = refer_root
+    annotations = dataset(refer_root, vocabulary, "train").annotations
+    rectangle = annotations.mask(11)
+    assert rectangle.shape == (40, 60)
+    rows, cols = np.nonzero(rectangle)
+    assert (rows.min(), cols.min()) == (5, 10) and abs(rows.max() - 25) <= 1 and abs(cols.max() - 40) <= 1
+    two = annotations.mask(21)
+    assert two[5, 5] and two[35, 20] and not two[20, 20]  # both parts, nothing between them
+    assert np.array_equal(annotations.mask(31), masks[31])  # compressed RLE
+    assert np.array_equal(annotations.mask(41), masks[41])  # uncompressed RLE
+
+
+def test_letterboxed_mask_and_back_mapping(refer_root, vocabulary):
+    root, masks = refer_root
+    test = dataset(refer_root, vocabulary, "testA", originals=True)
+    item = test[0]
+    box = item["box"]
+    assert box == letterbox_box(36, 48, SIZE)
+    assert (box.resized_height, box.resized_width, box.top, box.left) == (24, 32, 4, 0)
+    assert not item["mask"][0, :box.top].any() and not item["mask"][0, box.top + 24:].any()  # padding
+    assert torch.equal(item["original_mask"], torch.from_numpy(masks[41]))
+    restored = unletterbox(item["mask"][0] * 2 - 1, box) > 0  # the letterboxed mask, mapped back
+    original = torch.from_numpy(masks[41])
+    iou = (restored & original).sum() / (restored | original).sum()
+    assert restored.shape == (36, 48) and iou > 0.85
+    batch = collate([item, item])
+    assert batch["image"].shape == (2, 3, SIZE, SIZE) and len(batch["box"]) == 2
+
+
+def test_grayscale_image_becomes_rgb(refer_root, vocabulary):
+    val = dataset(refer_root, vocabulary, "val")
+    image = val[0]["image"]
+    assert image.shape == (3, SIZE, SIZE)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_neutral_sentence_replaces_every_sentence(refer_root, vocabulary):
+    train = dataset(refer_root, vocabulary, "train", sentences="box")
+    assert all(train[i]["tokens"].tolist()[-1] == vocabulary.index("box") for i in range(len(train)))
+    assert train[0]["words"] == 2  # lengths stay those of the real sentences (for the by-length table)
+
+
+def test_bad_data_is_named(refer_root, vocabulary, tmp_path):
+    root, _ = refer_root
+    with pytest.raises(FileNotFoundError, match=r"refs file not found: .*refs\(google\).p.*found \['refs\(unc\).p'\]"):
+        ReferDataset(root, "tiny", "google", "train", vocabulary, SIZE)
+    with pytest.raises(FileNotFoundError, match="refs file not found"):
+        ReferDataset(root, "nothing", "unc", "train", vocabulary, SIZE)
+    with pytest.raises(ValueError, match=r"unknown split 'test' .* its splits are \['empty', 'testA', 'train', 'val'\]"):
+        dataset(refer_root, vocabulary, "test")
+    with pytest.raises(ValueError, match="split 'empty' of tiny .* has no sentences"):
+        dataset(refer_root, vocabulary, "empty")
+    with pytest.raises(FileNotFoundError, match=r"images of this split are missing, e.g. .*nowhere.*1.png"):
+        dataset(refer_root, vocabulary, "train", image_root=tmp_path / "nowhere")
+
+    broken = tmp_path / "broken"
+    (broken / "tiny").mkdir(parents=True)
+    (broken / "tiny" / "refs(unc).p").write_bytes(b"not a pickle")
+    with pytest.raises(FileNotFoundError, match="instances file not found"):
+        ReferDataset(broken, "tiny", "unc", "train", vocabulary, SIZE)
+    (broken / "tiny" / "instances.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"cannot read the refs file .*refs\(unc\).p"):
+        ReferDataset(broken, "tiny", "unc", "train", vocabulary, SIZE)
+    with open(broken / "tiny" / "refs(unc).p", "wb") as file:
+        pickle.dump([], file)
+    with pytest.raises(ValueError, match="COCO-style 'images' and 'annotations'"):
+        ReferDataset(broken, "tiny", "unc", "train", vocabulary, SIZE)

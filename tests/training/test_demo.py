@@ -1,0 +1,19 @@
+import json
+
+import pytest
+
+from restr_fast.cli import main
+
+
+def test_demo_writes_metrics_and_figures(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "3", "--images", "40", "--device", "cpu"]) == 0
+    for name in ("metrics.md", "metrics.json", "loss.png", "predictions.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "metrics.json").read_text())
+    assert set(results) == {"sentences", "every sentence = 'object'"}
+    assert all(0.0 <= r["overall_iou"] <= 1.0 for r in results.values())
+    printed = capsys.readouterr().out
+    assert "overall IoU" in printed and "with every sentence replaced by 'object'" in printed
+    assert main(["demo", "--out", str(out), "--steps", "3", "--images", "40", "--device", "cpu"]) == 2
+    assert "already exists" in capsys.readouterr().err

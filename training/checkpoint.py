@@ -1,0 +1,108 @@
+"""Training checkpoints: written atomically, read with validation."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ReSTRConfig
+from ..models import ReSTR, build_model
+from ..text import Vocabulary
+
+FORMAT = "restr_fast-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a partly written file never replaces a good one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU).
+
+    Raises FileNotFoundError for a missing file and ValueError for a corrupt file or one that is
+    not a restr_fast checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint {path} (corrupt or not a torch file): "
+                         f"{type(error).__name__}: {str(error)[:200]}") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a restr_fast checkpoint (expected a file written by restr-fast train)")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{path} is a checkpoint of format version {state.get('version')}; this restr_fast "
+                         f"reads version {VERSION}")
+    missing = [key for key in ("model", "config", "vocabulary") if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], **overrides: Any) -> tuple[ReSTR, Vocabulary]:
+    """The model (with its weights) and vocabulary of a loaded checkpoint; ``overrides`` change
+    implementation settings such as ``fast`` or ``attention``."""
+    try:
+        config = ReSTRConfig.from_dict(state["config"]).replace(**overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the checkpoint's model config is not valid here: {error}") from error
+    vocabulary = Vocabulary(state["vocabulary"][4:])
+    if len(vocabulary) != config.vocab_size:
+        raise ValueError(f"the checkpoint's vocabulary has {len(vocabulary)} words but its config says "
+                         f"vocab_size={config.vocab_size}")
+    model = build_model(config)
+    load_weights(model, state["model"])
+    return model, vocabulary
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load a state dict, naming missing, unexpected and mis-shaped weights in one clear error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise ValueError("the weights do not fit this model (a checkpoint of another model or config?): "
+                         f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+                         f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}, shapes {shapes[:3]}")
+    model.load_state_dict(weights)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) random states, in types ``weights_only`` loading accepts."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                       "has_gauss": has_gauss, "cached_gaussian": cached}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,44 @@
+"""Evaluation at the original image size: overall IoU, mean IoU, Prec@X, by expression length."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from ..data import ReferDataset, collate, unletterbox
+from ..metrics import SegmentationMetrics, length_buckets
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of ``amp`` (``bf16``, ``fp16`` or ``off``) on ``device``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: ReferDataset, device: torch.device, batch_size: int = 16,
+             amp: str = "off", workers: int = 0, limit: int | None = None, progress=None) -> dict:
+    """Metrics of ``model`` on ``dataset`` (built with ``originals=True``); predictions are the pixel
+    logits > 0 mapped back to each image's original size. Under torch.distributed every process
+    evaluates its share and the totals are summed. ``limit`` caps the number of samples."""
+    was_training = model.training
+    model.eval()
+    indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    if dist.is_initialized():
+        indices = indices[dist.get_rank()::dist.get_world_size()]
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    metrics = SegmentationMetrics(length_buckets(dataset.annotations.dataset))
+    for batch in loader if progress is None else progress(loader):
+        with autocast(device, amp):
+            logits = model(batch["image"].to(device), batch["tokens"].to(device)).pixel_logits
+        logits = logits.float().cpu()
+        for i, box in enumerate(batch["box"]):
+            prediction = unletterbox(logits[i, 0], box) > 0
+            metrics.update(prediction, batch["original_mask"][i], int(batch["words"][i]))
+    metrics.reduce()
+    model.train(was_training)
+    return metrics.result()

@@ -1,0 +1,278 @@
+"""The training loop: the paper's recipe by default, resumable, DDP under torchrun.
+
+A run folder holds ``config.yaml`` (model and training settings), ``vocab.txt``, ``log.jsonl``
+(every logged step and evaluation) and ``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from ..config import ReSTRConfig
+from ..data import ReferDataset, collate, sentences_of
+from ..losses import loss_terms
+from ..models import build_model
+from ..text import Vocabulary, load_glove
+from . import distributed
+from .checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from .evaluate import autocast, evaluate
+from .optim import build_optimizer, warmup_poly_schedule
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Data and recipe of a training run; the defaults are the paper's recipe (DESIGN.md section 1)."""
+
+    data_root: str = ""
+    dataset: str = "refcoco"
+    split_by: str = "unc"
+    train_split: str = "train"
+    val_split: str = "val"
+    image_root: str | None = None
+    steps: int = 400_000
+    stop_after: int | None = None  # end this invocation after so many steps (resume later), e.g. for time limits
+    batch_size: int = 8  # per process
+    accumulate: int = 1
+    lr: float = 1e-5
+    vision_lr_scale: float = 0.1
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.1
+    power: float = 0.9
+    amp: str = "auto"  # bf16 on GPUs, off on the CPU
+    grad_checkpointing: bool = False
+    workers: int = 4
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 5000
+    eval_samples: int | None = None  # cap per periodic evaluation (None: the whole split)
+    eval_batch_size: int = 16
+    checkpoint_every: int = 1000
+    vocabulary: str | None = None  # a vocabulary file; default: built from the training sentences
+    min_word_count: int = 1
+    glove: str | None = None
+    vit_weights: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "accumulate", "log_every", "eval_every", "checkpoint_every",
+                     "eval_batch_size") + (("stop_after",) if self.stop_after is not None else ()):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+def load_run_config(path: str | Path) -> tuple[str | ReSTRConfig, dict[str, Any], dict[str, Any]]:
+    """(model preset, model overrides, training settings) from a YAML file with the keys
+    ``model`` (a preset name), ``model_overrides`` and ``train``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"cannot parse {path}: {error}") from error
+    unknown = sorted(set(values) - {"model", "model_overrides", "train"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level keys {unknown}; expected model, model_overrides, train")
+    train = values.get("train") or {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if set(train) - fields:
+        raise ValueError(f"{path}: unknown train settings {sorted(set(train) - fields)}")
+    return values.get("model", "restr-b16"), values.get("model_overrides") or {}, train
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Index batches for steps ``start_step`` .. ``steps`` - 1: a deterministic function of the seed
+    and the step, so a resumed run sees exactly the samples an uninterrupted one would. Each global
+    batch (batch_size x world) is cut into one share per process."""
+
+    def __init__(self, num_samples: int, batch_size: int, accumulate: int, steps: int, seed: int,
+                 start_step: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.num_samples, self.batch_size, self.accumulate = num_samples, batch_size, accumulate
+        self.steps, self.seed, self.start_step, self.rank, self.world = steps, seed, start_step, rank, world
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.accumulate
+
+    def __iter__(self) -> Iterator[list[int]]:
+        global_batch = self.batch_size * self.world
+        position = self.start_step * self.accumulate * global_batch  # in the endless stream of epochs
+        for _ in range(len(self)):
+            indices = [self._index(position + self.rank * self.batch_size + i) for i in range(self.batch_size)]
+            position += global_batch
+            yield indices
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_samples)
+        if not hasattr(self, "_order") or self._epoch != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._order, self._epoch = torch.randperm(self.num_samples, generator=generator).tolist(), epoch
+        return self._order[offset]
+
+
+def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resume: bool = False) -> dict:
+    """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
+    evaluation's metrics. Raises ValueError/FileNotFoundError for bad input before any training
+    step, and :class:`TrainingDiverged` when the loss stops being finite."""
+    out = Path(out)
+    latest = out / "checkpoints" / "latest.pt"
+    if resume and not latest.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
+    if not resume and (latest.exists() or (out / "log.jsonl").exists()):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    processes = distributed.setup(config.device)
+    try:
+        return _train(model_config, config, out, resume, processes)
+    finally:
+        distributed.teardown()
+
+
+def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bool,
+           processes: distributed.Processes) -> dict:
+    device, main = processes.device, processes.is_main
+    amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    torch.manual_seed(config.seed)
+    state = load_checkpoint(out / "checkpoints" / "latest.pt") if resume else None
+
+    # vocabulary, data (checked before anything is trained or written)
+    if state is not None:
+        vocabulary = Vocabulary(state["vocabulary"][4:])
+    elif config.vocabulary:
+        vocabulary = Vocabulary.load(config.vocabulary)
+    else:
+        sentences = sentences_of(config.data_root, config.dataset, config.split_by, config.train_split)
+        vocabulary = Vocabulary.from_sentences(sentences, min_count=config.min_word_count)
+    model_config = model_config.replace(vocab_size=len(vocabulary))
+    common = dict(vocabulary=vocabulary, image_size=model_config.image_size, image_root=config.image_root,
+                  max_words=model_config.max_words)
+    train_set = ReferDataset(config.data_root, config.dataset, config.split_by, config.train_split, **common)
+    val_set = ReferDataset(config.data_root, config.dataset, config.split_by, config.val_split,
+                           originals=True, **common)
+
+    # model, optimiser, schedule
+    word_vectors = load_glove(config.glove, vocabulary, dim=model_config.word_dim) if config.glove and not state else None
+    model = build_model(model_config, vision_weights=None if state else config.vit_weights,
+                        word_vectors=word_vectors).to(device)
+    model.set_grad_checkpointing(config.grad_checkpointing)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.vision_lr_scale)
+    scheduler = warmup_poly_schedule(optimizer, config.steps, config.warmup_fraction, config.power)
+    step, best_iou = 0, -1.0
+    if state is not None:
+        load_weights(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best_iou = state["step"], state.get("best_overall_iou", -1.0)
+        set_rng_state(state["rng"])
+    trained = DistributedDataParallel(model) if processes.world > 1 else model
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            vocabulary.save(out / "vocab.txt")
+            run_config = {"model": model_config.to_dict(), "train": dataclasses.asdict(config)}
+            (out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+
+    sampler = StepBatchSampler(len(train_set), config.batch_size, config.accumulate, config.steps, config.seed,
+                               step, processes.rank, processes.world)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
+                        persistent_workers=config.workers > 0, pin_memory=device.type == "cuda")
+    batches = iter(loader)
+
+    def checkpoint(path: Path, metrics: dict | None = None) -> None:
+        if main:
+            save_checkpoint(path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(),
+                "config": model_config.to_dict(), "vocabulary": vocabulary.words,
+                "train": dataclasses.asdict(config), "best_overall_iou": best_iou, "metrics": metrics or {},
+            })
+
+    def log(record: dict) -> None:
+        if main:
+            with open(out / "log.jsonl", "a") as file:
+                file.write(json.dumps(record) + "\n")
+
+    def run_evaluation(limit: int | None) -> dict:
+        return evaluate(model, val_set, device, config.eval_batch_size, amp, workers=0, limit=limit)
+
+    images_per_step = config.batch_size * config.accumulate * processes.world
+    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and main), unit="step",
+               dynamic_ncols=True)
+    window = {"loss": torch.zeros((), device=device), "patch": torch.zeros((), device=device),
+              "pixel": torch.zeros((), device=device), "steps": 0, "start": time.perf_counter()}
+    metrics: dict = {}
+    model.train()
+    stop_at = config.steps if config.stop_after is None else min(config.steps, step + config.stop_after)
+    while step < stop_at:
+        for micro in range(config.accumulate):
+            batch = next(batches)
+            images, tokens = batch["image"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)
+            masks = batch["mask"].to(device, non_blocking=True)
+            sync = micro == config.accumulate - 1 or processes.world == 1
+            with (contextlib.nullcontext() if sync else trained.no_sync()), autocast(device, amp):
+                terms = loss_terms(trained(images, tokens), masks, model_config)
+                scaler.scale(terms.total / config.accumulate).backward()
+            for key, value in (("loss", terms.total), ("patch", terms.patch), ("pixel", terms.pixel)):
+                window[key] += value.detach() / config.accumulate
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        window["steps"] += 1
+        bar.update(1)
+
+        last = step == config.steps
+        evaluating = step % config.eval_every == 0 or last
+        saving = step % config.checkpoint_every == 0 or step == stop_at
+        if step % config.log_every == 0 or evaluating or saving:  # the loss is checked before any save
+            seconds = time.perf_counter() - window["start"]
+            record = {"step": step, "lr": scheduler.get_last_lr()[-1],
+                      "images_per_s": window["steps"] * images_per_step / seconds}
+            for key in ("loss", "patch", "pixel"):
+                record[key if key == "loss" else f"{key}_loss"] = window[key].item() / window["steps"]
+            if not math.isfinite(record["loss"]):
+                bar.close()
+                raise TrainingDiverged(f"the loss became {record['loss']} by step {step}; training stopped and "
+                                       f"{out / 'checkpoints'} keeps the last good checkpoint")
+            log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                            img_s=f"{record['images_per_s']:.1f}")
+            window.update(loss=torch.zeros((), device=device), patch=torch.zeros((), device=device),
+                          pixel=torch.zeros((), device=device), steps=0, start=time.perf_counter())
+        if evaluating:
+            metrics = run_evaluation(None if last else config.eval_samples)
+            log({"step": step, "eval": config.val_split, **metrics})
+            if metrics["overall_iou"] > best_iou:
+                best_iou = metrics["overall_iou"]
+                checkpoint(out / "checkpoints" / "best.pt", metrics)
+            if main:
+                bar.write(f"step {step}: {config.val_split} overall IoU {100 * metrics['overall_iou']:.2f}, "
+                          f"mean IoU {100 * metrics['mean_iou']:.2f}")
+        if saving:
+            checkpoint(out / "checkpoints" / "latest.pt", metrics)
+    bar.close()
+    return metrics if step == config.steps else {}
