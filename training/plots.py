@@ -46,7 +46,8 @@ def loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, 
 
 def prediction_grid(images: Sequence[Image.Image], sentences: Sequence[str], predictions: Sequence[np.ndarray],
                     targets: Sequence[np.ndarray], path: str | Path, cell: int = 160) -> None:
-    """One row per sample: the image with its sentence, the predicted mask and the true mask over it."""
+    """One row per sample: the image with its sentence, then the predicted and the true mask in white
+    over the dimmed image (readable whatever the colours of the image)."""
     rows = len(images)
     if rows == 0:
         raise ValueError("no samples to draw")
@@ -58,17 +59,16 @@ def prediction_grid(images: Sequence[Image.Image], sentences: Sequence[str], pre
     for row, (image, sentence, prediction, target) in enumerate(zip(images, sentences, predictions, targets)):
         y = header + row * (cell + header)
         draw.text((4, y + 2), sentence[:70], fill=(20, 20, 120), font=FONT)
-        panels = (image, _overlay(image, prediction, (230, 40, 40)), _overlay(image, target, (40, 200, 60)))
+        panels = (image, _highlight(image, prediction), _highlight(image, target))
         for column, panel in enumerate(panels):
             grid.paste(_fit(panel, cell), (column * cell, y + header))
     grid.save(path)
 
 
-def _overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    tinted = pixels.copy()
-    tinted[mask.astype(bool)] = 0.45 * pixels[mask.astype(bool)] + 0.55 * np.array(colour, dtype=np.float32)
-    return Image.fromarray(tinted.astype(np.uint8))
+def _highlight(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * 0.3
+    pixels[mask.astype(bool)] = 0.3 * pixels[mask.astype(bool)] + 0.7 * 255
+    return Image.fromarray(pixels.astype(np.uint8))
 
 
 def _fit(image: Image.Image, cell: int) -> Image.Image:
