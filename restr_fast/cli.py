@@ -69,14 +69,18 @@ def _train(args: argparse.Namespace) -> None:
     import yaml
 
     from .config import ReSTRConfig
-    from .training import TrainConfig, train
+    from .training import TrainConfig, TrainingDiverged, train
 
     out = Path(args.out)
     if args.resume:  # the run's own settings; flags given now override them
-        saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None
-        if saved is None:
+        if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: {out / 'config.yaml'} not found; is {out} a run folder?")
-        model_config, train_values = ReSTRConfig.from_dict(saved["model"]), saved["train"]
+        try:
+            saved = yaml.safe_load((out / "config.yaml").read_text())
+            model_config, train_values = ReSTRConfig.from_dict(saved["model"]), dict(saved["train"])
+        except (yaml.YAMLError, KeyError, TypeError) as error:
+            raise ValueError(f"--resume: {out / 'config.yaml'} is not a run config written by restr-fast train: "
+                             f"{error!r}") from error
     else:
         preset, model_overrides, train_values = _resolve_config(args.config)
         if args.img_size is not None:
@@ -89,7 +93,10 @@ def _train(args: argparse.Namespace) -> None:
     if not train_values.get("data_root"):
         raise ValueError("--data-root is required (the folder with <dataset>/refs(<split_by>).p)")
     config = TrainConfig(**train_values)
-    metrics = train(model_config, config, out, resume=args.resume)
+    try:
+        metrics = train(model_config, config, out, resume=args.resume)
+    except TrainingDiverged as error:
+        raise ValueError(str(error)) from error
     if metrics:
         print(f"{config.val_split} overall IoU {100 * metrics['overall_iou']:.2f}; run folder {out}")
     else:

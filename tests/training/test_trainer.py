@@ -156,3 +156,10 @@ def test_ddp_on_two_processes_equals_one_process_with_the_global_batch(data_root
     # difference in data or gradients moves parameters by whole steps.
     for name, tensor in one.items():
         torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_cli_names_a_broken_run_config(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: [unclosed\n")
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "is not a run config written by restr-fast train" in capsys.readouterr().err
