@@ -31,16 +31,27 @@ class DecoderBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Decoder input [z_v, z_masked] on the patch grid (B, h, w, 2D) -> pixel logits (B, 1, hP, wP)."""
+    """Decoder input [z_v, z_masked] on the patch grid (B, h, w, 2D) -> pixel logits (B, 1, hP, wP).
+
+    With ``config.fast`` the blocks and the head run as :func:`restr_fast.kernels.fused_decoder`
+    (same weights): products at the low resolution, fused upsampling, activation and head. It
+    stores only the low-resolution products, so gradient checkpointing does not apply to it.
+    """
 
     def __init__(self, config: ReSTRConfig) -> None:
         super().__init__()
+        self.fast = config.fast
+        self.negative_slope = config.negative_slope
         self.grad_checkpointing = False
         channels = config.decoder_channels  # (2D, D, ..., 2D / P)
         self.blocks = nn.ModuleList([DecoderBlock(c, config.negative_slope) for c in channels[:-1]])
         self.head = nn.Linear(channels[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            from ..kernels import fused_decoder
+            return fused_decoder(x, [block.linear.weight for block in self.blocks], self.head.weight,
+                                 self.head.bias, self.negative_slope)
         for block in self.blocks:
             x = run_block(block, x, checkpointing=self.grad_checkpointing)  # (B, 2h, 2w, C/2)
         return self.head(x).permute(0, 3, 1, 2)  # (B, 1, H, W)

@@ -15,17 +15,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(2, 1, 64), (3, 7, 96), (2, 7, 768), (1, 900, 300), (2, 300, 96), (1, 3600, 64), (1, 61, 768)]
 
 
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    """Every torch.empty (the kernel's outputs included) is filled with NaN, so an element the
-    kernel forgets to write fails the comparison."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    assert torch.empty(4).isnan().all()
-    yield
-    torch.use_deterministic_algorithms(previous)
-
-
 def inputs(B, N, D, dtype=torch.float32, prefix_dim=None, seed=0):
     generator = torch.Generator(DEVICE).manual_seed(seed)
     def rand(*shape):
@@ -56,16 +45,9 @@ def fused(mask_form, with_bias=True):
     return fn
 
 
-def assert_within_rule(ours, torch_same_dtype, exact, atol, name):
-    """Tolerance rule: |ours - exact| <= 2 |torch - exact| + atol, element-wise maximum."""
-    ours_error = (ours.double() - exact).abs().max().item()
-    torch_error = (torch_same_dtype.double() - exact).abs().max().item()
-    assert ours_error <= 2 * torch_error + atol, f"{name}: kernel error {ours_error:.3g}, torch error {torch_error:.3g}"
-
-
 @pytest.mark.parametrize("B, N, D", SHAPES)
 @pytest.mark.parametrize("mask_form", ["sigmoid", "logit"])
-def test_forward_and_backward_match_the_reference_fp32(B, N, D, mask_form):
+def test_forward_and_backward_match_the_reference_fp32(B, N, D, mask_form, assert_within_rule):
     tensors = inputs(B, N, D, seed=B * N + D)
     generator = torch.Generator(DEVICE).manual_seed(1)
     grads = [torch.randn(B, N, generator=generator, device=DEVICE), torch.randn(B, N, D, generator=generator, device=DEVICE)]
@@ -217,7 +199,7 @@ def test_mixed_devices_are_named():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("N", [900, 3600])
 @pytest.mark.parametrize("mask_form", ["sigmoid", "logit"])
-def test_low_precision_at_real_size_on_gpu(dtype, N, mask_form):
+def test_low_precision_at_real_size_on_gpu(dtype, N, mask_form, assert_within_rule):
     B, D, DP = 8, 768, 768
     tensors = inputs(B, N, D, dtype=dtype, prefix_dim=DP, seed=N)
     grads = [torch.randn(B, N, device=DEVICE, dtype=dtype), torch.randn(B, N, DP + D, device=DEVICE, dtype=dtype)]

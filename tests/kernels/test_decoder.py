@@ -1,0 +1,202 @@
+"""The fused decoder kernels against the reference decoder (DESIGN.md section 6)."""
+import importlib
+
+import pytest
+import torch
+
+from restr_fast import get_config
+from restr_fast.kernels import fused_decoder, op_registry, upsample_linear_act
+from restr_fast.kernels.decoder import decoder_reference, upsample_linear_act_reference
+from restr_fast.models.decoder import Decoder
+
+decoder_module = importlib.import_module("restr_fast.kernels.decoder")
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SLOPE = 0.01
+
+
+def rand(*shape, seed, dtype=torch.float32, scale=1.0):
+    generator = torch.Generator(DEVICE).manual_seed(seed)
+    return torch.randn(*shape, generator=generator, device=DEVICE, dtype=dtype) * scale
+
+
+def grads_of(fn, tensors, grad):
+    """fn's output and the gradients of every tensor in ``tensors`` for upstream ``grad``."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    return out.detach(), list(torch.autograd.grad(out, leaves, grad))
+
+
+def decoder_weights(channels, seed, dtype=torch.float32):
+    """Block weights (C/2, C), ... with the model's initialisation scale, and the head's."""
+    weights = [rand(c // 2, c, seed=seed + k, dtype=dtype, scale=(2 / c) ** 0.5) for k, c in enumerate(channels)]
+    last = channels[-1] // 2
+    return weights, rand(1, last, seed=seed + 50, dtype=dtype, scale=last ** -0.5), rand(1, seed=seed + 51, dtype=dtype)
+
+
+# (B, h, w, C, C_out): odd sizes, single rows and columns, a non-power-of-two channel count
+BLOCK_SHAPES = [(2, 3, 5, 12, 6), (1, 1, 1, 8, 4), (1, 4, 1, 6, 3), (3, 2, 7, 20, 10), (1, 7, 3, 96, 48), (1, 2, 2, 300, 150)]
+
+
+@pytest.mark.parametrize("B, h, w, C, C_out", BLOCK_SHAPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_block_matches_the_reference_fp32(B, h, w, C, C_out, with_bias, assert_within_rule):
+    seed = B * h * w + C
+    tensors = [rand(B, h, w, C, seed=seed), rand(C_out, C, seed=seed + 1, scale=C ** -0.5)]
+    if with_bias:
+        tensors.append(rand(C_out, seed=seed + 2))
+    grad = rand(B, 2 * h, 2 * w, C_out, seed=seed + 3)
+    exact_out, exact_grads = grads_of(upsample_linear_act_reference, [t.double() for t in tensors], grad.double())
+    torch_out, torch_grads = grads_of(upsample_linear_act_reference, tensors, grad)
+    our_out, our_grads = grads_of(upsample_linear_act, tensors, grad)
+    assert our_out.shape == (B, 2 * h, 2 * w, C_out) and our_out.dtype == torch.float32
+    assert_within_rule(our_out, torch_out, exact_out, 1e-5, "output")
+    for name, ours, theirs, exact in zip(("x", "weight", "bias"), our_grads, torch_grads, exact_grads):
+        assert_within_rule(ours, theirs, exact, 1e-5 * (B * h * w) ** 0.5, f"grad {name}")
+
+
+# (patch size, D, h, w): three blocks (patch 8) and four (patch 16), odd and non-square grids
+DECODER_CASES = [(8, 12, 3, 5), (16, 16, 2, 3), (8, 20, 1, 4), (16, 12, 4, 1)]
+
+
+@pytest.mark.parametrize("patch, dim, h, w", DECODER_CASES)
+def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, assert_within_rule):
+    config = get_config("restr-tiny", patch_size=patch, image_size=4 * patch, dim=dim)
+    torch.manual_seed(patch + dim)
+    reference = Decoder(config).to(DEVICE)
+    fast = Decoder(get_config(config, fast=True)).to(DEVICE)
+    fast.load_state_dict(reference.state_dict())
+    exact = Decoder(config).to(DEVICE).double()
+    exact.load_state_dict(reference.state_dict())
+    x = rand(2, h, w, 2 * dim, seed=h * w)
+    grad = rand(2, 1, patch * h, patch * w, seed=7)
+
+    outputs, grads = {}, {}
+    for name, model, dtype in (("exact", exact, torch.float64), ("torch", reference, torch.float32),
+                               ("ours", fast, torch.float32)):
+        leaf = x.to(dtype).requires_grad_()
+        out = model(leaf)
+        out.backward(grad.to(dtype))
+        outputs[name] = out.detach()
+        grads[name] = {"input": leaf.grad, **{n: p.grad for n, p in model.named_parameters()}}
+    assert outputs["ours"].shape == (2, 1, patch * h, patch * w)
+    assert_within_rule(outputs["ours"], outputs["torch"], outputs["exact"], 1e-5, "pixel logits")
+    assert set(grads["ours"]) == {"input", "head.weight", "head.bias"} | {
+        f"blocks.{k}.linear.weight" for k in range(config.decoder_blocks)}
+    for name in grads["ours"]:
+        assert_within_rule(grads["ours"][name], grads["torch"][name], grads["exact"][name],
+                           1e-5 * patch * (h * w) ** 0.5, f"grad {name}")
+
+
+def test_head_weight_gradient_adds_the_partials_of_several_programs(monkeypatch, assert_within_rule):
+    """On a GPU the head weight's gradient is summed from many programs' partial sums."""
+    monkeypatch.setattr(decoder_module, "_pixels_per_program", lambda n, block_p, blocks, device: block_p)
+    weights, head_weight, head_bias = decoder_weights((24,), seed=3)
+    x, grad = rand(2, 5, 7, 24, seed=4), rand(2, 1, 10, 14, seed=5)
+    tensors = [x, weights[0], head_weight, head_bias]
+
+    def run(fn):
+        return lambda x, w, hw, hb: fn(x, [w], hw, hb, SLOPE)
+    exact_out, exact_grads = grads_of(run(decoder_reference), [t.double() for t in tensors], grad.double())
+    torch_out, torch_grads = grads_of(run(decoder_reference), tensors, grad)
+    our_out, our_grads = grads_of(run(fused_decoder), tensors, grad)
+    for name, ours, theirs, exact in zip(("x", "weight", "head weight", "head bias"), our_grads, torch_grads, exact_grads):
+        assert_within_rule(ours, theirs, exact, 1e-5 * 8, f"grad {name}")
+
+
+def test_channels_first_views_and_strided_inputs():
+    x = rand(2, 10, 3, 5, seed=1).permute(0, 2, 3, 1)  # channels-last view of a channels-first tensor
+    weight = rand(5, 10, seed=2)
+    torch.testing.assert_close(upsample_linear_act(x, weight).double(),
+                               upsample_linear_act_reference(x.double(), weight.double()), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
+    monkeypatch.setattr(op_registry, "INTERPRETED", False)
+    for op in ("upsample_act", "upsample_act_linear", "upsample_act_head"):
+        monkeypatch.setattr(torch.ops.restr_fast, op, None)  # the kernels must not be called
+    weights, head_weight, head_bias = [torch.randn(16, 32), torch.randn(8, 16)], torch.randn(1, 8), torch.randn(1)
+    x = torch.randn(2, 3, 4, 32)
+    torch.testing.assert_close(fused_decoder(x, weights, head_weight, head_bias),
+                               decoder_reference(x, weights, head_weight, head_bias))
+    torch.testing.assert_close(upsample_linear_act(x, weights[0]), upsample_linear_act_reference(x, weights[0]))
+
+
+def test_compiled_function_traces_through_the_ops_without_graph_breaks():
+    weights, head_weight, head_bias = decoder_weights((16, 8), seed=2)
+    x, grad = rand(2, 3, 5, 16, seed=3), rand(2, 1, 12, 20, seed=4)
+
+    def decode(x, w0, w1, hw, hb):
+        block = upsample_linear_act(x, w0)  # (B, 2h, 2w, 8)
+        return fused_decoder(x, [w0, w1], hw, hb) + block.mean()
+
+    backend = "inductor" if DEVICE == "cuda" else "aot_eager"  # inductor has no CPU path for Triton ops
+    compiled = torch.compile(decode, fullgraph=True, backend=backend)
+    tensors = [x, *weights, head_weight, head_bias]
+    eager_out, eager_grads = grads_of(decode, tensors, grad)
+    comp_out, comp_grads = grads_of(compiled, tensors, grad)
+    for a, b in zip([eager_out, *eager_grads], [comp_out, *comp_grads]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x, w, hw: upsample_linear_act(x[0], w[0]), ValueError, r"channels-last \(B, h, w, C\) map"),
+    (lambda x, w, hw: upsample_linear_act(x.permute(0, 3, 1, 2), w[0]), ValueError, "looks channels-first"),
+    (lambda x, w, hw: upsample_linear_act(x, w[1]), ValueError, r"must be a \(C_out, 16\) Linear weight"),
+    (lambda x, w, hw: upsample_linear_act(x.long(), w[0].long()), TypeError, "support float32, float16 and bfloat16"),
+    (lambda x, w, hw: upsample_linear_act(x, w[0].double()), TypeError, "weight has dtype torch.float64"),
+    (lambda x, w, hw: upsample_linear_act(x, w[0].half()), TypeError, "cast them to one dtype"),
+    (lambda x, w, hw: upsample_linear_act(x, w[0], torch.zeros(3)), ValueError, r"bias must have shape \(8,\)"),
+    (lambda x, w, hw: fused_decoder(x, [], hw), ValueError, "at least one block weight"),
+    (lambda x, w, hw: fused_decoder(x, [w[0], w[0]], hw), ValueError, r"weights\[1\] must be a \(C_out, 8\)"),
+    (lambda x, w, hw: fused_decoder(x, w, hw[:, :3]), ValueError, r"head_weight must have shape \(4,\)"),
+    (lambda x, w, hw: fused_decoder(x, w, hw, torch.zeros(2)), ValueError, r"head_bias must have shape \(1,\)"),
+])
+def test_bad_inputs_are_named(call, error, message):
+    weights, head_weight, _ = decoder_weights((16, 8), seed=0)
+    with pytest.raises(error, match=message):
+        call(torch.randn(2, 3, 5, 16), [w.cpu() for w in weights], head_weight.cpu())
+
+
+@requires_gpu
+def test_mixed_devices_are_named():
+    weights, head_weight, _ = decoder_weights((16, 8), seed=0)
+    with pytest.raises(ValueError, match="weights\\[0\\] is on cpu"):
+        fused_decoder(torch.randn(2, 3, 5, 16, device="cuda"), [w.cpu() for w in weights], head_weight)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_whole_decoder_at_real_size_on_gpu(dtype, assert_within_rule):
+    """B = 8, a 30 x 30 grid of 1536 channels, four blocks to 480 x 480 (restr-b16)."""
+    channels = (1536, 768, 384, 192)
+    weights, head_weight, head_bias = decoder_weights(channels, seed=11)
+    x, grad = rand(8, 30, 30, 1536, seed=12), rand(8, 1, 480, 480, seed=13)
+    tensors = [x, *weights, head_weight, head_bias]
+
+    def run(fn):
+        return lambda x, *rest: fn(x, list(rest[:4]), rest[4], rest[5], SLOPE)
+    exact_out, exact_grads = grads_of(run(decoder_reference), [t.double() for t in tensors], grad.double())
+    low = [t.to(dtype) for t in tensors]
+    torch_out, torch_grads = grads_of(run(decoder_reference), low, grad.to(dtype))
+    our_out, our_grads = grads_of(run(fused_decoder), low, grad.to(dtype))
+    assert our_out.dtype == dtype
+    names = ["pixel logits", "grad x"] + [f"grad weight {k}" for k in range(4)] + ["grad head weight", "grad head bias"]
+    for name, ours, theirs, exact in zip(names, [our_out, *our_grads], [torch_out, *torch_grads], [exact_out, *exact_grads]):
+        assert ours.dtype == dtype, name
+        assert_within_rule(ours, theirs, exact, 1e-3 * exact.abs().max().item(), name)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B, h, w, C", [(8, 30, 30, 1536), (3, 17, 45, 96), (2, 1, 240, 192)])
+def test_low_precision_block_on_gpu(dtype, B, h, w, C, assert_within_rule):
+    tensors = [rand(B, h, w, C, seed=C), rand(C // 2, C, seed=1, scale=C ** -0.5)]
+    grad = rand(B, 2 * h, 2 * w, C // 2, seed=2)
+    exact_out, exact_grads = grads_of(upsample_linear_act_reference, [t.double() for t in tensors], grad.double())
+    low = [t.to(dtype) for t in tensors]
+    torch_out, torch_grads = grads_of(upsample_linear_act_reference, low, grad.to(dtype))
+    our_out, our_grads = grads_of(upsample_linear_act, low, grad.to(dtype))
+    for name, ours, theirs, exact in zip(("output", "grad x", "grad weight"), [our_out, *our_grads],
+                                         [torch_out, *torch_grads], [exact_out, *exact_grads]):
+        assert_within_rule(ours, theirs, exact, 1e-3 * exact.abs().max().item(), name)
