@@ -5,10 +5,11 @@ from .compute import count_macs, count_parameters
 from .config import PRESETS, ReSTRConfig, get_config
 from .losses import LossTerms, loss, loss_terms, patch_labels
 from .models import ReSTR, ReSTROutput, build_model
+from .predictor import Prediction, Predictor
 from .version import __version__
 
 __all__ = [
     "ReSTRConfig", "PRESETS", "get_config", "build_model", "ReSTR", "ReSTROutput",
     "loss", "loss_terms", "LossTerms", "patch_labels", "count_macs", "count_parameters",
-    "attention_backend", "text", "__version__",
+    "attention_backend", "text", "Predictor", "Prediction", "__version__",
 ]

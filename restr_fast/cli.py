@@ -1,4 +1,4 @@
-"""The ``restr-fast`` command line: forward, synth, train, evaluate, demo."""
+"""The ``restr-fast`` command line: forward, synth, train, evaluate, predict, demo."""
 from __future__ import annotations
 
 import argparse
@@ -138,6 +138,32 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from .predictor import Predictor, overlay, to_rgb_image
+
+    image = to_rgb_image(args.image)  # read once; bad files fail before the model loads
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast)
+    predictions = predictor.predict(image, list(args.text))
+    for number, (text, prediction) in enumerate(zip(args.text, predictions), start=1):
+        mask = prediction.mask.numpy()
+        out = _numbered(args.out, number, len(args.text))
+        Image.fromarray(mask.astype("uint8") * 255).save(out)
+        written = [str(out)]
+        if args.overlay:
+            overlay_path = _numbered(args.overlay, number, len(args.text))
+            overlay(image, mask).save(overlay_path)
+            written.append(str(overlay_path))
+        print(f"{text!r}: {100 * mask.mean():.1f} % of the {image.width}x{image.height} image -> {', '.join(written)}")
+
+
+def _numbered(path: str, number: int, count: int) -> Path:
+    """``path`` itself for a single sentence, else ``stem_<number>.suffix``."""
+    path = Path(path)
+    return path if count == 1 else path.with_name(f"{path.stem}_{number}{path.suffix}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .training.demo import run_demo
     run_demo(args.out, steps=args.steps, images=args.images, device=args.device, seed=args.seed)
@@ -207,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="evaluate the first N samples only")
     evaluate.add_argument("--sentence", help="replace every sentence by this text (e.g. one neutral word)")
     evaluate.set_defaults(run=_evaluate)
+
+    predict = commands.add_parser("predict", help="mask of the region a sentence refers to in an image")
+    predict.add_argument("--checkpoint", required=True,
+                         help="a model folder (Predictor.save, or RUN/model), a run folder or a .pt checkpoint")
+    predict.add_argument("--image", required=True, help="image file (any size; grayscale, RGBA, 16-bit, palette)")
+    predict.add_argument("--text", required=True, action="append",
+                         help="the referring sentence; repeat for several sentences on the same image")
+    predict.add_argument("--out", required=True,
+                         help="mask PNG at the image's size (white = the region); with several --text, one file "
+                              "per sentence numbered in --text order: mask.png -> mask_1.png, mask_2.png, ...")
+    predict.add_argument("--overlay", help="also write the image with the region tinted red (numbered like --out)")
+    predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    predict.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, fp32 on the CPU), float32, bfloat16")
+    predict.add_argument("--no-fast", action="store_true", help="run the reference model instead of the Triton kernels")
+    predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="synthetic data -> train restr-tiny -> evaluate -> figures")
     demo.add_argument("--out", default="restr-demo")

@@ -1,7 +1,8 @@
 """The training loop: the paper's recipe by default, resumable, DDP under torchrun.
 
 A run folder holds ``config.yaml`` (model and training settings), ``vocab.txt``, ``log.jsonl``
-(every logged step and evaluation) and ``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU).
+(every logged step and evaluation), ``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU), and
+``model/``, the best model as a deployable folder for :class:`restr_fast.Predictor`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from ..config import ReSTRConfig
 from ..data import ReferDataset, collate, sentences_of
+from ..deployable import save_model_folder
 from ..losses import loss_terms
 from ..models import build_model
 from ..text import Vocabulary, load_glove
@@ -269,6 +271,8 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             if metrics["overall_iou"] > best_iou:
                 best_iou = metrics["overall_iou"]
                 checkpoint(out / "checkpoints" / "best.pt", metrics)
+                if main:
+                    save_model_folder(out / "model", model, vocabulary)
             if main:
                 bar.write(f"step {step}: {config.val_split} overall IoU {100 * metrics['overall_iou']:.2f}, "
                           f"mean IoU {100 * metrics['mean_iou']:.2f}")

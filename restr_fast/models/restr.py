@@ -48,13 +48,27 @@ class ReSTR(nn.Module):
         """images (B, C, H, W) float, H and W multiples of the patch size; tokens (B, max_words)
         integer word ids, 0 = padding, at least one word per row."""
         check_inputs(images, tokens, self.config)
-        B, _, H, W = images.shape
-        h, w = H // self.config.patch_size, W // self.config.patch_size
-        word_mask = tokens != 0  # (B, L)
+        return self.segment(self.encode_images(images), tokens, images.shape[-2:])
 
-        visual = self.vision(images)  # (B, N, Dv), N = h*w
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) -> the projected visual tokens z_v (B, N, D), N = (H/P)*(W/P).
+
+        They depend on the image only: to segment one image with several sentences, encode it
+        once and pass its row repeated to :meth:`segment` (same result as separate forwards)."""
+        visual = self.vision(images)  # (B, N, Dv)
+        return self.visual_proj(F.normalize(visual, dim=-1))  # (B, N, D)
+
+    def segment(self, z_v: torch.Tensor, tokens: torch.Tensor, size: tuple[int, int]) -> ReSTROutput:
+        """Everything after the vision encoder: z_v (B, N, D) from :meth:`encode_images` of images of
+        ``size`` (H, W), tokens (B, max_words) -> pixel and patch logits."""
+        H, W = size
+        h, w = H // self.config.patch_size, W // self.config.patch_size
+        B = tokens.shape[0]
+        if z_v.shape != (B, h * w, self.config.dim):
+            raise ValueError(f"z_v must have shape (B, N, D) = ({B}, {h * w}, {self.config.dim}) for {B} "
+                             f"sentences and {H}x{W} images, got {tuple(z_v.shape)}")
+        word_mask = tokens != 0  # (B, L)
         words = self.language(tokens, word_mask)  # (B, L, D)
-        z_v = self.visual_proj(F.normalize(visual, dim=-1))  # (B, N, D)
         z_l = self.text_proj(F.normalize(words, dim=-1)) * word_mask.unsqueeze(-1)  # (B, L, D), padding zeroed
 
         fused, classifier = self.fusion(z_v, z_l, word_mask)  # (B, N, D), (B, D)
@@ -68,7 +82,6 @@ class ReSTR(nn.Module):
         patch_logits, decoder_input = self.seed_classifier(fused, classifier, prefix=z_v)
         pixel_logits = self.decoder(decoder_input.reshape(B, h, w, -1))  # (B, 1, H, W)
         return ReSTROutput(pixel_logits, patch_logits.reshape(B, 1, h, w))
-
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the activations of every transformer and decoder block in the backward pass

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from restr_fast import get_config
+from restr_fast import Predictor, get_config
 from restr_fast.cli import main
 from restr_fast.data.synthetic import generate
 from restr_fast.training import (StepBatchSampler, TrainConfig, TrainingDiverged, load_checkpoint,
@@ -60,6 +60,10 @@ def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
     assert state["step"] == 6 and state["vocabulary"][:4] == ["<pad>", "<go>", "<eos>", "<unk>"]
     model, vocabulary = model_from_checkpoint(state)
     assert model.config.vocab_size == len(vocabulary) and model.config.dim == 32
+    deployed = Predictor.from_checkpoint(run / "model", fast=False)  # the best model, as a deployable folder
+    assert deployed.vocabulary == vocabulary and deployed.config == model.config
+    for name, tensor in parameters(run / "checkpoints" / "best.pt").items():
+        assert torch.equal(deployed.model.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):
         train(get_config("restr-tiny", **MODEL), config(data_root), run)
 

@@ -1,0 +1,118 @@
+"""Deployable checkpoints: what inference needs and nothing else, in one folder.
+
+A model folder holds ``model.safetensors`` (the state dict), ``config.json`` (the model's
+:class:`ReSTRConfig` with a format tag) and ``vocab.txt`` (one word per line). It is written
+atomically (to a temporary folder, then renamed) by :meth:`restr_fast.Predictor.save` and by
+training (``RUN/model`` on each new best evaluation), and read with validation: missing files, a
+config or weights of another model, or a vocabulary that does not fit are one-line errors naming
+the path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ReSTRConfig
+from .models import ReSTR, build_model
+from .text import Vocabulary
+
+FORMAT = "restr_fast-model"
+VERSION = 1
+WEIGHTS, CONFIG, VOCABULARY = "model.safetensors", "config.json", "vocab.txt"
+FILES = (WEIGHTS, CONFIG, VOCABULARY)
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder with a deployable checkpoint's config file."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabulary) -> Path:
+    """Write ``model``'s weights (copied to the CPU, dtypes kept), its config and ``vocabulary`` to ``directory``.
+
+    An existing model folder at ``directory`` is replaced; any other non-empty folder there is an
+    error (never deleted). Returns the folder.
+    """
+    directory = Path(directory)
+    if len(vocabulary) > model.config.vocab_size:
+        raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model only "
+                         f"{model.config.vocab_size} embedding rows")
+    if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_model_folder(directory))):
+        raise ValueError(f"{directory} exists and is not a restr_fast model folder: choose another path "
+                         f"(it is never overwritten)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    suffix = f"{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp, old = directory.with_name(f".{directory.name}.{suffix}"), directory.with_name(f".{directory.name}.old.{suffix}")
+    try:
+        tmp.mkdir()
+        weights = {name: tensor.detach().to("cpu", copy=True).contiguous()
+                   for name, tensor in model.state_dict().items()}
+        save_file(weights, tmp / WEIGHTS, metadata={"format": FORMAT})
+        header = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict()}
+        (tmp / CONFIG).write_text(json.dumps(header, indent=2) + "\n")
+        vocabulary.save(tmp / VOCABULARY)
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def load_model_folder(directory: str | Path, **overrides: Any) -> tuple[ReSTR, Vocabulary]:
+    """The model (on the CPU, with its weights) and vocabulary of a model folder; ``overrides``
+    change implementation settings such as ``fast`` or ``attention``.
+
+    Raises FileNotFoundError when the folder or one of its files is missing, ValueError when a
+    file is unreadable or belongs to another model."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model folder not found: {directory}")
+    missing = [name for name in FILES if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {missing}: a restr_fast model folder holds {WEIGHTS} "
+                                f"(weights), {CONFIG} (model config) and {VOCABULARY}, as written by "
+                                f"Predictor.save or restr-fast train")
+    config = _read_config(directory / CONFIG, overrides)
+    vocabulary = Vocabulary.load(directory / VOCABULARY)
+    if len(vocabulary) != config.vocab_size:
+        raise ValueError(f"{directory / VOCABULARY} has {len(vocabulary)} words but {directory / CONFIG} says "
+                         f"vocab_size={config.vocab_size}: the files come from different models")
+    try:
+        weights = load_file(directory / WEIGHTS)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"cannot read the weights {directory / WEIGHTS} (corrupt or not a safetensors "
+                         f"file): {str(error)[:200]}") from error
+    from .training.checkpoint import load_weights  # the training package is only needed here
+
+    model = build_model(config)
+    try:
+        load_weights(model, weights)
+    except ValueError as error:
+        raise ValueError(f"{directory / WEIGHTS} does not match {directory / CONFIG}: {error}") from error
+    return model.eval(), vocabulary
+
+
+def _read_config(path: Path, overrides: dict[str, Any]) -> ReSTRConfig:
+    """The ReSTRConfig of a model folder's config.json, with ``overrides`` applied."""
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not JSON: {error}") from error
+    if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("model"), dict):
+        raise ValueError(f"{path} is not a restr_fast model config (expected an object with "
+                         f"\"format\": \"{FORMAT}\" and the model's settings under \"model\")")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{path} has format version {header.get('version')}; this restr_fast reads version {VERSION}")
+    try:
+        return ReSTRConfig.from_dict(header["model"]).replace(**overrides)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: the model config is not valid here: {error}") from error

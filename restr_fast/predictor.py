@@ -1,0 +1,268 @@
+"""A trained ReSTR as a drop-in inference module: image + sentence -> mask at the image's own size.
+
+    from restr_fast import Predictor
+    predictor = Predictor.from_checkpoint("runs/refcoco/model")   # GPU + bf16 + kernels when there is a GPU
+    result = predictor.predict("photo.jpg", "the man in the blue hat")
+    result.mask            # (H, W) bool at the photo's size
+    result.probability     # (H, W) float32 in [0, 1]
+
+Each image is letterboxed to the model's square input (normalised with mean = std = 0.5), the
+pixel logits are mapped back to the original size (padding cut away, bilinear resize), and the
+mask is logits > 0: exactly what evaluation does.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import ReSTRConfig
+from .data.transforms import Letterbox, letterbox_image, load_image, to_rgb, unletterbox
+from .deployable import CONFIG, FILES, VOCABULARY, WEIGHTS, is_model_folder, load_model_folder, save_model_folder
+from .models import ReSTR, build_model
+from .text import Vocabulary
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+class Prediction(NamedTuple):
+    """The result of one (image, sentence) pair, at the image's original size."""
+
+    mask: torch.Tensor  # (H, W) bool, on the CPU: the referred region (pixel logits > 0)
+    probability: torch.Tensor  # (H, W) float32, on the CPU: sigmoid of the pixel logits
+
+
+class Predictor:
+    """Segments the region a sentence refers to, for images of any size.
+
+    Args:
+        model: a ReSTR model with its trained weights, on the device to run on; it is put in eval mode.
+        vocabulary: the vocabulary the model was trained with.
+        config: how to run the model; default ``model.config``. It may differ from the model's config in
+            implementation settings only (``fast``, ``attention``): the weights then move into a model
+            built from ``config``.
+        dtype: ``auto`` (bf16 autocast on a GPU, fp32 on the CPU), ``float32``, ``bfloat16`` or
+            ``float16`` (autocast), or a torch dtype.
+        max_batch: pairs per forward pass; longer lists run in several passes.
+
+    Thread safety: :meth:`predict` changes no state of the predictor or the model (inference and
+    autocast modes are per thread), so one predictor may serve several threads at once.
+    """
+
+    def __init__(self, model: ReSTR, vocabulary: Vocabulary, config: ReSTRConfig | None = None, *,
+                 dtype: str | torch.dtype = "auto", max_batch: int = 32) -> None:
+        if not isinstance(model, ReSTR):
+            raise TypeError(f"model must be a restr_fast ReSTR, got {type(model).__name__}")
+        if not isinstance(vocabulary, Vocabulary):
+            raise TypeError(f"vocabulary must be a restr_fast.text.Vocabulary, got {type(vocabulary).__name__}")
+        config = model.config if config is None else config
+        if config != model.config:
+            model = _rebuilt(model, config)
+        if len(vocabulary) > config.vocab_size:
+            raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model only {config.vocab_size} "
+                             f"embedding rows: is it the vocabulary the model was trained with?")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model = model.eval()
+        self.vocabulary = vocabulary
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.max_batch = max_batch
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                        fast: bool = True, max_batch: int = 32) -> "Predictor":
+        """A predictor of a saved model.
+
+        Args:
+            path: a model folder (written by :meth:`save` or by training as ``RUN/model``), a training
+                checkpoint file (``.pt``), or a run folder (its ``model/``, else ``checkpoints/best.pt``,
+                else ``checkpoints/latest.pt``).
+            device: ``auto`` (CUDA when there is a GPU, else the CPU), or a device.
+            dtype: see :class:`Predictor`.
+            fast: run the fused Triton kernels (same weights, same results within rounding).
+        """
+        model, vocabulary = load_model(path, fast=fast)
+        return cls(model.to(resolve_device(device)), vocabulary, dtype=dtype, max_batch=max_batch)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model as a deployable folder (weights, config, vocabulary), atomically."""
+        return save_model_folder(directory, self.model, self.vocabulary)
+
+    def predict(self, image: ImageLike | Sequence[ImageLike],
+                text: str | Sequence[str]) -> Prediction | list[Prediction]:
+        """Masks of the regions ``text`` refers to in ``image``.
+
+        Args:
+            image: a path, a PIL image (any mode: grayscale, RGBA, 16-bit and palette images are
+                converted to RGB), an (H, W, 3) uint8 array, or a (3, H, W) tensor (uint8, or float in
+                [0, 1]); or a list of them.
+            text: a sentence, or a list of sentences. Sentences longer than ``max_words`` (20) words keep
+                their first words, with a warning; unknown words read as ``<unk>``.
+
+        Returns:
+            One :class:`Prediction` for an image and a sentence. With lists, a list of predictions, one
+            per pair: two lists pair up element by element (same length); a single image or sentence
+            goes with every element of the other list. Each distinct image (the same object, or the same
+            path) is encoded once per pass, whatever the number of its sentences.
+        """
+        images = list(image) if isinstance(image, (list, tuple)) else None
+        texts = list(text) if isinstance(text, (list, tuple)) else None
+        if images is not None and texts is not None and len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images and {len(texts)} sentences: lists must pair up "
+                             f"(or pass one image, or one sentence)")
+        count = len(images) if images is not None else len(texts) if texts is not None else 1
+        if count == 0:
+            return []
+        images = images if images is not None else [image] * count
+        texts = texts if texts is not None else [text] * count
+        tokens = torch.stack([self.vocabulary.encode(t, self.config.max_words) for t in texts])  # (count, L)
+        predictions = []
+        for start in range(0, count, self.max_batch):
+            stop = min(start + self.max_batch, count)
+            predictions += self._predict_batch(images[start:stop], tokens[start:stop])
+        return predictions if isinstance(image, (list, tuple)) or isinstance(text, (list, tuple)) else predictions[0]
+
+    def _predict_batch(self, images: list[ImageLike], tokens: torch.Tensor) -> list[Prediction]:
+        """One forward pass: images (B items), tokens (B, L) -> B predictions."""
+        keys = [_identity(image) for image in images]
+        unique = list(dict.fromkeys(keys))  # distinct images, in order of first use
+        inputs, boxes = zip(*(letterbox_image(to_rgb_image(images[keys.index(key)]), self.config.image_size)
+                              for key in unique))
+        order = [unique.index(key) for key in keys]  # image of each pair
+        which = torch.tensor(order, device=self.device)  # (B,)
+        size = self.config.image_size
+        with torch.inference_mode():
+            with self._autocast():
+                z_v = self.model.encode_images(torch.stack(inputs).to(self.device))  # (U, N, D)
+                logits = self.model.segment(z_v[which], tokens.to(self.device), (size, size)).pixel_logits
+            logits = logits.float()  # (B, 1, S, S)
+            return [_restore(logits[i, 0], boxes[order[i]]) for i in range(len(images))]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def _restore(logits: torch.Tensor, box: Letterbox) -> Prediction:
+    """Model-input logits (S, S) -> the prediction at the original (H, W)."""
+    restored = unletterbox(logits, box)  # (H, W) float32
+    return Prediction((restored > 0).cpu(), restored.sigmoid().cpu())
+
+
+def _identity(image: ImageLike) -> tuple:
+    """Key under which equal image inputs are encoded once: the path, or the object."""
+    return ("path", os.fspath(image)) if isinstance(image, (str, os.PathLike)) else ("object", id(image))
+
+
+def _rebuilt(model: ReSTR, config: ReSTRConfig) -> ReSTR:
+    """A model of ``config`` holding ``model``'s weights, when the two differ in implementation settings only."""
+    if not isinstance(config, ReSTRConfig):
+        raise TypeError(f"config must be a ReSTRConfig, got {type(config).__name__}")
+    if config.replace(fast=model.config.fast, attention=model.config.attention) != model.config:
+        changed = sorted(k for k, v in config.to_dict().items() if v != model.config.to_dict()[k])
+        raise ValueError(f"config differs from the model's config in {changed}: only fast and attention may "
+                         f"differ (pass the config the model was built with)")
+    rebuilt = build_model(config).to(next(model.parameters()).device)
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt
+
+
+def to_rgb_image(image: ImageLike) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) tensor
+    (uint8, or float in [0, 1]), C = 1, 3 or 4."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+            raise ValueError(f"an image tensor must have shape (3, H, W), got {tuple(image.shape)}")
+        if image.is_floating_point():
+            if image.numel() and (image.min() < 0 or image.max() > 1):
+                raise ValueError(f"a float image tensor must hold values in [0, 1], got "
+                                 f"[{float(image.min()):.3g}, {float(image.max()):.3g}]")
+            image = (image * 255).round().to(torch.uint8)
+        image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, C)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor, "
+                        f"got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"an image array must be uint8 (0..255), got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        raise ValueError(f"an image array must have shape (H, W, 3), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image has no pixels (size {image.shape[1]}x{image.shape[0]})")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(image)))
+
+
+def overlay(image: ImageLike, mask: torch.Tensor | np.ndarray) -> Image.Image:
+    """The image dimmed, with the masked region tinted red: for looking at a prediction."""
+    pixels = np.asarray(to_rgb_image(image), dtype=np.float32)  # (H, W, 3)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != pixels.shape[:2]:
+        raise ValueError(f"mask of shape {mask.shape} does not fit the image of shape {pixels.shape[:2]}")
+    shown = pixels * 0.4
+    shown[mask] = pixels[mask] * 0.5 + np.array([255.0, 0.0, 0.0]) * 0.5
+    return Image.fromarray(shown.round().astype(np.uint8))
+
+
+def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
+    """Model (on the CPU) and vocabulary of a model folder, a training checkpoint or a run folder."""
+    path = Path(path)
+    if path.is_file() and path.name in FILES:
+        path = path.parent
+    if path.is_dir():
+        if is_model_folder(path):
+            return load_model_folder(path, **overrides)
+        for candidate in (path / "model", path / "checkpoints" / "best.pt", path / "checkpoints" / "latest.pt"):
+            if candidate.exists():
+                return load_model(candidate, **overrides)
+        raise FileNotFoundError(f"{path} holds no restr_fast checkpoint: expected a model folder ({WEIGHTS}, "
+                                f"{CONFIG}, {VOCABULARY}) or a run folder (model/ or checkpoints/best.pt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; pass a model folder, a run folder or a .pt "
+                                f"checkpoint written by restr-fast train")
+    from .training import load_checkpoint, model_from_checkpoint  # the training package is only needed here
+
+    state = load_checkpoint(path)
+    try:
+        model, vocabulary = model_from_checkpoint(state, **overrides)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    return model.eval(), vocabulary
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA when a GPU is present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but this machine has no usable CUDA GPU: use auto or cpu")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA, fp32 elsewhere; names as in :data:`DTYPES`."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")

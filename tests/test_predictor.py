@@ -1,0 +1,337 @@
+"""Predictor: equal to forward + threshold + back-mapping, batching, threads, model folders, bad input, CLI."""
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restr_fast import Predictor, build_model
+from restr_fast.cli import main
+from restr_fast.data.transforms import letterbox_image, unletterbox
+from restr_fast.text import UNK_INDEX, Vocabulary
+from restr_fast.training import save_checkpoint
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (fast path, bf16)")
+
+SENTENCES = ["the red circle left of the blue square", "big green triangle on the right",
+             "a small yellow square", "the shape in the middle"]
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    return Vocabulary.from_sentences(SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def model(vocabulary):
+    torch.manual_seed(0)
+    return build_model("restr-tiny", vocab_size=len(vocabulary)).eval()  # 64x64, patch 8, reference path
+
+
+@pytest.fixture(scope="module")
+def predictor(model, vocabulary):
+    return Predictor(model, vocabulary)
+
+
+def random_image(height, width, seed=0, channels=3):
+    shape = (height, width, channels) if channels else (height, width)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def reference(model, vocabulary, image, text):
+    """Model forward on the letterboxed image, logits mapped back, thresholded at 0."""
+    inputs, box = letterbox_image(image, model.config.image_size)
+    with torch.no_grad():
+        logits = model(inputs[None], vocabulary.encode(text)[None]).pixel_logits  # (1, 1, S, S)
+    restored = unletterbox(logits[0, 0], box)  # (H, W)
+    return restored > 0, restored.sigmoid()
+
+
+def assert_same(prediction, expected):
+    """Bit for bit: the same computation."""
+    assert torch.equal(prediction.mask, expected.mask)
+    assert torch.equal(prediction.probability, expected.probability)
+
+
+def assert_same_in_another_batch(prediction, expected):
+    """Equal up to fp32 rounding: matrix products over another batch size round differently (the CPU
+    BLAS blocks by size). The mask must agree wherever the probability is not within rounding of 0.5."""
+    torch.testing.assert_close(prediction.probability, expected.probability)
+    decided = (expected.probability - 0.5).abs() > 1e-5
+    assert decided.float().mean() > 0.99
+    assert torch.equal(prediction.mask[decided], expected.mask[decided])
+
+
+@pytest.mark.parametrize("height, width", [(50, 80), (80, 50), (64, 64), (33, 97)])
+def test_predict_is_forward_threshold_and_back_mapping(predictor, model, vocabulary, height, width):
+    image = random_image(height, width, seed=height)
+    prediction = predictor.predict(image, SENTENCES[0])
+    mask, probability = reference(model, vocabulary, Image.fromarray(image), SENTENCES[0])
+    assert prediction.mask.shape == (height, width) and prediction.mask.dtype == torch.bool
+    assert prediction.probability.dtype == torch.float32
+    assert torch.equal(prediction.mask, mask) and torch.equal(prediction.probability, probability)
+    assert 0 < prediction.mask.float().mean() < 1  # a real threshold, not a constant mask
+
+
+def test_every_image_type_gives_the_same_prediction(predictor, tmp_path):
+    image = random_image(40, 70, seed=3)
+    path = tmp_path / "image.png"
+    Image.fromarray(image).save(path)
+    expected = predictor.predict(image, SENTENCES[1])
+    tensor = torch.from_numpy(image).permute(2, 0, 1)  # (3, H, W)
+    for same in (str(path), path, Image.open(path), tensor, tensor.float() / 255):
+        assert_same(predictor.predict(same, SENTENCES[1]), expected)
+
+
+def test_a_list_of_pairs_equals_the_pairs_one_by_one(model, vocabulary):
+    images = [random_image(50, 80, seed=1), random_image(64, 64, seed=2), random_image(33, 97, seed=3),
+              random_image(80, 50, seed=4), random_image(20, 30, seed=5)]
+    texts = SENTENCES + ["the red one"]
+    for max_batch in (32, 2):  # one pass, and three passes
+        predictor = Predictor(model, vocabulary, max_batch=max_batch)
+        batched = predictor.predict(images, texts)
+        assert isinstance(batched, list) and len(batched) == 5
+        for image, text, prediction in zip(images, texts, batched):
+            assert_same_in_another_batch(prediction, predictor.predict(image, text))
+
+
+def test_one_image_with_several_sentences_runs_the_vision_encoder_once(predictor, model):
+    image = random_image(48, 64, seed=7)
+    batches = []
+    hook = model.vision.register_forward_hook(lambda module, args, output: batches.append(args[0].shape[0]))
+    try:
+        together = predictor.predict(image, SENTENCES)
+        assert batches == [1]
+        pairs = predictor.predict([image] * 4, SENTENCES)  # the same image object in a list of pairs
+        assert batches == [1, 1]
+    finally:
+        hook.remove()
+    for text, prediction, pair in zip(SENTENCES, together, pairs):
+        alone = predictor.predict(image, text)
+        assert_same_in_another_batch(prediction, alone)
+        assert_same(pair, prediction)  # the same batch of four
+
+
+def test_two_threads_predicting_at_once_get_their_own_results(predictor):
+    work = [([random_image(40 + 10 * t, 60, seed=t)] * 2, SENTENCES[2 * t: 2 * t + 2]) for t in range(2)]
+    expected = [predictor.predict(images, texts) for images, texts in work]
+    results, errors = [[], []], []
+    start = threading.Barrier(2)
+
+    def run(t):
+        try:
+            start.wait()
+            for _ in range(4):
+                results[t].append(predictor.predict(*work[t]))
+        except Exception as error:  # reported in the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for t in range(2):
+        assert len(results[t]) == 4
+        for result in results[t]:
+            for prediction, want in zip(result, expected[t]):
+                assert_same(prediction, want)
+
+
+def test_save_and_from_checkpoint_give_identical_predictions(predictor, model, vocabulary, tmp_path):
+    image = random_image(50, 80, seed=11)
+    expected = predictor.predict(image, SENTENCES[0])
+    folder = predictor.save(tmp_path / "model")
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "vocab.txt"}
+    predictor.save(folder)  # an existing model folder is replaced
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    loaded = Predictor.from_checkpoint(folder, device="cpu", fast=False)
+    assert loaded.vocabulary == vocabulary and loaded.config == model.config and loaded.dtype == torch.float32
+    assert_same(loaded.predict(image, SENTENCES[0]), expected)
+    assert_same(Predictor.from_checkpoint(folder / "config.json", fast=False).predict(image, SENTENCES[0]), expected)
+
+    # a training checkpoint, as a file and through its run folder
+    state = {"model": model.state_dict(), "config": model.config.to_dict(), "vocabulary": vocabulary.words}
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", state)
+    for path in (tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "run"):
+        assert_same(Predictor.from_checkpoint(path, fast=False).predict(image, SENTENCES[0]), expected)
+
+    fast = Predictor.from_checkpoint(folder)  # fast=True by default: the Triton kernels (interpreted on the CPU)
+    assert fast.config.fast and not model.config.fast
+    assert_same_in_another_batch(fast.predict(image, SENTENCES[0]), expected)  # fused kernels round differently
+
+
+def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes exists and is not a restr_fast model folder"):
+        predictor.save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def to_mode(image, mode):
+    """A PIL image of ``mode`` made from an RGB array."""
+    rgb = Image.fromarray(image)
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)  # 16-bit grayscale
+    return rgb.convert(mode)
+
+
+@pytest.mark.parametrize("mode, as_rgb", [
+    ("L", lambda im: im.convert("RGB")),
+    ("RGBA", lambda im: im.convert("RGB")),
+    ("P", lambda im: im.convert("RGB")),
+    ("I;16", lambda im: Image.fromarray((np.asarray(im) * (255 / np.asarray(im).max())).astype(np.uint8)).convert("RGB")),  # scaled by its maximum
+])
+def test_grayscale_rgba_16_bit_and_palette_images_are_converted(predictor, tmp_path, mode, as_rgb):
+    image = to_mode(random_image(30, 45, seed=5), mode)
+    path = tmp_path / "image.png"
+    image.save(path)
+    expected = predictor.predict(as_rgb(image), SENTENCES[3])
+    for same in (image, path):
+        prediction = predictor.predict(same, SENTENCES[3])
+        assert prediction.mask.shape == (30, 45)
+        assert_same(prediction, expected)
+
+
+def test_bad_images_are_clear_errors(predictor, tmp_path):
+    with pytest.raises(FileNotFoundError, match="image not found: .*missing.png"):
+        predictor.predict(tmp_path / "missing.png", "the red circle")
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        predictor.predict(tmp_path / "broken.png", "the red circle")
+    for empty in (np.zeros((0, 5, 3), np.uint8), Image.new("RGB", (0, 0)), torch.zeros(3, 4, 0, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match="image has no pixels"):
+            predictor.predict(empty, "the red circle")
+    with pytest.raises(TypeError, match="must be uint8"):
+        predictor.predict(np.zeros((8, 8, 3)), "the red circle")
+    with pytest.raises(ValueError, match=r"shape \(3, H, W\)"):
+        predictor.predict(torch.zeros(1, 3, 8, 8), "the red circle")
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        predictor.predict(torch.full((3, 8, 8), -1.0), "the red circle")
+    assert predictor.predict([], []) == [] and predictor.predict(random_image(8, 8), []) == []
+    with pytest.raises(ValueError, match="lists must pair up"):
+        predictor.predict([random_image(8, 8)] * 2, ["a", "b", "c"])
+
+
+def test_text_errors_truncation_and_unknown_words(predictor, vocabulary):
+    image = random_image(32, 48, seed=9)
+    for text in ("", "   \t", "?!"):
+        with pytest.raises(ValueError, match="has no words"):
+            predictor.predict(image, text)
+    with pytest.raises(TypeError, match="text must be a str"):
+        predictor.predict(image, 42)
+
+    words = ("the red circle left of the blue square and the big green triangle on the right of "
+             "a small yellow square in the middle").split()
+    assert len(words) > 20
+    with pytest.warns(UserWarning, match="truncated to its first 20"):
+        long = predictor.predict(image, " ".join(words))
+    assert_same(long, predictor.predict(image, " ".join(words[:20])))
+
+    tokens = vocabulary.encode("the zebra café ünïcödé")
+    assert tokens[-3:].tolist() == [UNK_INDEX] * 3
+    assert_same(predictor.predict(image, "the zebra café ünïcödé"), predictor.predict(image, "the qwerty asdf zxcv"))
+
+
+def test_checkpoints_of_another_model_are_clear_errors(predictor, model, vocabulary, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        Predictor.from_checkpoint(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no restr_fast checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "empty")
+
+    folder = predictor.save(tmp_path / "model")
+    (folder / "vocab.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks \['vocab.txt'\]"):
+        Predictor.from_checkpoint(folder)
+
+    folder = predictor.save(tmp_path / "other")
+    header = json.loads((folder / "config.json").read_text())
+    header["model"]["dim"] = 64  # another model's config beside these weights
+    (folder / "config.json").write_text(json.dumps(header))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match .*config.json: .*shapes"):
+        Predictor.from_checkpoint(folder, fast=False)
+    (folder / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 768}))
+    with pytest.raises(ValueError, match="is not a restr_fast model config"):
+        Predictor.from_checkpoint(folder)
+
+    folder = predictor.save(tmp_path / "words")
+    Vocabulary(["only", "two"]).save(folder / "vocab.txt")
+    with pytest.raises(ValueError, match="has 6 words but .*vocab_size"):
+        Predictor.from_checkpoint(folder)
+
+    (tmp_path / "weights.pt").write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "weights.pt")
+
+    other = build_model(model.config.replace(dim=64), fast=False)
+    with pytest.raises(ValueError, match=r"differs from the model's config in \['dim'\]"):
+        Predictor(model, vocabulary, other.config)
+    fast = Predictor(model, vocabulary, model.config.replace(fast=True))  # implementation settings may differ
+    assert fast.model is not model and fast.config.fast and not model.config.fast
+
+
+def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys):
+    folder = predictor.save(tmp_path / "model")
+    image = random_image(50, 80, seed=13)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    common = ["predict", "--checkpoint", str(folder), "--image", str(tmp_path / "photo.png"), "--no-fast"]
+
+    assert main(common + ["--text", SENTENCES[0], "--out", str(tmp_path / "mask.png"),
+                          "--overlay", str(tmp_path / "overlay.png")]) == 0
+    mask = Image.open(tmp_path / "mask.png")
+    assert mask.size == (80, 50) and mask.mode == "L"
+    expected = predictor.predict(image, SENTENCES[0]).mask
+    assert np.array_equal(np.asarray(mask) == 255, expected.numpy())
+    assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert Image.open(tmp_path / "overlay.png").size == (80, 50)
+
+    assert main(common + ["--text", SENTENCES[1], "--text", SENTENCES[2], "--out", str(tmp_path / "m.png")]) == 0
+    for number, text in enumerate(SENTENCES[1:3], start=1):
+        written = np.asarray(Image.open(tmp_path / f"m_{number}.png")) == 255
+        assert np.array_equal(written, predictor.predict(image, text).mask.numpy())
+    assert "m_2.png" in capsys.readouterr().out
+
+    for arguments, message in (
+        (["--image", str(tmp_path / "absent.jpg")], "image not found"),
+        (["--text", "   "], "has no words"),
+        (["--checkpoint", str(tmp_path / "nowhere")], "checkpoint not found"),
+    ):
+        values = dict(zip(common[1::2], common[2::2]))
+        values.update({"--text": SENTENCES[0], "--out": str(tmp_path / "x.png")}, **dict(zip(arguments[::2], arguments[1::2])))
+        argv = ["predict", "--no-fast"] + [item for pair in values.items() for item in pair]
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("restr-fast predict: error: ") and message in error and error.count("\n") == 1
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gpu_fast_path_matches_the_reference_within_the_tolerance_rule(model, vocabulary, dtype, tmp_path):
+    """Fast (kernels) and reference at ``dtype`` against the fp32 reference: the fast path's error is at most
+    2x the reference's own error at that dtype, plus a small atol (DESIGN.md section 6)."""
+    folder = Predictor(model, vocabulary).save(tmp_path / "model")
+    truth = Predictor.from_checkpoint(folder, device="cuda", dtype="float32", fast=False)
+    same_dtype = Predictor.from_checkpoint(folder, device="cuda", dtype=dtype, fast=False)
+    fast = Predictor.from_checkpoint(folder, device="cuda", dtype=dtype, fast=True)
+    assert fast.device.type == "cuda" and fast.config.fast
+    images = [random_image(50, 80, seed=1), random_image(97, 33, seed=2), random_image(64, 64, seed=3)]
+    texts = SENTENCES[:3]
+    for want, reference_result, fast_result in zip(truth.predict(images, texts), same_dtype.predict(images, texts),
+                                                   fast.predict(images, texts)):
+        reference_error = (reference_result.probability - want.probability).abs().max()
+        fast_error = (fast_result.probability - want.probability).abs().max()
+        assert fast_error <= 2 * reference_error + 1e-5, (float(fast_error), float(reference_error))
+
+
+@requires_gpu
+def test_gpu_auto_picks_cuda_and_bf16(model, vocabulary, tmp_path):
+    folder = Predictor(model, vocabulary).save(tmp_path / "model")
+    predictor = Predictor.from_checkpoint(folder)
+    assert predictor.device.type == "cuda" and predictor.dtype == torch.bfloat16 and predictor.config.fast
+    prediction = predictor.predict(random_image(50, 80), SENTENCES[0])
+    assert prediction.mask.shape == (50, 80) and prediction.mask.device.type == "cpu"
