@@ -1,0 +1,68 @@
+"""The coarse-to-fine decoder alone, forward + backward, bf16 autocast, batch 8: eager PyTorch (the
+published order), eager PyTorch with each Linear moved before its upsampling (``eager-commuted``),
+``torch.compile`` of the eager decoder, and the fused Triton decoder (``fast``).
+
+Cost on an H200 (DESIGN.md section 2): eager about 22 ms per call at 480/16, so each case takes
+a few seconds; the compile warm-up (480/16 only) about 20-40 s.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from restr_fast import get_config
+from restr_fast.models.decoder import Decoder, upsample2x
+
+from .conftest import requires_gpu, skip_unless_time
+
+B = 8
+SIZES = {"480/16": (480, 16), "480/8": (480, 8), "640/16": (640, 16)}
+IMPLS = ("eager", "eager-commuted", "compile", "fast")  # the baseline first in each case
+COMPILED_CASES = ("480/16",)  # one compile row informs; each warm-up costs tens of seconds
+
+
+def commuted(decoder: Decoder):
+    """The eager decoder with each Linear before its upsampling (same result up to rounding)."""
+    def forward(x):
+        for block in decoder.blocks:
+            x = F.leaky_relu(upsample2x(block.linear(x)), block.negative_slope)
+        return decoder.head(x).permute(0, 3, 1, 2)
+    return forward
+
+
+def decoder_for(impl: str, case: str):
+    size, patch = SIZES[case]
+    config = get_config("restr-b16", image_size=size, patch_size=patch, fast=impl == "fast")
+    torch.manual_seed(0)
+    decoder = Decoder(config).cuda()
+    if impl == "compile":
+        return config, decoder, torch.compile(decoder)
+    if impl == "eager-commuted":
+        return config, decoder, commuted(decoder)
+    return config, decoder, decoder
+
+
+CASES = [(case, impl) for case in SIZES for impl in IMPLS if impl != "compile" or case in COMPILED_CASES]
+
+
+@requires_gpu
+@pytest.mark.kernels
+@pytest.mark.benchmark(group="decoder")
+@pytest.mark.parametrize("case, impl", CASES, ids=[f"{impl}-{case}" for case, impl in CASES])
+def test_decoder(benchmark, measure, case, impl):
+    skip_unless_time(60 if impl == "compile" else 10)
+    config, decoder, forward = decoder_for(impl, case)
+    grid = config.image_size // config.patch_size
+    x = torch.randn(B, grid, grid, 2 * config.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(B, 1, config.image_size, config.image_size, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = forward(x)
+        logits.backward(grad)
+
+    # FLOPs of the published order (forward + backward: 3x its multiply-accumulates, 2 FLOP each);
+    # the commuted and fused paths do about a quarter of them
+    macs = sum(B * (grid << k) ** 2 * 4 * c * (c // 2) for k, c in enumerate(config.decoder_channels[:-1]))
+    macs += B * config.image_size ** 2 * config.decoder_channels[-1]
+    measure(step, impl=impl, case=case, flop=6 * macs, rounds=10, round_s=0.05)
+    benchmark.extra_info["image_size"], benchmark.extra_info["patch_size"] = config.image_size, config.patch_size
