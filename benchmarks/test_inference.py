@@ -2,7 +2,8 @@
 and one image with 8 sentences through :class:`restr_fast.Predictor` against 8 separate calls.
 
 Model cases time ``model(images, tokens).pixel_logits > 0`` under ``torch.inference_mode`` for
-``reference``, ``eager-sdpa`` and ``fast`` (see :mod:`benchmarks.workloads`); ``extra_info`` adds
+``reference``, ``eager-sdpa``, ``fast`` (see :mod:`benchmarks.workloads`) and ``fast-graphs`` (the fast
+model replayed from a CUDA graph, :class:`restr_fast.cuda_graphs.CUDAGraphed`); ``extra_info`` adds
 images/s and TFLOP/s (2 x the reference's MACs per image). The Predictor cases include its whole
 pipeline (letterboxing a 640x480 uint8 image, encoding the sentences, mapping the masks back, copying
 them to the CPU); ``one-call`` runs ``predict(image, [8 sentences])``, which encodes the image once,
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 import restr_fast
+from restr_fast.cuda_graphs import CUDAGraphed
 from restr_fast.text import Vocabulary
 
 from .conftest import is_out_of_memory, release_memory, requires_gpu, skip_unless_time
@@ -26,7 +28,7 @@ from .workloads import forward_macs, model_for, random_batch
 
 IMAGE_SIZE = 480
 CASE_S = 10  # budget check per case
-MODEL_CASES = [(batch, impl) for batch in (1, 32) for impl in ("reference", "eager-sdpa", "fast")]
+MODEL_CASES = [(batch, impl) for batch in (1, 32) for impl in ("reference", "eager-sdpa", "fast", "fast-graphs")]
 SENTENCES = ["the man in the blue hat on the left", "a red car", "the dog behind the bench",
              "woman holding an umbrella", "second cup from the right", "the tallest tree",
              "bottom left corner of the table", "the child next to the bicycle"]
@@ -40,12 +42,17 @@ _separate_calls_s: dict[str, float] = {}
 def test_inference(benchmark, measure, batch, impl):
     skip_unless_time(CASE_S)
     release_memory()
-    model = model_for(impl, IMAGE_SIZE).eval()
+    model = model_for("fast" if impl == "fast-graphs" else impl, IMAGE_SIZE).eval()
     images, tokens, _ = random_batch(model.config, batch)
 
-    def predict():
+    def forward(images, tokens):
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
             return model(images, tokens).pixel_logits > 0
+
+    graphed = CUDAGraphed(forward) if impl == "fast-graphs" else None
+
+    def predict():
+        return (graphed or forward)(images, tokens)
 
     flop = 2 * forward_macs(IMAGE_SIZE) * batch
     failure = None

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from .config import ReSTRConfig
+from .cuda_graphs import CUDAGraphed
 from .data.transforms import Letterbox, letterbox_image, load_image, to_rgb, unletterbox
 from .deployable import CONFIG, FILES, VOCABULARY, WEIGHTS, is_model_folder, load_model_folder, save_model_folder
 from .models import ReSTR, build_model
@@ -51,13 +52,17 @@ class Predictor:
         dtype: ``auto`` (bf16 autocast on a GPU, fp32 on the CPU), ``float32``, ``bfloat16`` or
             ``float16`` (autocast), or a torch dtype.
         max_batch: pairs per forward pass; longer lists run in several passes.
+        cuda_graphs: on a GPU, replay each forward from a CUDA graph captured for its batch shape
+            (the number of distinct images and of pairs): much lower latency for small batches, at
+            the cost of one capture per shape (a second or so) and its memory; at most 8 shapes.
 
     Thread safety: :meth:`predict` changes no state of the predictor or the model (inference and
-    autocast modes are per thread), so one predictor may serve several threads at once.
+    autocast modes are per thread; CUDA-graph replays are serialised by a lock), so one predictor
+    may serve several threads at once.
     """
 
     def __init__(self, model: ReSTR, vocabulary: Vocabulary, config: ReSTRConfig | None = None, *,
-                 dtype: str | torch.dtype = "auto", max_batch: int = 32) -> None:
+                 dtype: str | torch.dtype = "auto", max_batch: int = 32, cuda_graphs: bool = False) -> None:
         if not isinstance(model, ReSTR):
             raise TypeError(f"model must be a restr_fast ReSTR, got {type(model).__name__}")
         if not isinstance(vocabulary, Vocabulary):
@@ -76,10 +81,13 @@ class Predictor:
         self.device = next(model.parameters()).device
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch = max_batch
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
+        self._graphed = CUDAGraphed(self._forward) if cuda_graphs else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                        fast: bool = True, max_batch: int = 32) -> "Predictor":
+                        fast: bool = True, max_batch: int = 32, cuda_graphs: bool = False) -> "Predictor":
         """A predictor of a saved model.
 
         Args:
@@ -89,9 +97,11 @@ class Predictor:
             device: ``auto`` (CUDA when there is a GPU, else the CPU), or a device.
             dtype: see :class:`Predictor`.
             fast: run the fused Triton kernels (same weights, same results within rounding).
+            max_batch, cuda_graphs: see :class:`Predictor`.
         """
         model, vocabulary = load_model(path, fast=fast)
-        return cls(model.to(resolve_device(device)), vocabulary, dtype=dtype, max_batch=max_batch)
+        return cls(model.to(resolve_device(device)), vocabulary, dtype=dtype, max_batch=max_batch,
+                   cuda_graphs=cuda_graphs)
 
     def save(self, directory: str | Path) -> Path:
         """Write the model as a deployable folder (weights, config, vocabulary), atomically."""
@@ -139,13 +149,17 @@ class Predictor:
                               for key in unique))
         order = [unique.index(key) for key in keys]  # image of each pair
         which = torch.tensor(order, device=self.device)  # (B,)
-        size = self.config.image_size
+        forward = self._graphed or self._forward
+        logits = forward(torch.stack(inputs).to(self.device), which, tokens.to(self.device))  # (B, 1, S, S)
         with torch.inference_mode():
-            with self._autocast():
-                z_v = self.model.encode_images(torch.stack(inputs).to(self.device))  # (U, N, D)
-                logits = self.model.segment(z_v[which], tokens.to(self.device), (size, size)).pixel_logits
-            logits = logits.float()  # (B, 1, S, S)
             return [_restore(logits[i, 0], boxes[order[i]]) for i in range(len(images))]
+
+    def _forward(self, images: torch.Tensor, which: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """images (U, 3, S, S), which (B,) image of each pair, tokens (B, L) -> fp32 pixel logits (B, 1, S, S)."""
+        with torch.inference_mode(), self._autocast():
+            z_v = self.model.encode_images(images)  # (U, N, D)
+            size = (self.config.image_size, self.config.image_size)
+            return self.model.segment(z_v[which], tokens, size).pixel_logits.float()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:

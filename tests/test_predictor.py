@@ -335,3 +335,24 @@ def test_gpu_auto_picks_cuda_and_bf16(model, vocabulary, tmp_path):
     assert predictor.device.type == "cuda" and predictor.dtype == torch.bfloat16 and predictor.config.fast
     prediction = predictor.predict(random_image(50, 80), SENTENCES[0])
     assert prediction.mask.shape == (50, 80) and prediction.mask.device.type == "cpu"
+
+
+def test_cuda_graphs_need_a_gpu(model, vocabulary):
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        Predictor(model, vocabulary, cuda_graphs=True)
+
+
+@requires_gpu
+def test_gpu_cuda_graph_replays_equal_eager_calls(model, vocabulary, tmp_path):
+    folder = Predictor(model, vocabulary).save(tmp_path / "model")
+    eager = Predictor.from_checkpoint(folder, device="cuda", dtype="bfloat16")
+    graphed = Predictor.from_checkpoint(folder, device="cuda", dtype="bfloat16", cuda_graphs=True)
+    image, other = random_image(50, 80, seed=1), random_image(97, 33, seed=2)
+    for _ in range(2):  # the first call captures, the second replays
+        for args in ((image, SENTENCES[0]), (other, SENTENCES[1]), ([image, other, image], SENTENCES[:3])):
+            expected, got = eager.predict(*args), graphed.predict(*args)
+            for want, have in zip(expected if isinstance(expected, list) else [expected],
+                                  got if isinstance(got, list) else [got]):
+                torch.testing.assert_close(have.probability, want.probability, rtol=0, atol=1e-6)
+                assert torch.equal(have.mask, want.mask)
+    assert len(graphed._graphed._graphs) == 2  # one graph per batch shape: (1 image, 1 pair), (2 images, 3 pairs)
