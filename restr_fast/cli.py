@@ -1,4 +1,4 @@
-"""The ``restr-fast`` command line: forward, synth, train, evaluate, predict, demo."""
+"""The ``restr-fast`` command line: forward, synth, train, evaluate, predict, demo, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -169,6 +169,11 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, steps=args.steps, images=args.images, device=args.device, seed=args.seed)
 
 
+def _doctor(args: argparse.Namespace) -> None:
+    from .diagnostics import doctor
+    print(doctor(args.device))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restr-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+    doctor = commands.add_parser("doctor", help="versions, GPU and the attention backends this machine can run")
+    doctor.add_argument("--device", default=None, help="device to probe the backends on (default: cuda if present, else cpu)")
+    doctor.set_defaults(run=_doctor)
     return parser
 
 

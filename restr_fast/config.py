@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping
 FUSION_VARIANTS = ("cme", "vme", "ime")
 MASK_FORMS = ("sigmoid", "logit")
 PATCH_LABEL_RULES = ("mean", "any")
-ATTENTION_BACKENDS = ("sdpa", "math")
+ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,10 @@ class ReSTRConfig:
             ``patch_label_threshold`` (eq. 11); ``any``: when any of its pixels is foreground.
         patch_label_threshold: tau of eq. 11.
         patch_loss_weight: lambda of eq. 12, the weight of the patch-level loss.
-        attention: attention backend of every transformer: ``sdpa`` (PyTorch's fused kernels) or
-            ``math`` (explicit softmax, the readable reference).
+        attention: attention backend of every transformer: ``auto`` (the fastest measured on the
+            device: SDPA on CUDA and CPU today), ``xformers`` (memory-efficient attention, CUDA only),
+            ``sdpa`` (PyTorch's fused kernels) or ``math`` (explicit softmax, the readable reference);
+            see :mod:`restr_fast.attention`.
         fast: use the fused Triton kernels where they exist (same weights, same results).
     """
 
@@ -88,7 +90,7 @@ class ReSTRConfig:
     patch_label_threshold: float = 0.8
     patch_loss_weight: float = 0.1
     # implementation
-    attention: Literal["sdpa", "math"] = "sdpa"
+    attention: Literal["auto", "xformers", "sdpa", "math"] = "auto"
     fast: bool = False
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ class Attention(nn.Module):
         backend: attention backend (see :mod:`restr_fast.attention`).
     """
 
-    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa") -> None:
+    def __init__(self, dim: int, num_heads: int, backend: str = "auto") -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -58,7 +58,7 @@ class Mlp(nn.Module):
 class PreNormBlock(nn.Module):
     """ViT block: x + Attn(LN(x)), then x + MLP(LN(x)); GELU MLP, LayerNorm eps 1e-6 as in timm."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, backend: str = "sdpa") -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, backend: str = "auto") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, backend)
@@ -73,7 +73,7 @@ class PreNormBlock(nn.Module):
 class PostNormBlock(nn.Module):
     """Original-Transformer block: LN(x + Attn(x)), then LN(x + MLP(x)); ReLU MLP."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, backend: str = "sdpa") -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, backend: str = "auto") -> None:
         super().__init__()
         self.attn = Attention(dim, num_heads, backend)
         self.norm1 = nn.LayerNorm(dim)

@@ -1,12 +1,14 @@
 """Loading local timm ViT checkpoints into the vision encoder."""
 import numpy as np
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import VisionTransformer
 
-from restr_fast import build_model
+from restr_fast import build_model, get_config
+from restr_fast.models.vision import VisionEncoder
 
 DIM, DEPTH, HEADS = 48, 2, 4
 
@@ -133,3 +135,25 @@ def test_missing_corrupt_and_mismatched_files_are_named(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         ours.load_pretrained(tmp_path / "list.pth")
+
+
+def test_a_vit_b16_checkpoint_gives_timms_features(tmp_path):
+    """The full ViT-B/16 architecture (timm's ``vit_base_patch16_224``, 12 x 768, randomly
+    initialised) at a 2x2 grid; built on the meta device and filled once, so that 86M parameters
+    cost no init passes."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, num_classes=0)
+        ours = VisionEncoder(get_config("restr-b16", image_size=32))
+    vit, ours = vit.to_empty(device="cpu").eval(), ours.to_empty(device="cpu").eval()
+    with torch.no_grad():
+        for name, parameter in vit.named_parameters():
+            is_norm = "norm" in name  # LayerNorms near 1 (weights) and 0 (biases), as trained ones are
+            parameter.normal_(1.0 if is_norm and name.endswith("weight") else 0.0, 0.1 if is_norm else 0.02)
+    path = tmp_path / "vit_b16.safetensors"
+    save_file(vit.state_dict(), path)
+    ours.load_pretrained(path)  # fills every parameter, or raises naming the missing one
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = vit.forward_features(images)[:, 1:]  # (2, 4, 768) patch tokens
+        torch.testing.assert_close(ours(images), expected, rtol=1e-5, atol=1e-5)
