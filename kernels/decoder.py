@@ -34,6 +34,7 @@ from torch.library import wrap_triton
 from restr_fast.models.decoder import upsample2x
 
 from . import op_registry
+from .jit_helpers import fp32
 from .op_registry import register_triton_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -97,6 +98,7 @@ def _upsample_act_fwd_kernel(
     stride_tb, stride_th, stride_tw, stride_yb, stride_yh, stride_yw,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     pix = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # output pixels
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = (pix < n_pixels)[:, None] & (cols < C)[None, :]
@@ -112,6 +114,7 @@ def _upsample_act_head_fwd_kernel(
     stride_tb, stride_th, stride_tw,
     HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     pix = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pix_ok = pix < n_pixels
     o00, o01, o10, o11, ly, lx, b, oy, ox = _source_offsets(pix, h, w, scale_h, scale_w, stride_tb, stride_th, stride_tw)
@@ -134,6 +137,7 @@ def _head_weight_grad_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """PARTIAL[program] = sum over this program's output pixels of grad * leaky_relu(up(t))."""
+    scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     program = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
@@ -175,6 +179,7 @@ def _upsample_act_bwd_kernel(
     of i, and the scale is (h - 1) / (2h - 1) in (1/3, 1/2)), likewise for columns: 6 x 6 taps.
     With HEAD, grad_y is the head's grad_logits (B, 2h, 2w) times its weight vector (C,).
     """
+    scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     pix = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # low-resolution pixels
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pix_ok = pix < n_pixels

@@ -22,6 +22,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import op_registry
+from .jit_helpers import fp32
 from .op_registry import register_triton_op, unit_stride
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -36,6 +37,7 @@ def _seed_mask_fwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr,
 ):
+    scale = fp32(scale)
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
@@ -73,6 +75,7 @@ def _seed_mask_bwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_GRAD_LOGITS: tl.constexpr, HAS_GRAD_MASKED: tl.constexpr,
     SIGMOID: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    scale = fp32(scale)
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     cols = tl.arange(0, BLOCK_D)

@@ -150,6 +150,7 @@ def test_xformers_on_the_cpu_is_a_clear_error(tiny_config, make_inputs):
     expected = "attention backend 'xformers' is not available on cpu: .* use attention='sdpa' or 'auto'"
     model = build_model(tiny_config, attention="xformers")  # building is fine: nothing runs yet
     images, tokens = make_inputs(tiny_config)
+    model.vision.forward = lambda images: pytest.fail("the check must come before any encoder runs")
     with pytest.raises(ValueError, match=expected):
         model(images, tokens)
     with pytest.raises(ValueError, match=expected), attention_backend("xformers"):

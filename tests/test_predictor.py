@@ -151,15 +151,16 @@ def test_save_and_from_checkpoint_give_identical_predictions(predictor, model, v
     loaded = Predictor.from_checkpoint(folder, device="cpu", fast=False)
     assert loaded.vocabulary == vocabulary and loaded.config == model.config and loaded.dtype == torch.float32
     assert_same(loaded.predict(image, SENTENCES[0]), expected)
-    assert_same(Predictor.from_checkpoint(folder / "config.json", fast=False).predict(image, SENTENCES[0]), expected)
+    assert_same(Predictor.from_checkpoint(folder / "config.json", device="cpu", fast=False).predict(image, SENTENCES[0]),
+                expected)
 
     # a training checkpoint, as a file and through its run folder
     state = {"model": model.state_dict(), "config": model.config.to_dict(), "vocabulary": vocabulary.words}
     save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", state)
     for path in (tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "run"):
-        assert_same(Predictor.from_checkpoint(path, fast=False).predict(image, SENTENCES[0]), expected)
+        assert_same(Predictor.from_checkpoint(path, device="cpu", fast=False).predict(image, SENTENCES[0]), expected)
 
-    fast = Predictor.from_checkpoint(folder)  # fast=True by default: the Triton kernels (interpreted on the CPU)
+    fast = Predictor.from_checkpoint(folder, device="cpu")  # fast=True by default (kernels interpreted on the CPU)
     assert fast.config.fast and not model.config.fast
     assert_same_in_another_batch(fast.predict(image, SENTENCES[0]), expected)  # fused kernels round differently
 
@@ -279,7 +280,8 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
     folder = predictor.save(tmp_path / "model")
     image = random_image(50, 80, seed=13)
     Image.fromarray(image).save(tmp_path / "photo.png")
-    common = ["predict", "--checkpoint", str(folder), "--image", str(tmp_path / "photo.png"), "--no-fast"]
+    common = ["predict", "--checkpoint", str(folder), "--image", str(tmp_path / "photo.png"),
+              "--device", "cpu", "--no-fast"]  # the same computation as the CPU predictor it is compared with
 
     assert main(common + ["--text", SENTENCES[0], "--out", str(tmp_path / "mask.png"),
                           "--overlay", str(tmp_path / "overlay.png")]) == 0

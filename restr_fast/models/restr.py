@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention import resolve_backend
 from ..config import ReSTRConfig, get_config
 from .decoder import Decoder
 from .fusion import FusionEncoder
@@ -117,6 +118,8 @@ def check_inputs(images: torch.Tensor, tokens: torch.Tensor, config: ReSTRConfig
         raise TypeError(f"tokens must be int64 (or int32) word ids, got {tokens.dtype}")
     if tokens.device != images.device:
         raise ValueError(f"images are on {images.device} but tokens on {tokens.device}")
+    if not torch.compiler.is_compiling():
+        resolve_backend(config.attention, images.device)  # a backend that cannot run here fails now, by name
     if tokens.device.type == "cpu" and tokens.numel() and not torch.compiler.is_compiling():
         if int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size:
             raise ValueError(f"token ids must lie in [0, vocab_size={config.vocab_size}), got "

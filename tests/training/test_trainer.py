@@ -60,7 +60,7 @@ def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
     assert state["step"] == 6 and state["vocabulary"][:4] == ["<pad>", "<go>", "<eos>", "<unk>"]
     model, vocabulary = model_from_checkpoint(state)
     assert model.config.vocab_size == len(vocabulary) and model.config.dim == 32
-    deployed = Predictor.from_checkpoint(run / "model", fast=False)  # the best model, as a deployable folder
+    deployed = Predictor.from_checkpoint(run / "model", device="cpu", fast=False)  # the best model, deployable
     assert deployed.vocabulary == vocabulary and deployed.config == model.config
     for name, tensor in parameters(run / "checkpoints" / "best.pt").items():
         assert torch.equal(deployed.model.state_dict()[name], tensor), name
