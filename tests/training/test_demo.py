@@ -3,9 +3,12 @@ import json
 import pytest
 
 from restr_fast.cli import main
+from restr_fast.kernels import op_registry
 
 
-def test_demo_writes_metrics_and_figures(tmp_path, capsys):
+def test_demo_writes_metrics_and_figures(tmp_path, capsys, monkeypatch):
+    # as on a user's CPU, without Triton's interpreter: the fast path's PyTorch form
+    monkeypatch.setattr(op_registry, "INTERPRETED", False)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "3", "--images", "40", "--device", "cpu"]) == 0
     for name in ("metrics.md", "metrics.json", "loss.png", "predictions.png"):
