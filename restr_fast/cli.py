@@ -119,23 +119,29 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .data import ReferDataset
     from .metrics import format_table
     from .training import evaluate, load_checkpoint, model_from_checkpoint
-    from .training.distributed import setup
+    from .training.distributed import setup, teardown
 
-    device = setup(args.device).device
-    model, vocabulary = model_from_checkpoint(load_checkpoint(args.checkpoint))
-    model.to(device)
-    dataset = ReferDataset(args.data_root, args.dataset, args.split_by, args.split, vocabulary,
-                           model.config.image_size, image_root=args.image_root, max_words=model.config.max_words,
-                           originals=True, sentences=args.sentence)
-    amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
-    result = evaluate(model, dataset, device, batch_size=args.batch_size, amp=amp, workers=args.workers,
-                      limit=args.limit)
-    title = f"{args.dataset} ({args.split_by}) {args.split}" + (f", every sentence = {args.sentence!r}"
-                                                               if args.sentence else "")
-    print(format_table(result, title))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    processes = setup(args.device)  # under torchrun: one shard of the split per process
+    try:
+        device = processes.device
+        model, vocabulary = model_from_checkpoint(load_checkpoint(args.checkpoint))
+        model.to(device)
+        dataset = ReferDataset(args.data_root, args.dataset, args.split_by, args.split, vocabulary,
+                               model.config.image_size, image_root=args.image_root,
+                               max_words=model.config.max_words, originals=True, sentences=args.sentence)
+        amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+        result = evaluate(model, dataset, device, batch_size=args.batch_size, amp=amp, workers=args.workers,
+                          limit=args.limit)  # reduced over the processes
+        if not processes.is_main:
+            return
+        title = f"{args.dataset} ({args.split_by}) {args.split}" + (f", every sentence = {args.sentence!r}"
+                                                                   if args.sentence else "")
+        print(format_table(result, title))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+            print(f"wrote {args.json}")
+    finally:
+        teardown()
 
 
 def _predict(args: argparse.Namespace) -> None:

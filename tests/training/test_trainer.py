@@ -161,6 +161,22 @@ def test_ddp_on_two_processes_equals_one_process_with_the_global_batch(data_root
     for name, tensor in one.items():
         torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
 
+    # evaluation on two processes: each scores a shard, the metrics are reduced, rank 0 reports them
+    evaluate = ["-m", "restr_fast.cli", "evaluate", "--checkpoint", str(tmp_path / "single" / "checkpoints" / "latest.pt"),
+                "--data-root", str(data_root), "--dataset", "synthetic", "--split", "val", "--device", "cpu",
+                "--workers", "0"]
+    alone = subprocess.run([sys.executable, *evaluate, "--json", str(tmp_path / "alone.json")],
+                           capture_output=True, text=True, env=env)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    shared = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             "29518", *evaluate, "--json", str(tmp_path / "shared.json")],
+                            capture_output=True, text=True, env=env)
+    assert shared.returncode == 0, shared.stderr[-2000:]
+    assert shared.stdout.count("| all |") == 1  # printed once, by rank 0
+    alone_metrics, shared_metrics = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("alone", "shared"))
+    assert shared_metrics["samples"] == alone_metrics["samples"]
+    assert shared_metrics["overall_iou"] == pytest.approx(alone_metrics["overall_iou"], rel=1e-5)
+
 
 def test_cli_names_a_broken_run_config(tmp_path, capsys):
     (tmp_path / "run").mkdir()
