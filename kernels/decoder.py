@@ -23,6 +23,8 @@ those pixels read.
 """
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -35,7 +37,7 @@ from restr_fast.models.decoder import upsample2x
 
 from . import op_registry
 from .jit_helpers import fp32
-from .op_registry import register_triton_op
+from .op_registry import eager_autograd, register_triton_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -334,8 +336,7 @@ def _upsample_act_fake(t, negative_slope):
     return t.new_empty(_upsampled_shape(t))
 
 
-@register_triton_op("restr_fast::upsample_act", fake=_upsample_act_fake)
-def _upsample_act_op(t: torch.Tensor, negative_slope: float) -> torch.Tensor:
+def _upsample_act(t: torch.Tensor, negative_slope: float) -> torch.Tensor:
     """leaky_relu(up(t)): (B, h, w, C) -> (B, 2h, 2w, C)."""
     y = t.new_empty(_upsampled_shape(t))
     _launch_upsample_act(t, y, negative_slope)
@@ -346,53 +347,20 @@ def _upsample_act_backward_fake(t, grad_y, negative_slope):
     return torch.empty_like(t)
 
 
-@register_triton_op("restr_fast::upsample_act_backward", fake=_upsample_act_backward_fake)
-def _upsample_act_backward_op(t: torch.Tensor, grad_y: torch.Tensor, negative_slope: float) -> torch.Tensor:
+def _upsample_act_backward(t: torch.Tensor, grad_y: torch.Tensor, negative_slope: float) -> torch.Tensor:
     grad_t = torch.empty_like(t)
     _launch_upsample_act_backward(t, grad_y, None, grad_t, negative_slope)
     return grad_t
-
-
-def _save_t(ctx, inputs, output) -> None:
-    t, *weights, negative_slope = inputs
-    ctx.save_for_backward(t, *weights)
-    ctx.negative_slope = negative_slope
-
-
-def _upsample_act_autograd(ctx, grad_y):
-    (t,) = ctx.saved_tensors
-    grad_y = grad_y.contiguous()
-    return torch.ops.restr_fast.upsample_act_backward(t, grad_y, ctx.negative_slope), None
-
-
-_upsample_act_op.register_autograd(_upsample_act_autograd, setup_context=_save_t)
 
 
 def _upsample_act_linear_fake(t, weight, negative_slope):
     return t.new_empty(_upsampled_shape(t, weight.shape[0]))
 
 
-@register_triton_op("restr_fast::upsample_act_linear", fake=_upsample_act_linear_fake)
-def _upsample_act_linear_op(t: torch.Tensor, weight: torch.Tensor, negative_slope: float) -> torch.Tensor:
+def _upsample_act_linear(t: torch.Tensor, weight: torch.Tensor, negative_slope: float) -> torch.Tensor:
     """leaky_relu(up(t)) W^T: the activation of one block and the product of the next, keeping
     only t (B, h, w, C) for the backward; W: (C_out, C) -> (B, 2h, 2w, C_out)."""
-    y = t.new_empty(_upsampled_shape(t))
-    _launch_upsample_act(t, y, negative_slope)
-    return torch.matmul(y, weight.t())
-
-
-def _upsample_act_linear_autograd(ctx, grad_out):
-    t, weight = ctx.saved_tensors
-    grad_out = grad_out.contiguous()
-    y = torch.ops.restr_fast.upsample_act(t, ctx.negative_slope)  # recomputed (B, 2h, 2w, C)
-    grad_weight = grad_out.flatten(0, 2).t() @ y.flatten(0, 2)  # (C_out, C)
-    del y
-    grad_y = torch.matmul(grad_out, weight)  # (B, 2h, 2w, C)
-    grad_t = torch.ops.restr_fast.upsample_act_backward(t, grad_y, ctx.negative_slope)
-    return grad_t, grad_weight, None
-
-
-_upsample_act_linear_op.register_autograd(_upsample_act_linear_autograd, setup_context=_save_t)
+    return torch.matmul(_upsample_act(t, negative_slope), weight.t())
 
 
 def _head_fake(t, weight, bias, negative_slope):
@@ -400,8 +368,7 @@ def _head_fake(t, weight, bias, negative_slope):
     return t.new_empty((B, 2 * h, 2 * w))
 
 
-@register_triton_op("restr_fast::upsample_act_head", fake=_head_fake)
-def _head_op(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, negative_slope: float) -> torch.Tensor:
+def _head(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, negative_slope: float) -> torch.Tensor:
     """leaky_relu(up(t)) . weight + bias: (B, h, w, C) -> logits (B, 2h, 2w), never writing up(t)."""
     out = _head_fake(t, weight, bias, negative_slope)
     _launch_head(t, weight, bias, out, negative_slope)
@@ -412,13 +379,45 @@ def _head_backward_fake(t, weight, grad, negative_slope):
     return torch.empty_like(t), weight.new_empty(weight.shape, dtype=torch.float32)
 
 
-@register_triton_op("restr_fast::upsample_act_head_backward", fake=_head_backward_fake)
-def _head_backward_op(t: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
-                      negative_slope: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _head_backward(t: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
+                   negative_slope: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of t (B, h, w, C) and of the head's weight (C,) (fp32) from grad (B, 2h, 2w)."""
     grad_t = torch.empty_like(t)
     _launch_upsample_act_backward(t, grad, weight, grad_t, negative_slope)
     return grad_t, _head_weight_grad(t, grad, negative_slope)
+
+
+_OPS = {  # name: (implementation, fake)
+    "upsample_act": (_upsample_act, _upsample_act_fake),
+    "upsample_act_backward": (_upsample_act_backward, _upsample_act_backward_fake),
+    "upsample_act_linear": (_upsample_act_linear, _upsample_act_linear_fake),
+    "upsample_act_head": (_head, _head_fake),
+    "upsample_act_head_backward": (_head_backward, _head_backward_fake),
+}
+_registered = {name: register_triton_op(f"restr_fast::{name}", fake=fake)(impl) for name, (impl, fake) in _OPS.items()}
+_EAGER = SimpleNamespace(**{name: impl for name, (impl, _) in _OPS.items()})  # the same, called directly
+
+
+def _save_t(ctx, inputs, output) -> None:
+    t, *weights, negative_slope = inputs
+    ctx.save_for_backward(t, *weights)
+    ctx.negative_slope = negative_slope
+
+
+def _upsample_act_autograd(ctx, grad_y, ops=torch.ops.restr_fast):
+    (t,) = ctx.saved_tensors
+    return ops.upsample_act_backward(t, grad_y.contiguous(), ctx.negative_slope), None
+
+
+def _upsample_act_linear_autograd(ctx, grad_out, ops=torch.ops.restr_fast):
+    t, weight = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    y = ops.upsample_act(t, ctx.negative_slope)  # recomputed (B, 2h, 2w, C)
+    grad_weight = grad_out.flatten(0, 2).t() @ y.flatten(0, 2)  # (C_out, C)
+    del y
+    grad_y = torch.matmul(grad_out, weight)  # (B, 2h, 2w, C)
+    grad_t = ops.upsample_act_backward(t, grad_y, ctx.negative_slope)
+    return grad_t, grad_weight, None
 
 
 def _save_head(ctx, inputs, output) -> None:
@@ -428,15 +427,31 @@ def _save_head(ctx, inputs, output) -> None:
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _head_autograd(ctx, grad):
+def _head_autograd(ctx, grad, ops=torch.ops.restr_fast):
     t, weight = ctx.saved_tensors
     grad = grad.contiguous()
-    grad_t, grad_weight = torch.ops.restr_fast.upsample_act_head_backward(t, weight, grad, ctx.negative_slope)
+    grad_t, grad_weight = ops.upsample_act_head_backward(t, weight, grad, ctx.negative_slope)
     grad_bias = None if ctx.bias_dtype is None else grad.sum(dtype=torch.float32).to(ctx.bias_dtype).reshape(1)
     return grad_t, grad_weight.to(weight.dtype), grad_bias, None
 
 
-_head_op.register_autograd(_head_autograd, setup_context=_save_head)
+_AUTOGRAD = {  # differentiable op: (setup_context, backward)
+    "upsample_act": (_save_t, _upsample_act_autograd),
+    "upsample_act_linear": (_save_t, _upsample_act_linear_autograd),
+    "upsample_act_head": (_save_head, _head_autograd),
+}
+for _name, (_setup, _backward) in _AUTOGRAD.items():
+    _registered[_name].register_autograd(_backward, setup_context=_setup)
+_eager = {name: eager_autograd(_OPS[name][0], setup, functools.partial(backward, ops=_EAGER))
+          for name, (setup, backward) in _AUTOGRAD.items()}
+
+
+def _call(name: str, *args):
+    """Differentiable op ``name``: through torch.library under torch.compile, which traces it;
+    as a plain autograd.Function in eager mode (see :func:`op_registry.eager_autograd`)."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.restr_fast, name)(*args)
+    return _eager[name](*args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +489,7 @@ def upsample_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     t = F.linear(x, weight, bias)  # (B, h, w, C_out), low resolution
     if not op_registry.kernel_can_run(x) or t.numel() == 0:
         return F.leaky_relu(upsample2x(t), negative_slope)
-    return torch.ops.restr_fast.upsample_act(t.contiguous(), float(negative_slope))
+    return _call("upsample_act", t.contiguous(), float(negative_slope))
 
 
 def decoder_reference(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight: torch.Tensor,
@@ -528,8 +543,8 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
         return logits.permute(0, 3, 1, 2)
     t = t.contiguous()
     for weight in weights[1:]:
-        t = torch.ops.restr_fast.upsample_act_linear(t, weight, slope)  # (B, 2h, 2w, C_k)
-    return torch.ops.restr_fast.upsample_act_head(t, head_weight, head_bias, slope).unsqueeze(1)
+        t = _call("upsample_act_linear", t, weight, slope)  # (B, 2h, 2w, C_k)
+    return _call("upsample_act_head", t, head_weight, head_bias, slope).unsqueeze(1)
 
 
 def _check_map(x, name: str) -> None:

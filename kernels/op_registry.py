@@ -28,6 +28,30 @@ def register_triton_op(name: str, *, fake: Callable) -> Callable:
     return register
 
 
+def eager_autograd(forward: Callable, setup_context: Callable, backward: Callable) -> Callable:
+    """``forward`` with the backward of a registered op, as a ``torch.autograd.Function``.
+
+    Eager calls go through this rather than through ``torch.ops``: torch.library's Python dispatch
+    and autograd wrapper cost about 60 us a call on one CPU core (measured against 15 us for this
+    Function), as long as a small kernel runs on a GPU. ``setup_context(ctx, inputs, output)`` and
+    ``backward(ctx, *grads)`` are the ones registered with the op; gradients of unused outputs
+    arrive as None, as they do there.
+    """
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            ctx.set_materialize_grads(False)
+            output = forward(*inputs)
+            setup_context(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    return Function.apply
+
+
 def kernel_can_run(tensor: torch.Tensor) -> bool:
     """Whether Triton kernels can run on ``tensor``'s device: CUDA, or the CPU under the interpreter."""
     return tensor.device.type == "cuda" or (tensor.device.type == "cpu" and INTERPRETED)

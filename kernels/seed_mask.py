@@ -14,6 +14,7 @@ Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,7 +24,7 @@ from torch.library import wrap_triton
 
 from . import op_registry
 from .jit_helpers import fp32
-from .op_registry import register_triton_op, unit_stride
+from .op_registry import eager_autograd, register_triton_op, unit_stride
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 8192  # one row of patches must fit a block
@@ -164,12 +165,14 @@ def _forward_outputs(patches, classifier, bias, prefix, sigmoid):
     return patches.new_empty((B, N)), patches.new_empty((B, N, DP + D))
 
 
-@register_triton_op("restr_fast::seed_mask", fake=_forward_outputs)
-def _seed_mask_op(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None,
-                  prefix: torch.Tensor | None, sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _seed_mask_forward(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None,
+                       prefix: torch.Tensor | None, sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor]:
     logits, out = _forward_outputs(patches, classifier, bias, prefix, sigmoid)
     _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid)
     return logits, out
+
+
+_seed_mask_op = register_triton_op("restr_fast::seed_mask", fake=_forward_outputs)(_seed_mask_forward)
 
 
 def _backward_outputs(patches, classifier, bias, grad_logits, grad_masked, sigmoid):
@@ -178,10 +181,9 @@ def _backward_outputs(patches, classifier, bias, grad_logits, grad_masked, sigmo
     return patches.new_empty((B, N, D)), classifier.new_empty((B, D)), patches.new_empty((B,), dtype=torch.float32)
 
 
-@register_triton_op("restr_fast::seed_mask_backward", fake=_backward_outputs)
-def _seed_mask_backward_op(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None,
-                           grad_logits: torch.Tensor | None, grad_masked: torch.Tensor | None,
-                           sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None,
+                        grad_logits: torch.Tensor | None, grad_masked: torch.Tensor | None,
+                        sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N, D = patches.shape
     block_n, block_d, num_warps = _blocks(D)
     rows = _rows_per_program(B, N, block_n, patches.device)
@@ -206,6 +208,9 @@ def _seed_mask_backward_op(patches: torch.Tensor, classifier: torch.Tensor, bias
     return grad_patches, grad_c_partial.sum(1).to(classifier.dtype), grad_bias_partial.sum(1)
 
 
+register_triton_op("restr_fast::seed_mask_backward", fake=_backward_outputs)(_seed_mask_backward)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     patches, classifier, bias, prefix, sigmoid = inputs
     ctx.save_for_backward(patches, classifier, bias)
@@ -214,20 +219,23 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.prefix_dtype = None if prefix is None else prefix.dtype
 
 
-def _backward(ctx, grad_logits, grad_out):
+def _backward(ctx, grad_logits, grad_out, backward=None):
+    """The op's backward; ``backward`` computes the gradients (default: the registered op)."""
+    backward = backward or torch.ops.restr_fast.seed_mask_backward
     patches, classifier, bias = ctx.saved_tensors
     grad_prefix = grad_masked = None
     if grad_out is not None:  # upstream gradients may be expanded (zero strides)
         dp = ctx.prefix_dim or 0
         grad_masked = unit_stride(grad_out[:, :, dp:])
         grad_prefix = grad_out[:, :, :dp].to(ctx.prefix_dtype) if ctx.prefix_dim is not None else None
-    grad_patches, grad_classifier, grad_bias = torch.ops.restr_fast.seed_mask_backward(
-        patches, classifier, bias, grad_logits, grad_masked, ctx.sigmoid)
+    grad_patches, grad_classifier, grad_bias = backward(patches, classifier, bias, grad_logits, grad_masked, ctx.sigmoid)
     grad_bias = None if bias is None else grad_bias.to(bias.dtype)
     return grad_patches, grad_classifier, grad_bias, grad_prefix, None
 
 
 _seed_mask_op.register_autograd(_backward, setup_context=_setup_context)
+_seed_mask_eager = eager_autograd(_seed_mask_forward, _setup_context,
+                                  functools.partial(_backward, backward=_seed_mask_backward))
 
 
 def seed_mask_reference(patches: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | None = None,
@@ -276,7 +284,9 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
     bias = None if bias is None else bias.contiguous()
     sigmoid = mask_form == "sigmoid"
     if out is None:
-        return torch.ops.restr_fast.seed_mask(patches, classifier, bias, prefix, sigmoid)
+        if torch.compiler.is_compiling():
+            return torch.ops.restr_fast.seed_mask(patches, classifier, bias, prefix, sigmoid)
+        return _seed_mask_eager(patches, classifier, bias, prefix, sigmoid)
     logits = patches.new_empty(patches.shape[:2])
     _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
     return logits, out

@@ -144,6 +144,7 @@ def test_non_contiguous_inputs():
 def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     monkeypatch.setattr(op_registry, "INTERPRETED", False)
     monkeypatch.setattr(torch.ops.restr_fast, "seed_mask", None)  # the kernel must not be called
+    monkeypatch.setattr(seed_mask_module, "_seed_mask_eager", None)
     patches, classifier, bias, prefix = (t.cpu() for t in inputs(2, 5, 64, prefix_dim=8))
     logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
     exact_logits, exact_masked = seed_mask_reference(patches, classifier, bias)
