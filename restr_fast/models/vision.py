@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from ..config import ReSTRConfig
@@ -36,6 +37,12 @@ class VisionEncoder(nn.Module):
             for _ in range(config.vision_depth)
         ])
         self.vit.blocks.apply(init_weights)
+        # The learnable position embedding starts as a 2-D sine-cosine pattern rather than timm's
+        # std-0.02 noise, so that a model trained from scratch sees where each patch lies from the
+        # first step; pretrained weights replace it.
+        with torch.no_grad():
+            grid = list(self.vit.patch_embed.grid_size)
+            self.vit.pos_embed[0, 1:] = build_sincos2d_pos_embed(grid, dim=config.vision_dim)  # (h*w, D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) -> patch tokens (B, H/P * W/P, vision_dim), row-major over the grid."""
