@@ -6,7 +6,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
-from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from ..config import ReSTRConfig
@@ -42,7 +41,7 @@ class VisionEncoder(nn.Module):
         # first step; pretrained weights replace it.
         with torch.no_grad():
             grid = list(self.vit.patch_embed.grid_size)
-            self.vit.pos_embed[0, 1:] = build_sincos2d_pos_embed(grid, dim=config.vision_dim)  # (h*w, D)
+            self.vit.pos_embed[0, 1:] = sincos_2d(*grid, config.vision_dim)  # (h*w, D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, C, H, W) -> patch tokens (B, H/P * W/P, vision_dim), row-major over the grid."""
@@ -60,3 +59,16 @@ class VisionEncoder(nn.Module):
         """Load a local timm ViT checkpoint (.npz, .pth/.pt/.bin or .safetensors), resampling the
         position embedding to this grid and the patch embedding to this patch size."""
         load_vit_weights(self.vit, path)
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """(h*w, dim) position pattern of a row-major h x w grid: [sin(row f), sin(col f), cos(row f),
+    cos(col f)] over dim // 4 frequencies f = 1 / temperature^(k / (dim // 4)) (timm's and MAE's
+    layout); any remaining columns are 0."""
+    quarter = dim // 4
+    frequencies = 1.0 / temperature ** (torch.arange(quarter).float() / max(quarter, 1))  # (dim/4,)
+    rows = torch.arange(h).float().repeat_interleave(w)[:, None] * frequencies  # (h*w, dim/4)
+    columns = torch.arange(w).float().repeat(h)[:, None] * frequencies
+    pattern = torch.zeros(h * w, dim)
+    pattern[:, : 4 * quarter] = torch.cat([rows.sin(), columns.sin(), rows.cos(), columns.cos()], dim=1)
+    return pattern

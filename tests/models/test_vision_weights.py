@@ -106,6 +106,20 @@ def test_build_model_takes_the_weights_path(tmp_path):
     model = build_model("restr-tiny", image_size=32, patch_size=16, vision_dim=DIM, vision_depth=DEPTH,
                         vision_heads=HEADS, vision_weights=path)
     torch.testing.assert_close(model.vision.vit.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
+    torch.testing.assert_close(model.vision.vit.pos_embed, vit.pos_embed)  # replaces the initial pattern
+
+
+def test_position_embedding_starts_as_a_2d_sine_cosine_pattern():
+    """From scratch, each patch's position is visible from the first step: the learnable position
+    embedding starts as sin/cos of the patch's row and column, not as small noise."""
+    config = get_config("restr-tiny", image_size=40, patch_size=8, vision_dim=18, vision_heads=2)  # 5x5, D % 4 = 2
+    pos_embed = VisionEncoder(config).vit.pos_embed  # (1, 1 + h*w, D)
+    assert pos_embed.requires_grad and pos_embed.shape == (1, 26, 18)
+    frequencies = 10_000.0 ** (-np.arange(4) / 4)
+    for index, (row, column) in enumerate((r, c) for r in range(5) for c in range(5)):
+        expected = np.concatenate([np.sin(row * frequencies), np.sin(column * frequencies),
+                                   np.cos(row * frequencies), np.cos(column * frequencies), [0.0, 0.0]])
+        np.testing.assert_allclose(pos_embed[0, 1 + index].detach().numpy(), expected, atol=1e-6)
 
 
 def test_missing_corrupt_and_mismatched_files_are_named(tmp_path):
