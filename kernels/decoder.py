@@ -16,10 +16,10 @@ Why this variant: the decoder is memory-bound (DESIGN.md section 2), and this on
 bytes: the published order (upsample, then Linear) reads and writes 4x larger maps at every block,
 and storing the upsampled maps for the backward costs about 6x the memory of the inputs per block.
 
-The backward kernels gather instead of scattering (no atomics, deterministic): each
-low-resolution pixel sums the gradients of the upsampled pixels that read it, weighted by the same
-bilinear ("tent") weights, recomputing the activation's pre-image from the 3 x 3 neighbourhood
-those pixels read.
+The backward kernel gathers instead of scattering (no atomics, deterministic): each program
+owns a strip of low-resolution rows and walks down the output rows that read them, summing the
+gradients of the upsampled pixels with the same bilinear weights and recomputing the activation's
+pre-image from the two rows each output row reads.
 """
 from __future__ import annotations
 
@@ -43,50 +43,37 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------
-# Triton kernels. Maps are channels-last (B, h, w, C) with unit channel stride; pixels are
-# flattened over (B, rows, columns) and tiled BLOCK_P at a time, channels BLOCK_C at a time.
+# Triton kernels. Maps are channels-last (B, h, w, C) with unit channel stride. Every program
+# handles whole rows: the row and its source rows are scalars, so per-lane work is only over
+# columns and channels (tiles of BLOCK_P or BLOCK_J columns by BLOCK_C channels). Offsets of
+# rows are int64, those inside a row int32.
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
 def _source_rows(o, scale, size):
     """The two input rows (or columns) upsampled output index ``o`` reads, and the weight of the
     second, exactly as PyTorch's bilinear upsampling with align_corners=True computes them."""
-    src = o.to(tl.float32) * scale
+    src = tl.cast(o, tl.float32) * scale
     i0 = tl.minimum(src.to(tl.int32), size - 1)  # floor: src >= 0
     i1 = tl.minimum(i0 + 1, size - 1)
     return i0, i1, src - i0.to(tl.float32)
 
 
 @triton.jit
-def _upsampled_tile(T, o00, o01, o10, o11, ly, lx, cols, ok):
-    """fp32 (BLOCK_P, BLOCK_C) tile of up(t) from its four source-pixel offsets and weights."""
-    c = cols[None, :]
-    t00 = tl.load(T + o00[:, None] + c, mask=ok, other=0.0).to(tl.float32)
-    t01 = tl.load(T + o01[:, None] + c, mask=ok, other=0.0).to(tl.float32)
-    t10 = tl.load(T + o10[:, None] + c, mask=ok, other=0.0).to(tl.float32)
-    t11 = tl.load(T + o11[:, None] + c, mask=ok, other=0.0).to(tl.float32)
-    ly = ly[:, None]
+def _upsampled_row(T_IMAGE, o, p, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw):
+    """fp32 (BLOCK_P, BLOCK_C) tile of up(t) at output row ``o`` (scalar), output columns ``p``."""
+    y0, y1, ly = _source_rows(o, scale_h, h)
+    x0, x1, lx = _source_rows(p, scale_w, w)
+    row0 = T_IMAGE + y0.to(tl.int64) * stride_th
+    row1 = T_IMAGE + y1.to(tl.int64) * stride_th
+    c0 = (x0 * stride_tw)[:, None] + cols[None, :]
+    c1 = (x1 * stride_tw)[:, None] + cols[None, :]
+    t00 = tl.load(row0 + c0, mask=ok, other=0.0).to(tl.float32)
+    t01 = tl.load(row0 + c1, mask=ok, other=0.0).to(tl.float32)
+    t10 = tl.load(row1 + c0, mask=ok, other=0.0).to(tl.float32)
+    t11 = tl.load(row1 + c1, mask=ok, other=0.0).to(tl.float32)
     lx = lx[:, None]
     return (1.0 - ly) * ((1.0 - lx) * t00 + lx * t01) + ly * ((1.0 - lx) * t10 + lx * t11)
-
-
-@triton.jit
-def _source_offsets(pix, h, w, scale_h, scale_w, stride_tb, stride_th, stride_tw):
-    """Offsets of the four input pixels each output pixel ``pix`` (flat over (B, 2h, 2w)) reads,
-    the row and column weights, and the output's (b, row, column)."""
-    wo = 2 * w
-    hwo = 4 * h * w
-    b = pix // hwo
-    oy = (pix % hwo) // wo
-    ox = pix % wo
-    y0, y1, ly = _source_rows(oy, scale_h, h)
-    x0, x1, lx = _source_rows(ox, scale_w, w)
-    base = b * stride_tb
-    o00 = base + y0 * stride_th + x0 * stride_tw
-    o01 = base + y0 * stride_th + x1 * stride_tw
-    o10 = base + y1 * stride_th + x0 * stride_tw
-    o11 = base + y1 * stride_th + x1 * stride_tw
-    return o00, o01, o10, o11, ly, lx, b, oy, ox
 
 
 @triton.jit
@@ -96,146 +83,154 @@ def _leaky_relu(u, negative_slope):
 
 @triton.jit
 def _upsample_act_fwd_kernel(
-    T, Y, n_pixels, C, h, w, scale_h, scale_w, negative_slope,
+    T, Y, C, h, w, scale_h, scale_w, negative_slope,
     stride_tb, stride_th, stride_tw, stride_yb, stride_yh, stride_yw,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """Y[b, o, p] = leaky_relu(up(T)[b, o, p]); programs: (B * 2h rows, column tiles, channel tiles)."""
     scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
-    pix = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # output pixels
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = (pix < n_pixels)[:, None] & (cols < C)[None, :]
-    o00, o01, o10, o11, ly, lx, b, oy, ox = _source_offsets(pix, h, w, scale_h, scale_w, stride_tb, stride_th, stride_tw)
-    y = _leaky_relu(_upsampled_tile(T, o00, o01, o10, o11, ly, lx, cols, ok), negative_slope)
-    out = b * stride_yb + oy * stride_yh + ox * stride_yw
-    tl.store(Y + out[:, None] + cols[None, :], y.to(Y.dtype.element_ty), mask=ok)
+    b = tl.program_id(0) // (2 * h)
+    o = tl.program_id(0) % (2 * h)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (p < 2 * w)[:, None] & (cols < C)[None, :]
+    u = _upsampled_row(T + b.to(tl.int64) * stride_tb, o, p, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw)
+    y_row = Y + b.to(tl.int64) * stride_yb + o.to(tl.int64) * stride_yh
+    tl.store(y_row + (p * stride_yw)[:, None] + cols[None, :],
+             _leaky_relu(u, negative_slope).to(Y.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _upsample_act_head_fwd_kernel(
-    T, WEIGHT, BIAS, OUT, n_pixels, C, h, w, scale_h, scale_w, negative_slope,
+    T, WEIGHT, BIAS, OUT, C, h, w, scale_h, scale_w, negative_slope,
     stride_tb, stride_th, stride_tw,
     HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """OUT[b, o, p] = leaky_relu(up(T)[b, o, p]) . WEIGHT + BIAS, OUT contiguous (B, 2h, 2w);
+    programs: (B * 2h rows, column tiles)."""
     scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
-    pix = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pix_ok = pix < n_pixels
-    o00, o01, o10, o11, ly, lx, b, oy, ox = _source_offsets(pix, h, w, scale_h, scale_w, stride_tb, stride_th, stride_tw)
+    b = tl.program_id(0) // (2 * h)
+    o = tl.program_id(0) % (2 * h)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < 2 * w
+    t_image = T + b.to(tl.int64) * stride_tb
     acc = tl.zeros([BLOCK_P], dtype=tl.float32)
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         col_ok = cols < C
-        y = _leaky_relu(_upsampled_tile(T, o00, o01, o10, o11, ly, lx, cols, pix_ok[:, None] & col_ok[None, :]), negative_slope)
+        u = _upsampled_row(t_image, o, p, cols, p_ok[:, None] & col_ok[None, :], h, w, scale_h, scale_w,
+                           stride_th, stride_tw)
         weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)
-        acc += tl.sum(y * weight[None, :], axis=1)
+        acc += tl.sum(_leaky_relu(u, negative_slope) * weight[None, :], axis=1)
     if HAS_BIAS:
         acc += tl.load(BIAS).to(tl.float32)
-    tl.store(OUT + pix, acc.to(OUT.dtype.element_ty), mask=pix_ok)  # OUT: contiguous (B, 2h, 2w)
-
-
-@triton.jit
-def _head_weight_grad_kernel(
-    T, G, PARTIAL, n_pixels, C, h, w, scale_h, scale_w, negative_slope, pixels_per_program,
-    stride_tb, stride_th, stride_tw,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """PARTIAL[program] = sum over this program's output pixels of grad * leaky_relu(up(t))."""
-    scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
-    program = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    first = program.to(tl.int64) * pixels_per_program
-    for start in range(0, pixels_per_program, BLOCK_P):
-        pix = first + start + tl.arange(0, BLOCK_P)
-        pix_ok = pix < n_pixels
-        o00, o01, o10, o11, ly, lx, b, oy, ox = _source_offsets(pix, h, w, scale_h, scale_w, stride_tb, stride_th, stride_tw)
-        y = _leaky_relu(_upsampled_tile(T, o00, o01, o10, o11, ly, lx, cols, pix_ok[:, None] & col_ok[None, :]), negative_slope)
-        g = tl.load(G + pix, mask=pix_ok, other=0.0).to(tl.float32)  # G: contiguous (B, 2h, 2w)
-        acc += tl.sum(y * g[:, None], axis=0)
-    tl.store(PARTIAL + program * C + cols, acc, mask=col_ok)
+    tl.store(OUT + tl.program_id(0).to(tl.int64) * (2 * w) + p, acc.to(OUT.dtype.element_ty), mask=p_ok)
 
 
 @triton.jit
 def _tent(x):
-    """Bilinear weight of an input row at distance ``x`` from the source coordinate."""
+    """Bilinear weight of an input column at distance ``x`` from the source coordinate."""
     return tl.maximum(1.0 - tl.abs(x), 0.0)
 
 
 @triton.jit
-def _neighbour(T, b_off, r, c, h, w, cols, ok, stride_th, stride_tw):
-    """fp32 tile of t at row r, column c; zero outside the map."""
-    inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-    offset = b_off + r * stride_th + c * stride_tw
-    return tl.load(T + offset[:, None] + cols[None, :], mask=ok & inside[:, None], other=0.0).to(tl.float32)
+def _store_grad_row(GT_IMAGE, row, first, end, acc, j, cols, ok, stride_gth, stride_gtw):
+    """Store the finished gradient row ``row`` (scalar) if this program owns it: first <= row < end."""
+    owned = (row >= first) & (row < end)
+    offsets = (j * stride_gtw)[:, None] + cols[None, :]
+    tl.store(GT_IMAGE + row.to(tl.int64) * stride_gth + offsets, acc.to(GT_IMAGE.dtype.element_ty), mask=ok & owned)
 
 
 @triton.jit
 def _upsample_act_bwd_kernel(
-    T, GY, G, WEIGHT, GT, n_pixels, C, h, w, scale_h, scale_w, negative_slope,
+    T, GY, WEIGHT, GT, WEIGHT_PARTIAL, C, h, w, scale_h, scale_w, negative_slope, rows_per_strip, n_strips,
     stride_tb, stride_th, stride_tw, stride_gb, stride_gh, stride_gw, stride_gtb, stride_gth, stride_gtw,
-    HEAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    HEAD: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """grad_t = up^T(grad_y * leaky_relu'(up(t))), gathered per low-resolution pixel.
+    """grad_t = up^T(grad_y * leaky_relu'(up(t))), without atomics.
 
-    Output rows reading input row i lie in [2i - 2, 2i + 3] (their source coordinate is within 1
-    of i, and the scale is (h - 1) / (2h - 1) in (1/3, 1/2)), likewise for columns: 6 x 6 taps.
-    With HEAD, grad_y is the head's grad_logits (B, 2h, 2w) times its weight vector (C,).
+    Programs: (B * strips of ``rows_per_strip`` input rows, column tiles, channel tiles). A
+    program walks down the output rows o that read its strip. Per output row it first reduces
+    along the columns, for each input column j of its tile, over the output columns p that read j,
+    recomputing up(t) at (o, p) for the activation's slope. Those are p in [2j - 1, 2j + 2]: with
+    1/scale = 2 + 1/(w - 1), p reads j iff 2j - 2 + (j - 1)/(w - 1) < p < 2j + 2 + (j + 1)/(w - 1)
+    (the one exception, p = 2w - 1 for j = w - 2, has weight 0 but for fp32 rounding of the scale:
+    at most an ulp, left out). Output row o then adds to input rows y0(o) and y1(o) = y0(o) + 1
+    only, and y0 grows by at most one per row: two accumulator rows suffice, and a row is stored
+    once the walk has left it.
+
+    With HEAD, grad_y is the head's grad_logits GY (B, 2h, 2w) times its weight vector (C,), and
+    WEIGHT_PARTIAL gets this program's share of the head weight's gradient,
+    sum grad_logits * leaky_relu(up(t)) over the output pixels (o, p) it owns: o // 2 in its
+    strip and p // 2 in its column tile, so that each pixel counts once.
     """
     scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
-    pix = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)  # low-resolution pixels
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    pix_ok = pix < n_pixels
+    b = (tl.program_id(0) // n_strips).to(tl.int64)
+    first = (tl.program_id(0) % n_strips) * rows_per_strip  # this strip's input rows: [first, end)
+    end = tl.minimum(first + rows_per_strip, h)
+    j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)  # input columns
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    j_ok = j < w
     col_ok = cols < C
-    ok = pix_ok[:, None] & col_ok[None, :]
-    b = pix // (h * w)
-    i = ((pix % (h * w)) // w).to(tl.int32)
-    j = (pix % w).to(tl.int32)
-    b_t = b * stride_tb
-    if HEAD:
-        head_weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)
-
-    # the 3 x 3 neighbourhood of t that every upsampled pixel reading (i, j) reads from
-    t_mm = _neighbour(T, b_t, i - 1, j - 1, h, w, cols, ok, stride_th, stride_tw)
-    t_m0 = _neighbour(T, b_t, i - 1, j, h, w, cols, ok, stride_th, stride_tw)
-    t_mp = _neighbour(T, b_t, i - 1, j + 1, h, w, cols, ok, stride_th, stride_tw)
-    t_0m = _neighbour(T, b_t, i, j - 1, h, w, cols, ok, stride_th, stride_tw)
-    t_00 = _neighbour(T, b_t, i, j, h, w, cols, ok, stride_th, stride_tw)
-    t_0p = _neighbour(T, b_t, i, j + 1, h, w, cols, ok, stride_th, stride_tw)
-    t_pm = _neighbour(T, b_t, i + 1, j - 1, h, w, cols, ok, stride_th, stride_tw)
-    t_p0 = _neighbour(T, b_t, i + 1, j, h, w, cols, ok, stride_th, stride_tw)
-    t_pp = _neighbour(T, b_t, i + 1, j + 1, h, w, cols, ok, stride_th, stride_tw)
-
-    fi = i.to(tl.float32)
+    ok = j_ok[:, None] & col_ok[None, :]
+    t_image = T + b * stride_tb
+    g_image = GY + b * stride_gb
+    column_m = ((j - 1) * stride_tw)[:, None] + cols[None, :]
+    column_0 = (j * stride_tw)[:, None] + cols[None, :]
+    column_p = ((j + 1) * stride_tw)[:, None] + cols[None, :]
+    ok_m = ok & (j >= 1)[:, None]
+    ok_p = ok & (j + 1 < w)[:, None]
     fj = j.to(tl.float32)
-    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for a in tl.static_range(6):
-        o = 2 * i - 2 + a  # output row
-        src_o = o.to(tl.float32) * scale_h
-        row_ok = (o >= 0) & (o < 2 * h)
-        wy_m = _tent(src_o - (fi - 1.0))[:, None]
-        wy_0 = _tent(src_o - fi)
-        wy_p = _tent(src_o - (fi + 1.0))[:, None]
-        # up(t) at output row o, combined over rows, for the input columns j - 1, j, j + 1
-        v_m = wy_m * t_mm + wy_0[:, None] * t_0m + wy_p * t_pm
-        v_0 = wy_m * t_m0 + wy_0[:, None] * t_00 + wy_p * t_p0
-        v_p = wy_m * t_mp + wy_0[:, None] * t_0p + wy_p * t_pp
-        for e in tl.static_range(6):
-            p = 2 * j - 2 + e  # output column
-            src_p = p.to(tl.float32) * scale_w
-            wx_0 = _tent(src_p - fj)
-            u = _tent(src_p - (fj - 1.0))[:, None] * v_m + wx_0[:, None] * v_0 + _tent(src_p - (fj + 1.0))[:, None] * v_p
-            reads = wy_0 * wx_0  # how much output (o, p) reads input (i, j)
-            tap_ok = pix_ok & row_ok & (p >= 0) & (p < 2 * w) & (reads > 0)
-            g_off = b * stride_gb + o * stride_gh + p * stride_gw
-            if HEAD:
-                g = tl.load(G + g_off, mask=tap_ok, other=0.0).to(tl.float32)[:, None] * head_weight[None, :]
-            else:
-                g = tl.load(GY + g_off[:, None] + cols[None, :], mask=tap_ok[:, None] & col_ok[None, :],
-                            other=0.0).to(tl.float32)
-            acc += reads[:, None] * tl.where(u > 0, g, g * negative_slope)
+    if HEAD:
+        head_weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        weight_acc = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
 
-    out = b * stride_gtb + i * stride_gth + j * stride_gtw
-    tl.store(GT + out[:, None] + cols[None, :], acc.to(GT.dtype.element_ty), mask=ok)
+    o_first = tl.maximum(2 * first - 2, 0)
+    row = _source_rows(o_first, scale_h, h)[0]  # the input row acc_0 collects; acc_1: row + 1
+    acc_0 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
+    acc_1 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
+    for o in range(o_first, tl.minimum(2 * end + 2, 2 * h)):
+        y0, y1, ly = _source_rows(o, scale_h, h)
+        if y0 > row:  # no later output row reads `row`
+            _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0, j, cols, ok, stride_gth, stride_gtw)
+            acc_0 = acc_1
+            acc_1 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
+            row = y0
+        # t interpolated between rows y0 and y1, at input columns j - 1, j, j + 1
+        row0 = t_image + y0.to(tl.int64) * stride_th
+        row1 = t_image + y1.to(tl.int64) * stride_th
+        v_m = (1.0 - ly) * tl.load(row0 + column_m, mask=ok_m, other=0.0).to(tl.float32) \
+            + ly * tl.load(row1 + column_m, mask=ok_m, other=0.0).to(tl.float32)
+        v_0 = (1.0 - ly) * tl.load(row0 + column_0, mask=ok, other=0.0).to(tl.float32) \
+            + ly * tl.load(row1 + column_0, mask=ok, other=0.0).to(tl.float32)
+        v_p = (1.0 - ly) * tl.load(row0 + column_p, mask=ok_p, other=0.0).to(tl.float32) \
+            + ly * tl.load(row1 + column_p, mask=ok_p, other=0.0).to(tl.float32)
+        g_row = g_image + tl.cast(o, tl.int64) * stride_gh
+        row_owned = (o // 2 >= first) & (o // 2 < end)
+        grad_row = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)  # sum over p of reads(p, j) * grad_u(o, p)
+        for e in tl.static_range(4):
+            p = 2 * j - 1 + e  # output column
+            src = p.to(tl.float32) * scale_w
+            reads = _tent(src - fj)  # how much output column p reads input column j
+            u = _tent(src - (fj - 1.0))[:, None] * v_m + reads[:, None] * v_0 + _tent(src - (fj + 1.0))[:, None] * v_p
+            tap_ok = j_ok & (p >= 0) & (p < 2 * w) & (reads > 0)
+            if HEAD:
+                g_pixel = tl.load(g_row + p * stride_gw, mask=tap_ok, other=0.0).to(tl.float32)[:, None]
+                g = g_pixel * head_weight
+                if e == 1 or e == 2:  # p // 2 == j: a pixel this program owns if row_owned
+                    weight_acc += tl.where((tap_ok & row_owned)[:, None], g_pixel * _leaky_relu(u, negative_slope), 0.0)
+            else:
+                g = tl.load(g_row + (p * stride_gw)[:, None] + cols[None, :], mask=tap_ok[:, None] & col_ok[None, :],
+                            other=0.0).to(tl.float32)
+            grad_row += reads[:, None] * tl.where(u > 0, g, g * negative_slope)
+        same = y1 == y0  # the last input row: both of the output row's weights go to it
+        acc_0 += tl.where(same, 1.0, 1.0 - ly) * grad_row
+        acc_1 += tl.where(same, 0.0, ly) * grad_row
+    _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0, j, cols, ok, stride_gth, stride_gtw)
+    _store_grad_row(GT + b * stride_gtb, row + 1, first, end, acc_1, j, cols, ok, stride_gth, stride_gtw)
+    if HEAD:
+        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        tl.store(WEIGHT_PARTIAL + program.to(tl.int64) * C + cols, tl.sum(weight_acc, axis=0), mask=col_ok)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,79 +243,74 @@ def _scales(h: int, w: int) -> tuple[float, float]:
 
 
 def _tile(channels: int, gpu_channels: int, gpu_elements: int) -> tuple[int, int]:
-    """(BLOCK_P, BLOCK_C): tiles sized for a GPU's registers; under the interpreter, which runs
-    programs one after another at a cost per operation rather than per element, 16x larger."""
+    """(columns, channels) of a tile sized for a GPU's registers; under the interpreter, which
+    runs programs one after another at a cost per operation rather than per element, 16x larger."""
     scale = 16 if op_registry.INTERPRETED else 1
     block_c = min(gpu_channels * scale, triton.next_power_of_2(channels))
     return max(16, gpu_elements * scale // block_c), block_c
 
 
-def _pixel_blocks(channels: int) -> tuple[int, int]:
-    """(BLOCK_P, BLOCK_C): up to 64 channels per tile, about 2K elements per tile."""
-    return _tile(channels, 64, 2048)
+def _row_blocks(channels: int) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_C, num_warps) of the forward kernels: up to 64 channels, about 2K elements
+    per tile, 8 elements per thread (32 registers for the block kernel, 40 with the head)."""
+    return (*_tile(channels, 64, 2048), 8)
+
+
+def _backward_blocks(channels: int) -> tuple[int, int, int]:
+    """(BLOCK_J, BLOCK_C, num_warps) of the backward kernel: tiles of 1K elements, 8 per thread
+    (about 110-130 registers), 64 channels wide, or 32 where that divides the channel count and 64
+    does not (96: three full tiles rather than two with a quarter of the lanes idle). Half that
+    tile takes 15 % more instructions per element."""
+    return (*_tile(channels, 32 if channels % 64 and not channels % 32 else 64, 1024), 4)
+
+
+def _strip_rows(h: int) -> int:
+    """Input rows per backward program: a strip re-walks about 5 output rows beyond its own
+    2 * rows (10 % for 24); under the interpreter, whole maps (fewer programs)."""
+    return h if op_registry.INTERPRETED else 24
 
 
 def _launch_upsample_act(t: torch.Tensor, y: torch.Tensor, negative_slope: float) -> None:
     B, h, w, C = t.shape
-    block_p, block_c = _pixel_blocks(C)
-    n_pixels = B * 4 * h * w
-    wrap_triton(_upsample_act_fwd_kernel)[(triton.cdiv(n_pixels, block_p), triton.cdiv(C, block_c))](
-        t, y, n_pixels, C, h, w, *_scales(h, w), negative_slope,
+    block_p, block_c, warps = _row_blocks(C)
+    wrap_triton(_upsample_act_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p), triton.cdiv(C, block_c))](
+        t, y, C, h, w, *_scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        BLOCK_P=block_p, BLOCK_C=block_c,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
 
 
 def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weight: torch.Tensor | None,
-                                  grad_t: torch.Tensor, negative_slope: float) -> None:
+                                  grad_t: torch.Tensor, negative_slope: float) -> torch.Tensor | None:
     """grad: (B, 2h, 2w, C) upstream gradient of leaky_relu(up(t)), or with ``head_weight`` (C,)
-    the (B, 2h, 2w) gradient of the head's logits."""
+    the (B, 2h, 2w) gradient of the head's logits; then returns the head weight's gradient,
+    fp32 (C,)."""
     B, h, w, C = t.shape
-    block_p, block_c = _tile(C, 32, 512)  # nine neighbour tiles live in registers
-    n_pixels = B * h * w
+    block_j, block_c, warps = _backward_blocks(C)
+    rows = _strip_rows(h)
+    grid = (B * triton.cdiv(h, rows), triton.cdiv(w, block_j), triton.cdiv(C, block_c))
     head = head_weight is not None
-    wrap_triton(_upsample_act_bwd_kernel)[(triton.cdiv(n_pixels, block_p), triton.cdiv(C, block_c))](
-        t, grad, grad, head_weight if head else t, grad_t, n_pixels, C, h, w, *_scales(h, w), negative_slope,
+    # absent inputs get read-only stand-ins (t), as torch.compile's mutation analysis wants them
+    partial = t.new_empty((grid[0] * grid[1], C), dtype=torch.float32) if head else t
+    wrap_triton(_upsample_act_bwd_kernel)[grid](
+        t, grad, head_weight if head else t, grad_t, partial, C, h, w, *_scales(h, w), negative_slope,
+        rows, triton.cdiv(h, rows),
         t.stride(0), t.stride(1), t.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
         grad_t.stride(0), grad_t.stride(1), grad_t.stride(2),
-        HEAD=head, BLOCK_P=block_p, BLOCK_C=block_c,
+        HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, num_warps=warps,
     )
+    return partial.sum(0) if head else None
 
 
 def _launch_head(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
                  negative_slope: float) -> None:
     B, h, w, C = t.shape
-    block_p, block_c = _pixel_blocks(C)
-    n_pixels = B * 4 * h * w
-    wrap_triton(_upsample_act_head_fwd_kernel)[(triton.cdiv(n_pixels, block_p),)](
-        t, weight, weight if bias is None else bias, out, n_pixels, C, h, w, *_scales(h, w), negative_slope,
+    block_p, block_c, warps = _row_blocks(C)
+    wrap_triton(_upsample_act_head_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p))](
+        t, weight, weight if bias is None else bias, out, C, h, w, *_scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2),
-        HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c,
+        HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
-
-
-def _pixels_per_program(n_pixels: int, block_p: int, column_blocks: int, device: torch.device) -> int:
-    """Output pixels each head-weight-gradient program sums over: about four programs per SM."""
-    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    per_program = triton.cdiv(n_pixels, max(1, programs // column_blocks))
-    return triton.cdiv(per_program, block_p) * block_p
-
-
-def _head_weight_grad(t: torch.Tensor, grad: torch.Tensor, negative_slope: float) -> torch.Tensor:
-    """sum over output pixels of grad (B, 2h, 2w) * leaky_relu(up(t)): fp32 (C,)."""
-    B, h, w, C = t.shape
-    block_p, block_c = _pixel_blocks(C)
-    n_pixels = B * 4 * h * w
-    column_blocks = triton.cdiv(C, block_c)
-    per_program = _pixels_per_program(n_pixels, block_p, column_blocks, t.device)
-    programs = triton.cdiv(n_pixels, per_program)
-    partial = t.new_empty((programs, C), dtype=torch.float32)
-    wrap_triton(_head_weight_grad_kernel)[(programs, column_blocks)](
-        t, grad, partial, n_pixels, C, h, w, *_scales(h, w), negative_slope, per_program,
-        t.stride(0), t.stride(1), t.stride(2),
-        BLOCK_P=block_p, BLOCK_C=block_c,
-    )
-    return partial.sum(0)
 
 
 def _upsampled_shape(t: torch.Tensor, channels: int | None = None) -> tuple[int, ...]:
@@ -383,8 +373,8 @@ def _head_backward(t: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
                    negative_slope: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of t (B, h, w, C) and of the head's weight (C,) (fp32) from grad (B, 2h, 2w)."""
     grad_t = torch.empty_like(t)
-    _launch_upsample_act_backward(t, grad, weight, grad_t, negative_slope)
-    return grad_t, _head_weight_grad(t, grad, negative_slope)
+    grad_weight = _launch_upsample_act_backward(t, grad, weight, grad_t, negative_slope)
+    return grad_t, grad_weight
 
 
 _OPS = {  # name: (implementation, fake)

@@ -88,20 +88,26 @@ def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, asse
                            1e-5 * patch * (h * w) ** 0.5, f"grad {name}")
 
 
-def test_head_weight_gradient_adds_the_partials_of_several_programs(monkeypatch, assert_within_rule):
-    """On a GPU the head weight's gradient is summed from many programs' partial sums."""
-    monkeypatch.setattr(decoder_module, "_pixels_per_program", lambda n, block_p, blocks, device: block_p)
-    weights, head_weight, head_bias = decoder_weights((24,), seed=3)
-    x, grad = rand(2, 5, 7, 24, seed=4), rand(2, 1, 10, 14, seed=5)
-    tensors = [x, weights[0], head_weight, head_bias]
+@pytest.mark.parametrize("strip_rows", [1, 4])
+def test_backward_split_into_strips_and_tiles(monkeypatch, strip_rows, assert_within_rule):
+    """On a GPU the backward runs as many programs: strips of input rows (each re-walking the
+    output rows at its edges), tiles of columns and of channels; the head weight's gradient is the
+    sum of their partial sums. Each output pixel must count once."""
+    monkeypatch.setattr(decoder_module, "_strip_rows", lambda h: strip_rows)
+    monkeypatch.setattr(decoder_module, "_tile", lambda channels, gpu_channels, gpu_elements: (16, 16))  # both kernels' tiles
+    weights, head_weight, head_bias = decoder_weights((80, 40), seed=3)  # head input: (1, 6, 18, 20)
+    x, grad = rand(1, 3, 9, 80, seed=4), rand(1, 1, 12, 36, seed=5)
+    tensors = [x, *weights, head_weight, head_bias]
 
     def run(fn):
-        return lambda x, w, hw, hb: fn(x, [w], hw, hb, SLOPE)
+        return lambda x, w0, w1, hw, hb: fn(x, [w0, w1], hw, hb, SLOPE)
     exact_out, exact_grads = grads_of(run(decoder_reference), [t.double() for t in tensors], grad.double())
     torch_out, torch_grads = grads_of(run(decoder_reference), tensors, grad)
     our_out, our_grads = grads_of(run(fused_decoder), tensors, grad)
-    for name, ours, theirs, exact in zip(("x", "weight", "head weight", "head bias"), our_grads, torch_grads, exact_grads):
-        assert_within_rule(ours, theirs, exact, 1e-5 * 8, f"grad {name}")
+    assert_within_rule(our_out, torch_out, exact_out, 1e-5, "output")
+    names = ("x", "weight 0", "weight 1", "head weight", "head bias")
+    for name, ours, theirs, exact in zip(names, our_grads, torch_grads, exact_grads):
+        assert_within_rule(ours, theirs, exact, 1e-5 * 12, f"grad {name}")
 
 
 def test_channels_first_views_and_strided_inputs():
