@@ -123,12 +123,14 @@ def _seed_mask_bwd_kernel(
     tl.store(GRAD_BIAS_PARTIAL + b * stride_gbb + split, tl.sum(grad_bias, axis=0))
 
 
-def _blocks(d: int, widest: int | None = None) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_D, num_warps): a whole row per block, about 8K elements in the widest tile
-    (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more."""
+def _blocks(d: int, widest: int | None = None, elements: int = 8192) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_D, num_warps): a whole row per block, about ``elements`` in the widest tile
+    (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more.
+    The backward holds three tiles (patches, their gradient and grad masked) and takes 4K
+    elements: with 8K it needed 168 registers a thread, one 8-warp program per SM."""
     block_d = triton.next_power_of_2(d)
     block_widest = max(block_d, triton.next_power_of_2(widest or 1))
-    return max(1, min(64, 8192 // block_widest)), block_d, 8 if block_widest >= 1024 else 4
+    return max(1, min(64, elements // block_widest)), block_d, 8 if block_widest >= 1024 else 4
 
 
 def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device) -> int:
@@ -185,7 +187,7 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
                         grad_logits: torch.Tensor | None, grad_masked: torch.Tensor | None,
                         sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N, D = patches.shape
-    block_n, block_d, num_warps = _blocks(D)
+    block_n, block_d, num_warps = _blocks(D, elements=4096)
     rows = _rows_per_program(B, N, block_n, patches.device)
     splits = triton.cdiv(N, rows)
     grad_patches = patches.new_empty((B, N, D))

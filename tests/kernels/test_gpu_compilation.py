@@ -2,8 +2,15 @@
 and its bundled ptxas run without a GPU. Float arguments are typed as Triton's own launcher types
 them (fp32) and as torch.compile's generated launchers do (fp64).
 
+ptxas also reports each kernel's registers per thread and spills. Compiled as the model launches
+them (pointers, strides and channel counts divisible by 16, as Triton specialises them for the
+presets' channel counts; that also lets loads be vectorised), no kernel may spill, and each must leave room for two of its programs per SM: a kernel
+that gathers from memory needs resident warps to hide the latency. (The decoder's first backward
+kernel used 255 registers and spilled: one 4-warp program per SM.)
+
 The compilation runs in a subprocess without ``TRITON_INTERPRET``, under which the kernels would
 be interpreted functions that cannot be compiled."""
+import importlib
 import json
 import os
 import subprocess
@@ -11,22 +18,24 @@ import sys
 
 import pytest
 
-# (module, kernel, pointer arguments, constexprs as the host code launches it on a GPU)
+from restr_fast.kernels import op_registry
+
+# (module, kernel, pointer arguments, constexprs and num_warps as the host code launches them on a GPU)
 KERNELS = [
     ("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
-     dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=8, BLOCK_D=1024, BLOCK_DP=1024)),
+     dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=8, BLOCK_D=1024, BLOCK_DP=1024), 8),
     ("seed_mask", "_seed_mask_bwd_kernel", "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL GRAD_BIAS_PARTIAL",
-     dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=8, BLOCK_D=1024)),
-    ("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=32, BLOCK_C=64)),
-    ("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=32, BLOCK_C=64)),
-    ("decoder", "_head_weight_grad_kernel", "T G PARTIAL", dict(BLOCK_P=32, BLOCK_C=64)),
-    ("decoder", "_upsample_act_bwd_kernel", "T GY G WEIGHT GT", dict(HEAD=False, BLOCK_P=16, BLOCK_C=32)),
-    ("decoder", "_upsample_act_bwd_kernel", "T GY G WEIGHT GT", dict(HEAD=True, BLOCK_P=16, BLOCK_C=32)),
+     dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 8),
+    ("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=32, BLOCK_C=64), 8),
+    ("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=32, BLOCK_C=64), 8),
+    *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL", dict(HEAD=head, BLOCK_J=j, BLOCK_C=c), 4)
+      for head in (False, True) for j, c in ((16, 64), (32, 32))],
 ]
 FLOAT_TYPES = ("fp32", "fp64")
+REGISTERS_PER_SM = 65536  # sm_90
 
 COMPILE_ALL = r"""
-import concurrent.futures, importlib, json, os, sys
+import concurrent.futures, importlib, json, os, re, subprocess, sys, tempfile
 
 FLOAT_ARGUMENTS = {"scale", "scale_h", "scale_w", "negative_slope"}
 
@@ -35,22 +44,36 @@ def compile_case(case):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    module, name, pointers, constexprs, float_type = case
+    module, name, pointers, constexprs, num_warps, float_type = case
     kernel = getattr(importlib.import_module(f"restr_fast.kernels.{module}"), name)
-    types = {}
-    for arg in kernel.arg_names:  # pointers to bf16 (partial sums fp32), floats, sizes and strides i32
+    types, divisible = {}, {}
+    for index, arg in enumerate(kernel.arg_names):  # pointers to bf16 (partial sums fp32), floats, sizes and strides i32
         if arg in constexprs:
             types[arg] = "constexpr"
         elif arg in pointers.split():
             types[arg] = "*fp32" if "PARTIAL" in arg else "*bf16"
         else:
             types[arg] = float_type if arg in FLOAT_ARGUMENTS else "i32"
+        if arg in pointers.split() or arg.startswith("stride") or arg in ("C", "D", "DP"):  # channel counts
+            divisible[(index,)] = [["tt.divisibility", 16]]
     try:
-        compiled = triton.compile(ASTSource(fn=kernel, signature=types, constexprs=constexprs),
-                                  target=GPUTarget("cuda", 90, 32))
-        return "cubin" if "cubin" in compiled.asm else f"no cubin: {sorted(compiled.asm)}"
+        compiled = triton.compile(ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=divisible),
+                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
     except Exception as error:
-        return f"{type(error).__name__}: {error}"
+        return dict(result=f"{type(error).__name__}: {error}")
+    if "cubin" not in compiled.asm:
+        return dict(result=f"no cubin: {sorted(compiled.asm)}")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        with open(source, "w") as file:
+            file.write(compiled.asm["ptx"])
+        report = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", source, "-o", os.path.join(folder, "kernel.cubin")],
+                                capture_output=True, text=True).stderr
+    registers = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    return dict(result="cubin", registers=int(registers.group(1)) if registers else None,
+                spill_bytes=sum(map(int, spills.groups())) if spills else None, report=report[-500:])
 
 
 if __name__ == "__main__":
@@ -58,13 +81,15 @@ if __name__ == "__main__":
         print(json.dumps(list(pool.map(compile_case, json.loads(sys.argv[1])))))
 """
 
-CASES = [(module, name, pointers, constexprs, float_type)
-         for module, name, pointers, constexprs in KERNELS for float_type in FLOAT_TYPES]
+CASES = [(module, name, pointers, constexprs, warps, float_type)
+         for module, name, pointers, constexprs, warps in KERNELS for float_type in FLOAT_TYPES]
+IDS = ["-".join([name, *(k if v is True else f"{k}={v}" for k, v in c.items() if v is not False), t])
+       for _, name, _, c, _, t in CASES]
 
 
 @pytest.fixture(scope="module")
 def compilation_results():
-    """The outcome of compiling every case, in one subprocess: "cubin", or the error."""
+    """The outcome of compiling every case, in one subprocess: "cubin" and ptxas's figures, or the error."""
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", COMPILE_ALL, json.dumps(CASES)], env=environment,
                           capture_output=True, text=True, timeout=600)
@@ -76,10 +101,50 @@ def compilation_results():
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("index", range(len(CASES)),
-                         ids=[f"{name}-{'-'.join(k for k, v in c.items() if v is True)}-{t}" for _, name, _, c, t in CASES])
-def test_kernel_compiles_for_an_h100(compilation_results, index):
-    result = compilation_results[index]
+def compiled(results, index) -> dict:
+    result = results[index]["result"]
     if "ptxas" in result.lower() and "not found" in result.lower():
         pytest.skip(f"Triton's ptxas is not available here: {result.splitlines()[0]}")
     assert result == "cubin", result
+    return results[index]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
+def test_kernel_compiles_for_an_h100(compilation_results, index):
+    compiled(compilation_results, index)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
+def test_kernel_neither_spills_nor_starves_the_sm(compilation_results, index):
+    outcome = compiled(compilation_results, index)
+    assert outcome["registers"] is not None and outcome["spill_bytes"] is not None, outcome["report"]
+    assert outcome["spill_bytes"] == 0, f"spills registers: {outcome['report']}"
+    threads = 32 * CASES[index][4]
+    assert 2 * threads * outcome["registers"] <= REGISTERS_PER_SM, (
+        f"{outcome['registers']} registers x {threads} threads leave room for fewer than two programs per SM")
+
+
+def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
+    """KERNELS above must describe real launches: the paper's sizes (D = 768, decoder channels
+    1536 ... 96) outside the interpreter."""
+    decoder, seed_mask = (importlib.import_module(f"restr_fast.kernels.{name}") for name in ("decoder", "seed_mask"))
+    monkeypatch.setattr(op_registry, "INTERPRETED", False)
+    launched = {(name, tuple(sorted(c.items()))): warps for _, name, _, c, warps in KERNELS}
+
+    def assert_case(name, warps, **constexprs):
+        key = (name, tuple(sorted(constexprs.items())))
+        assert launched.get(key) == warps, f"{name} launches with {constexprs}, num_warps={warps}: not in KERNELS"
+
+    block_n, block_d, warps = seed_mask._blocks(768, 768)
+    assert_case("_seed_mask_fwd_kernel", warps, HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
+                BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d)
+    block_n, block_d, warps = seed_mask._blocks(768, elements=4096)
+    assert_case("_seed_mask_bwd_kernel", warps, HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True,
+                SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d)
+    for channels in (1536, 768, 384, 192, 96):
+        block_p, block_c, warps = decoder._row_blocks(channels)
+        assert_case("_upsample_act_fwd_kernel", warps, BLOCK_P=block_p, BLOCK_C=block_c)
+        assert_case("_upsample_act_head_fwd_kernel", warps, HAS_BIAS=True, BLOCK_P=block_p, BLOCK_C=block_c)
+        block_j, block_c, warps = decoder._backward_blocks(channels)
+        for head in (False, True):
+            assert_case("_upsample_act_bwd_kernel", warps, HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c)
