@@ -9,8 +9,9 @@ import gc
 import math
 import os
 import platform
+import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -135,16 +136,21 @@ def copy_bandwidth() -> float:
 
 @pytest.fixture
 def measure(benchmark, baseline_times):
-    """measure(fn, impl=..., case=..., bytes_moved=None, flop=None) times ``fn`` in the benchmark
-    and returns its median seconds per call.
+    """measure(fn, impl=..., case=..., bytes_moved=None, flop=None, graph_calls=None) times ``fn``
+    in the benchmark and returns its median seconds per call.
 
     Each round calls ``fn`` as often as fits about ``round_s`` seconds, between two synchronised
     timer reads, so small kernels are timed without the launch-and-sync overhead. Peak memory is
     measured in a separate call. ``extra_info`` gets the median per call, the peak memory, GB/s
     or TFLOP/s, and the ratio to each baseline measured earlier in the run for the same case.
+
+    ``graph_calls`` (calls like ``fn`` on separate inputs) adds the GPU's own time per call, from a
+    CUDA graph of them (:func:`graphed_gpu_seconds`): ``gpu_ms``, ``gpu_gb_per_s`` and
+    ``gpu_speedup_vs_<baseline>``, or ``gpu_time_error``.
     """
     def run(fn: Callable[[], object], *, impl: str, case: str, bytes_moved: float | None = None,
-            flop: float | None = None, rounds: int = 15, warmup: int = 2, round_s: float = 0.05) -> float:
+            flop: float | None = None, rounds: int = 15, warmup: int = 2, round_s: float = 0.05,
+            graph_calls: Sequence[Callable[[], object]] | None = None) -> float:
         for _ in range(warmup):
             fn()
         start = synchronized_timer()
@@ -165,14 +171,68 @@ def measure(benchmark, baseline_times):
             info["gb_per_s"] = bytes_moved / median / 1e9
         if flop is not None:
             info["tflop_per_s"] = flop / median / 1e12
-        measured = baseline_times.setdefault((benchmark.group, case), {})
-        for baseline, seconds in measured.items():
-            info[f"speedup_vs_{baseline}"] = seconds / median
-        if impl in BASELINES:
-            measured[impl] = median
+        _record_ratios(info, baseline_times.setdefault((benchmark.group, case), {}), impl, median, "")
+        if graph_calls is not None:
+            try:
+                gpu = graphed_gpu_seconds(graph_calls)
+            except Exception as error:  # a call that cannot be captured: say so, keep the wall-clock figures
+                info["gpu_time_error"] = f"{type(error).__name__}: {error}"[:300]
+            else:
+                info["gpu_ms"] = gpu * 1e3
+                if bytes_moved is not None:
+                    info["gpu_gb_per_s"] = bytes_moved / gpu / 1e9
+                _record_ratios(info, baseline_times.setdefault((benchmark.group, case, "gpu"), {}), impl, gpu, "gpu_")
         return median
 
     return run
+
+
+def _record_ratios(info: dict, measured: dict, impl: str, seconds: float, prefix: str) -> None:
+    """``{prefix}speedup_vs_<baseline>`` for each baseline in ``measured``; a baseline adds itself."""
+    for baseline, baseline_seconds in measured.items():
+        info[f"{prefix}speedup_vs_{baseline}"] = baseline_seconds / seconds
+    if impl in BASELINES:
+        measured[impl] = seconds
+
+
+def graphed_gpu_seconds(calls: Sequence[Callable[[], object]], replays: int = 10) -> float:
+    """Median GPU seconds per call of ``calls``, captured in order in one CUDA graph and replayed.
+
+    A replay launches the whole graph at once, so this is the time the GPU spends on the calls'
+    kernels (and the gaps between them), without the CPU's dispatch and launch cost that times a
+    call of a few microseconds of GPU work. Give the calls separate inputs larger together than
+    the L2 cache (see :func:`l2_rotation`), or the figure is the L2's bandwidth, not memory's.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compilation, allocations) outside the capture
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    seconds = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        seconds.append(start.elapsed_time(end) / 1e3 / len(calls))
+    del graph
+    release_memory()
+    return statistics.median(seconds)
+
+
+def l2_rotation(bytes_per_input: float, at_least: int = 4) -> int:
+    """How many separate inputs of ``bytes_per_input`` a graph of calls cycles through so that
+    together they are three times the GPU's L2 cache: each call then reads from memory."""
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
+    return max(at_least, math.ceil(3 * l2 / bytes_per_input))
 
 
 def _peak_memory(fn: Callable[[], object]) -> int | None:

@@ -1,11 +1,19 @@
-"""Fused seed-classifier scores + sigmoid + masking against eager PyTorch and torch.compile."""
+"""Fused seed-classifier scores + sigmoid + masking against eager PyTorch and torch.compile.
+
+Two times per case: the wall-clock time per call (what a training step pays, dispatch and launch
+included) and the GPU's own time per call, from a CUDA graph of calls on separate inputs larger
+together than the L2 cache (``gpu_ms``). At B = 8 the op is a few microseconds of GPU work, less
+than dispatching it costs, so only the GPU time can be held against the copy-bandwidth floor
+(``time_vs_copy_floor``: GPU time over the bytes that must move divided by the card's copy
+bandwidth).
+"""
 import pytest
 import torch
 
 from restr_fast.kernels import seed_mask
 from restr_fast.kernels.seed_mask import seed_mask_reference
 
-from .conftest import requires_gpu
+from .conftest import l2_rotation, requires_gpu
 
 B, D = 8, 768
 CASES = [(n, p, impl) for n in (900, 3600) for p in ("forward", "forward+backward")
@@ -24,28 +32,48 @@ def implementation(impl):
     return seed_mask
 
 
+def inputs(n: int, requires_grad: bool, seed: int) -> dict:
+    """One call's bf16 inputs and upstream gradients."""
+    generator = torch.Generator("cuda").manual_seed(seed)
+
+    def randn(*shape, grad=False):
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=generator).requires_grad_(grad)
+    return dict(patches=randn(B, n, D, grad=requires_grad), classifier=randn(B, D, grad=requires_grad),
+                grad_logits=randn(B, n), grad_masked=randn(B, n, D))
+
+
+def call(op, forward_only: bool, tensors: dict):
+    """One call of ``op`` on ``tensors``: the forward alone (no autograd), or forward and backward."""
+    if forward_only:
+        def step():
+            with torch.no_grad():
+                return op(tensors["patches"], tensors["classifier"])
+    else:  # autograd.grad: the gradients alone, no accumulation into .grad (an extra pass)
+        def step():
+            logits, masked = op(tensors["patches"], tensors["classifier"])
+            return torch.autograd.grad([logits, masked], [tensors["patches"], tensors["classifier"]],
+                                       [tensors["grad_logits"], tensors["grad_masked"]])
+    return step
+
+
 @requires_gpu
 @pytest.mark.kernels
 @pytest.mark.benchmark(group="seed_mask")
 @pytest.mark.parametrize("n, pass_, impl", CASES, ids=[f"{impl}-{p}-N{n}" for n, p, impl in CASES])
 def test_seed_mask(benchmark, measure, copy_bandwidth, n, pass_, impl):
     op = implementation(impl)
-    patches = torch.randn(B, n, D, device="cuda", dtype=torch.bfloat16, requires_grad=pass_ != "forward")
-    classifier = torch.randn(B, D, device="cuda", dtype=torch.bfloat16, requires_grad=pass_ != "forward")
-    grad_logits = torch.randn(B, n, device="cuda", dtype=torch.bfloat16)
-    grad_masked = torch.randn(B, n, D, device="cuda", dtype=torch.bfloat16)
-
-    if pass_ == "forward":
-        def step():
-            with torch.no_grad():
-                return op(patches, classifier)
+    forward_only = pass_ == "forward"
+    if forward_only:
         bytes_moved = 2 * (2 * B * n * D + B * n + B * D)  # read patches, write masked and logits (bf16)
     else:
-        def step():
-            logits, masked = op(patches, classifier)
-            torch.autograd.backward([logits, masked], [grad_logits, grad_masked])
         # forward: read patches, write masked; backward: read patches and grad masked, write grad patches
         bytes_moved = 2 * 5 * B * n * D
-    median = measure(step, impl=impl, case=f"{pass_}-N{n}", bytes_moved=bytes_moved)
-    # target: within 1.3x of the time the bytes take at the card's copy bandwidth
-    benchmark.extra_info["time_vs_copy_floor"] = median / (bytes_moved / copy_bandwidth)
+    rotation = [inputs(n, not forward_only, seed) for seed in range(l2_rotation(2 * B * n * D * (1 if forward_only else 3)))]
+    median = measure(call(op, forward_only, rotation[0]), impl=impl, case=f"{pass_}-N{n}", bytes_moved=bytes_moved,
+                     graph_calls=[call(op, forward_only, tensors) for tensors in rotation])
+    floor = bytes_moved / copy_bandwidth
+    info = benchmark.extra_info
+    info["copy_floor_ms"] = floor * 1e3
+    info["wall_time_vs_copy_floor"] = median / floor
+    if "gpu_ms" in info:  # target: within 1.3x of the time the bytes take at the card's copy bandwidth
+        info["time_vs_copy_floor"] = info["gpu_ms"] / 1e3 / floor
