@@ -178,7 +178,7 @@ _seed_mask_op = register_triton_op("restr_fast::seed_mask", fake=_forward_output
 
 
 def _backward_outputs(patches, classifier, bias, grad_logits, grad_masked, sigmoid):
-    """Gradients of the patches (B, N, D), the classifier (B, D) and the bias (B,) (fp32)."""
+    """Gradients of the patches (B, N, D), the classifier (B, D) and the bias (B,) (fp32; unset without a bias)."""
     B, N, D = patches.shape
     return patches.new_empty((B, N, D)), classifier.new_empty((B, D)), patches.new_empty((B,), dtype=torch.float32)
 
@@ -207,7 +207,9 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
         HAS_GRAD_MASKED=grad_masked is not None, SIGMOID=sigmoid, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=num_warps,
     )
-    return grad_patches, grad_c_partial.sum(1).to(classifier.dtype), grad_bias_partial.sum(1)
+    # without a bias its gradient is never read: an empty tensor spares a reduction's launch
+    grad_bias = grad_bias_partial.new_empty((B,)) if bias is None else grad_bias_partial.sum(1)
+    return grad_patches, grad_c_partial.sum(1).to(classifier.dtype), grad_bias
 
 
 register_triton_op("restr_fast::seed_mask_backward", fake=_backward_outputs)(_seed_mask_backward)
