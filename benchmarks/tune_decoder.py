@@ -1,0 +1,83 @@
+"""The decoder kernels' tile sizes against the decoder's forward + backward time on this GPU:
+``python -m benchmarks.tune_decoder [--image-size 480] [--patch-size 16]``.
+
+The launchers in :mod:`restr_fast.kernels.decoder` choose tiles from static analysis (ptxas's
+registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilation.py``). This
+replaces one choice at a time (the backward's tile and warps, its strip height, the forward's
+tile and warps), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in the
+``decoder`` benchmark group) with each, and prints them fastest first, the defaults marked, so
+that a GPU session can confirm or replace them. Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+from typing import Callable
+
+import torch
+
+from .profile_step import workload
+
+decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
+
+# (launcher function replaced, label, replacement): one dimension at a time, around the defaults
+BACKWARD_TILES = [(16, 64, 4), (32, 32, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (8, 64, 4)]
+STRIP_ROWS = [8, 16, 24, 48]
+FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]
+
+
+def variants() -> list[tuple[str, str, Callable]]:
+    """(launcher name, label, replacement) for every alternative tried."""
+    found = [("_backward_blocks", f"backward {j}x{c}, {w} warps", lambda channels, t=(j, c, w): t)
+             for j, c, w in BACKWARD_TILES]
+    found += [("_strip_rows", f"strips of {rows} rows", lambda h, rows=rows: rows) for rows in STRIP_ROWS]
+    found += [("_row_blocks", f"forward {p}x{c}, {w} warps", lambda channels, t=(p, c, w): t)
+              for p, c, w in FORWARD_TILES]
+    return found
+
+
+def median_ms(step: Callable[[], None], calls: int = 10, rounds: int = 5) -> float:
+    """Median over ``rounds`` of the mean GPU time of ``calls`` back-to-back steps (CUDA events)."""
+    for _ in range(2):  # compile this variant's kernels
+        step()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=480)
+    parser.add_argument("--patch-size", type=int, default=16)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("tune_decoder needs a CUDA GPU")
+
+    step = workload("fast", args.image_size, args.patch_size, decoder_only=True)
+    results = [("defaults", median_ms(step))]
+    for name, label, replacement in variants():
+        default = getattr(decoder_kernels, name)
+        setattr(decoder_kernels, name, replacement)
+        try:
+            results.append((label, median_ms(step)))
+        except Exception as error:  # a tile a kernel cannot take (registers, shared memory): say so
+            results.append((f"{label}: {type(error).__name__}: {str(error)[:120]}", float("inf")))
+        finally:
+            setattr(decoder_kernels, name, default)
+    print(f"fused decoder forward + backward, {args.image_size}/{args.patch_size}, batch 8, bf16, "
+          f"{torch.cuda.get_device_name()}")
+    print("| variant | ms | vs defaults |\n| --- | --- | --- |")
+    for label, ms in sorted(results, key=lambda result: result[1]):
+        print(f"| {label} | {ms:.3f} | {results[0][1] / ms:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
