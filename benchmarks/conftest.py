@@ -211,8 +211,9 @@ def graphed_gpu_seconds(calls: Sequence[Callable[[], object]], replays: int = 10
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for call in calls:
-            call()
+        # outputs kept alive: each call writes to its own memory, as it reads its own inputs, rather
+        # than to blocks the allocator hands back at once, which would stay in L2
+        outputs = [call() for call in calls]
     graph.replay()
     torch.cuda.synchronize()
     seconds = []
@@ -223,16 +224,17 @@ def graphed_gpu_seconds(calls: Sequence[Callable[[], object]], replays: int = 10
         end.record()
         end.synchronize()
         seconds.append(start.elapsed_time(end) / 1e3 / len(calls))
-    del graph
+    del graph, outputs
     release_memory()
     return statistics.median(seconds)
 
 
-def l2_rotation(bytes_per_input: float, at_least: int = 4) -> int:
-    """How many separate inputs of ``bytes_per_input`` a graph of calls cycles through so that
-    together they are three times the GPU's L2 cache: each call then reads from memory."""
+def l2_rotation(bytes_per_call: float, at_least: int = 4) -> int:
+    """How many calls, each reading and writing ``bytes_per_call`` of its own, a graph of calls
+    takes so that together they touch three times the GPU's L2 cache: each call then reads from
+    and writes to memory."""
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
-    return max(at_least, math.ceil(3 * l2 / bytes_per_input))
+    return max(at_least, math.ceil(3 * l2 / bytes_per_call))
 
 
 def _peak_memory(fn: Callable[[], object]) -> int | None:

@@ -68,7 +68,7 @@ def test_seed_mask(benchmark, measure, copy_bandwidth, n, pass_, impl):
     else:
         # forward: read patches, write masked; backward: read patches and grad masked, write grad patches
         bytes_moved = 2 * 5 * B * n * D
-    rotation = [inputs(n, not forward_only, seed) for seed in range(l2_rotation(2 * B * n * D * (1 if forward_only else 3)))]
+    rotation = [inputs(n, not forward_only, seed) for seed in range(l2_rotation(bytes_moved))]
     median = measure(call(op, forward_only, rotation[0]), impl=impl, case=f"{pass_}-N{n}", bytes_moved=bytes_moved,
                      graph_calls=[call(op, forward_only, tensors) for tensors in rotation])
     floor = bytes_moved / copy_bandwidth

@@ -4,9 +4,10 @@ them (fp32) and as torch.compile's generated launchers do (fp64).
 
 ptxas also reports each kernel's registers per thread and spills. Compiled as the model launches
 them (pointers, strides and channel counts divisible by 16, as Triton specialises them for the
-presets' channel counts; that also lets loads be vectorised), no kernel may spill, and each must leave room for two of its programs per SM: a kernel
-that gathers from memory needs resident warps to hide the latency. (The decoder's first backward
-kernel used 255 registers and spilled: one 4-warp program per SM.)
+presets' sizes; that also lets loads be vectorised), no kernel may spill, and each must leave room
+for two of its programs per SM: a kernel that gathers from memory needs resident warps to hide
+the latency. (The decoder's first backward kernel used 255 registers and spilled: one 4-warp
+program per SM.)
 
 The compilation runs in a subprocess without ``TRITON_INTERPRET``, under which the kernels would
 be interpreted functions that cannot be compiled."""
@@ -28,7 +29,9 @@ KERNELS = [
      dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 8),
     ("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=32, BLOCK_C=64), 8),
     ("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=32, BLOCK_C=64), 8),
-    *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL", dict(HEAD=head, BLOCK_J=j, BLOCK_C=c), 4)
+    # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
+    *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL",
+       dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), 4)
       for head in (False, True) for j, c in ((16, 64), (32, 32))],
 ]
 FLOAT_TYPES = ("fp32", "fp64")
@@ -54,7 +57,7 @@ def compile_case(case):
             types[arg] = "*fp32" if "PARTIAL" in arg else "*bf16"
         else:
             types[arg] = float_type if arg in FLOAT_ARGUMENTS else "i32"
-        if arg in pointers.split() or arg.startswith("stride") or arg in ("C", "D", "DP"):  # channel counts
+        if arg not in constexprs and (arg in pointers.split() or arg.startswith("stride") or arg in ("C", "D", "DP")):
             divisible[(index,)] = [["tt.divisibility", 16]]
     try:
         compiled = triton.compile(ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=divisible),
@@ -146,5 +149,5 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
         assert_case("_upsample_act_fwd_kernel", warps, BLOCK_P=block_p, BLOCK_C=block_c)
         assert_case("_upsample_act_head_fwd_kernel", warps, HAS_BIAS=True, BLOCK_P=block_p, BLOCK_C=block_c)
         block_j, block_c, warps = decoder._backward_blocks(channels)
-        for head in (False, True):
-            assert_case("_upsample_act_bwd_kernel", warps, HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c)
+        assert_case("_upsample_act_bwd_kernel", warps, HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c)
+        assert_case("_upsample_act_bwd_kernel", warps, HEAD=True, BLOCK_J=block_j, BLOCK_C=block_c, stride_gw=1)
