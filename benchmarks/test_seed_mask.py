@@ -33,13 +33,15 @@ def implementation(impl):
 
 
 def inputs(n: int, requires_grad: bool, seed: int) -> dict:
-    """One call's bf16 inputs and upstream gradients."""
+    """One call's bf16 inputs, and with ``requires_grad`` the upstream gradients."""
     generator = torch.Generator("cuda").manual_seed(seed)
 
     def randn(*shape, grad=False):
         return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=generator).requires_grad_(grad)
-    return dict(patches=randn(B, n, D, grad=requires_grad), classifier=randn(B, D, grad=requires_grad),
-                grad_logits=randn(B, n), grad_masked=randn(B, n, D))
+    tensors = dict(patches=randn(B, n, D, grad=requires_grad), classifier=randn(B, D, grad=requires_grad))
+    if requires_grad:
+        tensors.update(grad_logits=randn(B, n), grad_masked=randn(B, n, D))
+    return tensors
 
 
 def call(op, forward_only: bool, tensors: dict):

@@ -185,8 +185,8 @@ def _upsample_act_bwd_kernel(
         head_weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         weight_acc = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
 
-    # output rows reading input row i lie in [2i - 1, 2i + 1] (as for columns below); the walk
-    # goes one row further, where fp32 rounding of the scale can leave an ulp of weight
+    # output rows reading input row i lie in [2i - 1, 2i + 2] (as for columns below); the walk
+    # goes one row further (2i + 3), where fp32 rounding of the scale can leave an ulp of weight
     o_first = tl.maximum(2 * first - 1, 0)
     row = _source_rows(o_first, scale_h, h)[0]  # the input row acc_0 collects; acc_1: row + 1
     acc_0 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
