@@ -31,13 +31,12 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from restr_fast.models.decoder import upsample2x
 
 from . import op_registry
 from .jit_helpers import fp32
-from .op_registry import eager_autograd, register_triton_op
+from .op_registry import eager_autograd, launcher, register_triton_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -275,7 +274,7 @@ def _strip_rows(h: int) -> int:
 def _launch_upsample_act(t: torch.Tensor, y: torch.Tensor, negative_slope: float) -> None:
     B, h, w, C = t.shape
     block_p, block_c, warps = _row_blocks(C)
-    wrap_triton(_upsample_act_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p), triton.cdiv(C, block_c))](
+    launcher(_upsample_act_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p), triton.cdiv(C, block_c))](
         t, y, C, h, w, *_scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2), y.stride(0), y.stride(1), y.stride(2),
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
@@ -294,7 +293,7 @@ def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weig
     head = head_weight is not None
     # absent inputs get read-only stand-ins (t), as torch.compile's mutation analysis wants them
     partial = t.new_empty((grid[0] * grid[1], C), dtype=torch.float32) if head else t
-    wrap_triton(_upsample_act_bwd_kernel)[grid](
+    launcher(_upsample_act_bwd_kernel)[grid](
         t, grad, head_weight if head else t, grad_t, partial, C, h, w, *_scales(h, w), negative_slope,
         rows, triton.cdiv(h, rows),
         t.stride(0), t.stride(1), t.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
@@ -308,7 +307,7 @@ def _launch_head(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  negative_slope: float) -> None:
     B, h, w, C = t.shape
     block_p, block_c, warps = _row_blocks(C)
-    wrap_triton(_upsample_act_head_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p))](
+    launcher(_upsample_act_head_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p))](
         t, weight, weight if bias is None else bias, out, C, h, w, *_scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2),
         HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,

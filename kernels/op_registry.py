@@ -4,19 +4,41 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import numpy
 import torch
-from torch.library import custom_op, triton_op
+import triton
+from torch.library import custom_op, triton_op, wrap_triton
 
 # Triton decides at import (``@triton.jit``) whether kernels run on its CPU interpreter.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's interpreter cannot run these kernels with these versions, or None.
+
+    Triton before 3.7 hands loop bounds computed from program ids to ``range`` as one-element
+    arrays, which numpy 2.4 no longer converts to integers (triton-lang/triton#9171).
+    """
+    def major_minor(version: str) -> tuple[int, int]:
+        major, minor = version.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+    if major_minor(triton_version) < (3, 7) and major_minor(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter (TRITON_INTERPRET=1) cannot run with numpy "
+                f"{numpy_version} (triton-lang/triton#9171): install 'numpy<2.4' or 'triton>=3.7'")
+    return None
+
+
+if INTERPRETED and (problem := interpreter_incompatibility(triton.__version__, numpy.__version__)):
+    raise ImportError(problem)
 
 
 def register_triton_op(name: str, *, fake: Callable) -> Callable:
     """Register ``fn`` as the op ``name`` (no mutated arguments).
 
     On a GPU it becomes a ``torch.library.triton_op``: ``torch.compile`` traces into its kernels and
-    ``fn`` serves as its own fake. Under Triton's interpreter ``wrap_triton`` hands back the bare
-    kernel, which cannot be traced, so there the op is an opaque ``custom_op`` whose output shapes
+    ``fn`` serves as its own fake. Under Triton's interpreter the bare kernel is launched (``launcher``),
+    which cannot be traced, so there the op is an opaque ``custom_op`` whose output shapes
     come from ``fake``: compiled graphs still call it without a break.
     """
     def register(fn: Callable):
@@ -26,6 +48,13 @@ def register_triton_op(name: str, *, fake: Callable) -> Callable:
             return op
         return triton_op(name, fn, mutates_args=())
     return register
+
+
+def launcher(kernel: Callable) -> Callable:
+    """``kernel`` made launchable inside a registered op: ``wrap_triton(kernel)`` on a GPU, where
+    ``torch.compile`` traces the launch; the bare kernel under the interpreter, where there is
+    nothing to trace (and torch < 2.12's ``wrap_triton`` rejects interpreted kernels)."""
+    return kernel if INTERPRETED else wrap_triton(kernel)
 
 
 def eager_autograd(forward: Callable, setup_context: Callable, backward: Callable) -> Callable:

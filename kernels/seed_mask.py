@@ -20,11 +20,10 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import op_registry
 from .jit_helpers import fp32
-from .op_registry import eager_autograd, register_triton_op, unit_stride
+from .op_registry import eager_autograd, launcher, register_triton_op, unit_stride
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 8192  # one row of patches must fit a block
@@ -150,7 +149,7 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
     DP = 0 if prefix is None else prefix.shape[-1]
     block_n, block_d, num_warps = _blocks(D, DP)
     prefix_arg = patches if prefix is None else prefix
-    wrap_triton(_seed_mask_fwd_kernel)[(B, triton.cdiv(N, block_n))](
+    launcher(_seed_mask_fwd_kernel)[(B, triton.cdiv(N, block_n))](
         patches, classifier, classifier if bias is None else bias, prefix_arg, logits, out,
         N, D, DP, 1.0 / math.sqrt(D),
         patches.stride(0), patches.stride(1), classifier.stride(0), prefix_arg.stride(0), prefix_arg.stride(1),
@@ -195,7 +194,7 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
     grad_bias_partial = patches.new_empty((B, splits), dtype=torch.float32)
     gl = grad_logits if grad_logits is not None else patches  # read-only stand-ins when absent
     gm = grad_masked if grad_masked is not None else patches
-    wrap_triton(_seed_mask_bwd_kernel)[(B, splits)](
+    launcher(_seed_mask_bwd_kernel)[(B, splits)](
         patches, classifier, classifier if bias is None else bias, gl, gm,
         grad_patches, grad_c_partial, grad_bias_partial,
         N, D, 1.0 / math.sqrt(D), rows,
