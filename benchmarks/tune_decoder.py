@@ -4,15 +4,18 @@
 The launchers in :mod:`restr_fast.kernels.decoder` choose tiles from static analysis (ptxas's
 registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilation.py``). This
 replaces one choice at a time (the backward's tile and warps, its strip height, the forward's
-tile and warps), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in the
-``decoder`` benchmark group) with each, and prints them fastest first, the defaults marked, so
-that a GPU session can confirm or replace them. Needs a CUDA GPU.
+tile and warps; the products of :mod:`restr_fast.kernels.upsample_matmul` instead of cuBLAS,
+with their tiles), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in
+the ``decoder`` benchmark group) with each, and prints them fastest first, the defaults marked,
+so that a GPU session can confirm or replace them. Needs a CUDA GPU.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import statistics
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -20,20 +23,35 @@ import torch
 from .profile_step import workload
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
+upsample_matmul = importlib.import_module("restr_fast.kernels.upsample_matmul")
 
-# (launcher function replaced, label, replacement): one dimension at a time, around the defaults
+# one dimension at a time, around the defaults
 BACKWARD_TILES = [(16, 64, 4), (32, 32, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (8, 64, 4)]
 STRIP_ROWS = [8, 16, 24, 48]
 FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]
+PRODUCT_OUT_CHANNELS = [64, 256]  # BLOCK_N of the fused products (default: up to 128)
+WEIGHT_GRAD_PIXELS = [4, 64]  # pixels a weight-gradient program sums, per output channel (default: 16)
+
+Replacement = tuple[ModuleType, str, Callable]  # (module, launcher function, replacement)
 
 
-def variants() -> list[tuple[str, str, Callable]]:
-    """(launcher name, label, replacement) for every alternative tried."""
-    found = [("_backward_blocks", f"backward {j}x{c}, {w} warps", lambda channels, t=(j, c, w): t)
+def variants() -> list[tuple[str, list[Replacement]]]:
+    """(label, replacements) for every alternative tried."""
+    found = [(f"backward {j}x{c}, {w} warps", [(decoder_kernels, "_backward_blocks", lambda channels, t=(j, c, w): t)])
              for j, c, w in BACKWARD_TILES]
-    found += [("_strip_rows", f"strips of {rows} rows", lambda h, rows=rows: rows) for rows in STRIP_ROWS]
-    found += [("_row_blocks", f"forward {p}x{c}, {w} warps", lambda channels, t=(p, c, w): t)
+    found += [(f"strips of {rows} rows", [(decoder_kernels, "_strip_rows", lambda h, rows=rows: rows)])
+              for rows in STRIP_ROWS]
+    found += [(f"forward {p}x{c}, {w} warps", [(decoder_kernels, "_row_blocks", lambda channels, t=(p, c, w): t)])
               for p, c, w in FORWARD_TILES]
+    fused = (decoder_kernels, "_fused_products", lambda in_channels, out_channels: True)
+    found.append(("fused products (upsample_matmul kernels instead of cuBLAS)", [fused]))
+    found += [(f"fused products, {n} output channels a tile",
+               [fused, (upsample_matmul, "_blocks", functools.partial(upsample_matmul._blocks, max_out_channels=n))])
+              for n in PRODUCT_OUT_CHANNELS]
+    found += [(f"fused products, weight-gradient groups of {k} x C_out pixels",
+               [fused, (upsample_matmul, "_rows_per_program",
+                        functools.partial(upsample_matmul._rows_per_program, pixels_per_channel=k))])
+              for k in WEIGHT_GRAD_PIXELS]
     return found
 
 
@@ -63,15 +81,17 @@ def main() -> None:
 
     step = workload("fast", args.image_size, args.patch_size, decoder_only=True)
     results = [("defaults", median_ms(step))]
-    for name, label, replacement in variants():
-        default = getattr(decoder_kernels, name)
-        setattr(decoder_kernels, name, replacement)
+    for label, replacements in variants():
+        defaults = [(module, name, getattr(module, name)) for module, name, _ in replacements]
+        for module, name, replacement in replacements:
+            setattr(module, name, replacement)
         try:
             results.append((label, median_ms(step)))
         except Exception as error:  # a tile a kernel cannot take (registers, shared memory): say so
             results.append((f"{label}: {type(error).__name__}: {str(error)[:120]}", float("inf")))
         finally:
-            setattr(decoder_kernels, name, default)
+            for module, name, default in defaults:
+                setattr(module, name, default)
     print(f"fused decoder forward + backward, {args.image_size}/{args.patch_size}, batch 8, bf16, "
           f"{torch.cuda.get_device_name()}")
     print("| variant | ms | vs defaults |\n| --- | --- | --- |")

@@ -15,6 +15,10 @@ path uses that three ways:
 Why this variant: the decoder is memory-bound (DESIGN.md section 2), and this one moves the fewest
 bytes: the published order (upsample, then Linear) reads and writes 4x larger maps at every block,
 and storing the upsampled maps for the backward costs about 6x the memory of the inputs per block.
+Between blocks, ``leaky_relu(up(t_k))`` is still written once for cuBLAS's product with the next
+weight (and again for that weight's gradient); :mod:`.upsample_matmul` reads it from registers
+instead, about half a block's bytes, with Triton's matrix products: ``_fused_products`` picks one,
+cuBLAS until a GPU measures the other faster (``python -m benchmarks.tune_decoder``).
 
 The backward kernel gathers instead of scattering (no atomics, deterministic): each program
 owns a strip of low-resolution rows and walks down the output rows that read them, summing the
@@ -35,8 +39,10 @@ import triton.language as tl
 from restr_fast.models.decoder import upsample2x
 
 from . import op_registry
+from .bilinear import leaky_relu, scales, source_rows, tent, upsampled_row
 from .jit_helpers import fp32
-from .op_registry import eager_autograd, launcher, register_triton_op
+from .op_registry import eager_autograd, launcher, register_triton_op, unit_stride
+from .upsample_matmul import upsample_act_matmul, upsample_act_weight_grad
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -47,38 +53,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # columns and channels (tiles of BLOCK_P or BLOCK_J columns by BLOCK_C channels). Offsets of
 # rows are int64, those inside a row int32.
 # --------------------------------------------------------------------------------------------
-
-@triton.jit
-def _source_rows(o, scale, size):
-    """The two input rows (or columns) upsampled output index ``o`` reads, and the weight of the
-    second, exactly as PyTorch's bilinear upsampling with align_corners=True computes them."""
-    src = tl.cast(o, tl.float32) * scale
-    i0 = tl.minimum(src.to(tl.int32), size - 1)  # floor: src >= 0
-    i1 = tl.minimum(i0 + 1, size - 1)
-    return i0, i1, src - i0.to(tl.float32)
-
-
-@triton.jit
-def _upsampled_row(T_IMAGE, o, p, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw):
-    """fp32 (BLOCK_P, BLOCK_C) tile of up(t) at output row ``o`` (scalar), output columns ``p``."""
-    y0, y1, ly = _source_rows(o, scale_h, h)
-    x0, x1, lx = _source_rows(p, scale_w, w)
-    row0 = T_IMAGE + y0.to(tl.int64) * stride_th
-    row1 = T_IMAGE + y1.to(tl.int64) * stride_th
-    c0 = (x0 * stride_tw)[:, None] + cols[None, :]
-    c1 = (x1 * stride_tw)[:, None] + cols[None, :]
-    t00 = tl.load(row0 + c0, mask=ok, other=0.0).to(tl.float32)
-    t01 = tl.load(row0 + c1, mask=ok, other=0.0).to(tl.float32)
-    t10 = tl.load(row1 + c0, mask=ok, other=0.0).to(tl.float32)
-    t11 = tl.load(row1 + c1, mask=ok, other=0.0).to(tl.float32)
-    lx = lx[:, None]
-    return (1.0 - ly) * ((1.0 - lx) * t00 + lx * t01) + ly * ((1.0 - lx) * t10 + lx * t11)
-
-
-@triton.jit
-def _leaky_relu(u, negative_slope):
-    return tl.where(u > 0, u, u * negative_slope)
-
 
 @triton.jit
 def _upsample_act_fwd_kernel(
@@ -93,10 +67,10 @@ def _upsample_act_fwd_kernel(
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = (p < 2 * w)[:, None] & (cols < C)[None, :]
-    u = _upsampled_row(T + b.to(tl.int64) * stride_tb, o, p, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw)
+    u = upsampled_row(T + b.to(tl.int64) * stride_tb, o, p, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw)
     y_row = Y + b.to(tl.int64) * stride_yb + o.to(tl.int64) * stride_yh
     tl.store(y_row + (p * stride_yw)[:, None] + cols[None, :],
-             _leaky_relu(u, negative_slope).to(Y.dtype.element_ty), mask=ok)
+             leaky_relu(u, negative_slope).to(Y.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -117,19 +91,13 @@ def _upsample_act_head_fwd_kernel(
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         col_ok = cols < C
-        u = _upsampled_row(t_image, o, p, cols, p_ok[:, None] & col_ok[None, :], h, w, scale_h, scale_w,
-                           stride_th, stride_tw)
+        u = upsampled_row(t_image, o, p, cols, p_ok[:, None] & col_ok[None, :], h, w, scale_h, scale_w,
+                          stride_th, stride_tw)
         weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)
-        acc += tl.sum(_leaky_relu(u, negative_slope) * weight[None, :], axis=1)
+        acc += tl.sum(leaky_relu(u, negative_slope) * weight[None, :], axis=1)
     if HAS_BIAS:
         acc += tl.load(BIAS).to(tl.float32)
     tl.store(OUT + tl.program_id(0).to(tl.int64) * (2 * w) + p, acc.to(OUT.dtype.element_ty), mask=p_ok)
-
-
-@triton.jit
-def _tent(x):
-    """Bilinear weight of an input column at distance ``x`` from the source coordinate."""
-    return tl.maximum(1.0 - tl.abs(x), 0.0)
 
 
 @triton.jit
@@ -187,11 +155,11 @@ def _upsample_act_bwd_kernel(
     # output rows reading input row i lie in [2i - 1, 2i + 2] (as for columns below); the walk
     # goes one row further (2i + 3), where fp32 rounding of the scale can leave an ulp of weight
     o_first = tl.maximum(2 * first - 1, 0)
-    row = _source_rows(o_first, scale_h, h)[0]  # the input row acc_0 collects; acc_1: row + 1
+    row = source_rows(o_first, scale_h, h)[0]  # the input row acc_0 collects; acc_1: row + 1
     acc_0 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
     acc_1 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
     for o in range(o_first, tl.minimum(2 * end + 2, 2 * h)):
-        y0, y1, ly = _source_rows(o, scale_h, h)
+        y0, y1, ly = source_rows(o, scale_h, h)
         if y0 > row:  # no later output row reads `row`
             _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0, j, cols, ok, stride_gth, stride_gtw)
             acc_0 = acc_1
@@ -212,14 +180,14 @@ def _upsample_act_bwd_kernel(
         for e in tl.static_range(4):
             p = 2 * j - 1 + e  # output column
             src = p.to(tl.float32) * scale_w
-            reads = _tent(src - fj)  # how much output column p reads input column j
-            u = _tent(src - (fj - 1.0))[:, None] * v_m + reads[:, None] * v_0 + _tent(src - (fj + 1.0))[:, None] * v_p
+            reads = tent(src - fj)  # how much output column p reads input column j
+            u = tent(src - (fj - 1.0))[:, None] * v_m + reads[:, None] * v_0 + tent(src - (fj + 1.0))[:, None] * v_p
             tap_ok = j_ok & (p >= 0) & (p < 2 * w) & (reads > 0)
             if HEAD:
                 g_pixel = tl.load(g_row + p * stride_gw, mask=tap_ok, other=0.0).to(tl.float32)[:, None]
                 g = g_pixel * head_weight
                 if e == 1 or e == 2:  # p // 2 == j: a pixel this program owns if row_owned
-                    weight_acc += tl.where((tap_ok & row_owned)[:, None], g_pixel * _leaky_relu(u, negative_slope), 0.0)
+                    weight_acc += tl.where((tap_ok & row_owned)[:, None], g_pixel * leaky_relu(u, negative_slope), 0.0)
             else:
                 g = tl.load(g_row + (p * stride_gw)[:, None] + cols[None, :], mask=tap_ok[:, None] & col_ok[None, :],
                             other=0.0).to(tl.float32)
@@ -237,11 +205,6 @@ def _upsample_act_bwd_kernel(
 # --------------------------------------------------------------------------------------------
 # Host launchers
 # --------------------------------------------------------------------------------------------
-
-def _scales(h: int, w: int) -> tuple[float, float]:
-    """Source coordinate per output index of x2 upsampling with align_corners=True."""
-    return (h - 1) / (2 * h - 1), (w - 1) / (2 * w - 1)
-
 
 def _tile(channels: int, gpu_channels: int, gpu_elements: int) -> tuple[int, int]:
     """(columns, channels) of a tile sized for a GPU's registers; under the interpreter, which
@@ -275,7 +238,7 @@ def _launch_upsample_act(t: torch.Tensor, y: torch.Tensor, negative_slope: float
     B, h, w, C = t.shape
     block_p, block_c, warps = _row_blocks(C)
     launcher(_upsample_act_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p), triton.cdiv(C, block_c))](
-        t, y, C, h, w, *_scales(h, w), negative_slope,
+        t, y, C, h, w, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2), y.stride(0), y.stride(1), y.stride(2),
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
@@ -294,7 +257,7 @@ def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weig
     # absent inputs get read-only stand-ins (t), as torch.compile's mutation analysis wants them
     partial = t.new_empty((grid[0] * grid[1], C), dtype=torch.float32) if head else t
     launcher(_upsample_act_bwd_kernel)[grid](
-        t, grad, head_weight if head else t, grad_t, partial, C, h, w, *_scales(h, w), negative_slope,
+        t, grad, head_weight if head else t, grad_t, partial, C, h, w, *scales(h, w), negative_slope,
         rows, triton.cdiv(h, rows),
         t.stride(0), t.stride(1), t.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
         grad_t.stride(0), grad_t.stride(1), grad_t.stride(2),
@@ -308,7 +271,7 @@ def _launch_head(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     B, h, w, C = t.shape
     block_p, block_c, warps = _row_blocks(C)
     launcher(_upsample_act_head_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p))](
-        t, weight, weight if bias is None else bias, out, C, h, w, *_scales(h, w), negative_slope,
+        t, weight, weight if bias is None else bias, out, C, h, w, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2),
         HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
     )
@@ -348,9 +311,18 @@ def _upsample_act_linear_fake(t, weight, negative_slope):
     return t.new_empty(_upsampled_shape(t, weight.shape[0]))
 
 
+def _fused_products(in_channels: int, out_channels: int) -> bool:
+    """Whether a block's product and its weight's gradient read leaky_relu(up(t)) from registers
+    (:mod:`.upsample_matmul`) rather than from memory, written for cuBLAS. Off until a GPU measures
+    it faster (``python -m benchmarks.tune_decoder`` times both)."""
+    return False
+
+
 def _upsample_act_linear(t: torch.Tensor, weight: torch.Tensor, negative_slope: float) -> torch.Tensor:
     """leaky_relu(up(t)) W^T: the activation of one block and the product of the next, keeping
     only t (B, h, w, C) for the backward; W: (C_out, C) -> (B, 2h, 2w, C_out)."""
+    if _fused_products(t.shape[-1], weight.shape[0]):
+        return upsample_act_matmul(t, unit_stride(weight), negative_slope)
     return torch.matmul(_upsample_act(t, negative_slope), weight.t())
 
 
@@ -378,12 +350,17 @@ def _head_backward(t: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
     return grad_t, grad_weight
 
 
+def _upsample_act_weight_grad_fake(t, grad_out, negative_slope):
+    return t.new_empty((grad_out.shape[-1], t.shape[-1]), dtype=torch.float32)
+
+
 _OPS = {  # name: (implementation, fake)
     "upsample_act": (_upsample_act, _upsample_act_fake),
     "upsample_act_backward": (_upsample_act_backward, _upsample_act_backward_fake),
     "upsample_act_linear": (_upsample_act_linear, _upsample_act_linear_fake),
     "upsample_act_head": (_head, _head_fake),
     "upsample_act_head_backward": (_head_backward, _head_backward_fake),
+    "upsample_act_weight_grad": (upsample_act_weight_grad, _upsample_act_weight_grad_fake),
 }
 _registered = {name: register_triton_op(f"restr_fast::{name}", fake=fake)(impl) for name, (impl, fake) in _OPS.items()}
 _EAGER = SimpleNamespace(**{name: impl for name, (impl, _) in _OPS.items()})  # the same, called directly
@@ -403,9 +380,12 @@ def _upsample_act_autograd(ctx, grad_y, ops=torch.ops.restr_fast):
 def _upsample_act_linear_autograd(ctx, grad_out, ops=torch.ops.restr_fast):
     t, weight = ctx.saved_tensors
     grad_out = grad_out.contiguous()
-    y = ops.upsample_act(t, ctx.negative_slope)  # recomputed (B, 2h, 2w, C)
-    grad_weight = grad_out.flatten(0, 2).t() @ y.flatten(0, 2)  # (C_out, C)
-    del y
+    if _fused_products(t.shape[-1], weight.shape[0]):
+        grad_weight = ops.upsample_act_weight_grad(t, grad_out, ctx.negative_slope).to(weight.dtype)
+    else:
+        y = ops.upsample_act(t, ctx.negative_slope)  # recomputed (B, 2h, 2w, C)
+        grad_weight = grad_out.flatten(0, 2).t() @ y.flatten(0, 2)  # (C_out, C)
+        del y
     grad_y = torch.matmul(grad_out, weight)  # (B, 2h, 2w, C)
     grad_t = ops.upsample_act_backward(t, grad_y, ctx.negative_slope)
     return grad_t, grad_weight, None

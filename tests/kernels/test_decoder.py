@@ -3,13 +3,16 @@ import importlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from restr_fast import get_config
 from restr_fast.kernels import fused_decoder, op_registry, upsample_linear_act
 from restr_fast.kernels.decoder import decoder_reference, upsample_linear_act_reference
-from restr_fast.models.decoder import Decoder
+from restr_fast.kernels.upsample_matmul import upsample_act_matmul, upsample_act_weight_grad
+from restr_fast.models.decoder import Decoder, upsample2x
 
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
+upsample_matmul = importlib.import_module("restr_fast.kernels.upsample_matmul")
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SLOPE = 0.01
@@ -59,8 +62,16 @@ def test_block_matches_the_reference_fp32(B, h, w, C, C_out, with_bias, assert_w
 DECODER_CASES = [(8, 12, 3, 5), (16, 16, 2, 3), (8, 20, 1, 4), (16, 12, 4, 1)]
 
 
+@pytest.fixture(params=["cublas", "fused"])
+def products(request, monkeypatch):
+    """Both ways a block's product reads leaky_relu(up(t)): written to memory for cuBLAS, or
+    computed in registers by the upsample-matmul kernel."""
+    monkeypatch.setattr(decoder_module, "_fused_products", lambda c_in, c_out: request.param == "fused")
+    return request.param
+
+
 @pytest.mark.parametrize("patch, dim, h, w", DECODER_CASES)
-def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, assert_within_rule):
+def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, products, assert_within_rule):
     config = get_config("restr-tiny", patch_size=patch, image_size=4 * patch, dim=dim)
     torch.manual_seed(patch + dim)
     reference = Decoder(config).to(DEVICE)
@@ -108,6 +119,35 @@ def test_backward_split_into_strips_and_tiles(monkeypatch, strip_rows, assert_wi
     names = ("x", "weight 0", "weight 1", "head weight", "head bias")
     for name, ours, theirs, exact in zip(names, our_grads, torch_grads, exact_grads):
         assert_within_rule(ours, theirs, exact, 1e-5 * 12, f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32] + ([torch.bfloat16, torch.float16] if DEVICE == "cuda" else []))
+def test_upsample_matmul_over_many_tiles(dtype, assert_within_rule):
+    """The product kernel alone, with two column tiles, two output-channel tiles and two input-channel
+    steps, each with a ragged end; the activation rounds to the input dtype, as cuBLAS's operand."""
+    t, weight = rand(2, 3, 37, 70, seed=21), rand(130, 70, seed=22, scale=70 ** -0.5)
+
+    def unfused(t, weight):
+        return torch.matmul(F.leaky_relu(upsample2x(t), SLOPE), weight.t())
+    exact = unfused(t.double(), weight.double())
+    ours = upsample_act_matmul(t.to(dtype), weight.to(dtype), SLOPE)
+    assert ours.shape == (2, 6, 74, 130) and ours.dtype == dtype
+    assert_within_rule(ours, unfused(t.to(dtype), weight.to(dtype)), exact, 1e-5, "product")
+
+
+@pytest.mark.parametrize("rows_per_program", [1, 5, 100])
+def test_upsample_matmul_weight_grad_over_many_tiles_and_row_groups(monkeypatch, rows_per_program, assert_within_rule):
+    """The weight gradient alone: groups of output rows (one, a ragged five, all), each summing three
+    column steps (the last ragged) into a partial sum, by two output- and two input-channel tiles."""
+    monkeypatch.setattr(upsample_matmul, "_rows_per_program", lambda rows, width, out_channels, tiles: rows_per_program)
+    t, grad_out = rand(2, 3, 37, 70, seed=23), rand(2, 6, 74, 130, seed=24)
+
+    def unfused(t, grad_out):
+        return grad_out.flatten(0, 2).t() @ F.leaky_relu(upsample2x(t), SLOPE).flatten(0, 2)
+    exact = unfused(t.double(), grad_out.double())
+    ours = upsample_act_weight_grad(t, grad_out, SLOPE)
+    assert ours.shape == (130, 70) and ours.dtype == torch.float32
+    assert_within_rule(ours, unfused(t, grad_out), exact, 1e-5 * 888 ** 0.5, "weight gradient")
 
 
 def test_channels_first_views_and_strided_inputs():
@@ -172,7 +212,7 @@ def test_mixed_devices_are_named():
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_whole_decoder_at_real_size_on_gpu(dtype, assert_within_rule):
+def test_low_precision_whole_decoder_at_real_size_on_gpu(dtype, products, assert_within_rule):
     """B = 8, a 30 x 30 grid of 1536 channels, four blocks to 480 x 480 (restr-b16)."""
     channels = (1536, 768, 384, 192)
     weights, head_weight, head_bias = decoder_weights(channels, seed=11)

@@ -34,6 +34,8 @@ KERNELS = [
     *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL",
        dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), 4)
       for head in (False, True) for j, c in ((16, 64), (32, 32))],
+    ("upsample_matmul", "_upsample_act_matmul_kernel", "T W OUT", dict(BLOCK_P=64, BLOCK_N=128, BLOCK_K=64), 8),
+    ("upsample_matmul", "_upsample_act_weight_grad_kernel", "T GO PARTIAL", dict(BLOCK_P=32, BLOCK_N=128, BLOCK_K=64), 8),
 ]
 FLOAT_TYPES = ("fp32", "fp64")
 REGISTERS_PER_SM = 65536  # sm_90
@@ -60,7 +62,7 @@ def compile_case(case):
             types[arg] = "*fp32" if "PARTIAL" in arg else "*bf16"
         else:
             types[arg] = float_type if arg in FLOAT_ARGUMENTS else "i32"
-        if arg not in constexprs and (arg in pointers.split() or arg.startswith("stride") or arg in ("C", "D", "DP")):
+        if arg not in constexprs and (arg in pointers.split() or arg.startswith("stride") or arg in ("C", "C_out", "D", "DP")):
             divisible[(index,)] = [["tt.divisibility", 16]]
     try:
         compiled = triton.compile(ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=divisible),
@@ -136,7 +138,8 @@ def test_kernel_neither_spills_nor_starves_the_sm(compilation_results, index):
 def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
     """KERNELS above must describe real launches: the paper's sizes (D = 768, decoder channels
     1536 ... 96) outside the interpreter."""
-    decoder, seed_mask = (importlib.import_module(f"restr_fast.kernels.{name}") for name in ("decoder", "seed_mask"))
+    decoder, seed_mask, upsample_matmul = (importlib.import_module(f"restr_fast.kernels.{name}")
+                                           for name in ("decoder", "seed_mask", "upsample_matmul"))
     monkeypatch.setattr(op_registry, "INTERPRETED", False)
     launched = {(name, tuple(sorted(c.items()))): warps for _, name, _, c, warps in KERNELS}
 
@@ -157,3 +160,8 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
         block_j, block_c, warps = decoder._backward_blocks(channels)
         assert_case("_upsample_act_bwd_kernel", warps, HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c)
         assert_case("_upsample_act_bwd_kernel", warps, HEAD=True, BLOCK_J=block_j, BLOCK_C=block_c, stride_gw=1)
+    for channels in (768, 384, 192):  # the blocks after the first read up(t) of these
+        for kernel, columns in (("_upsample_act_matmul_kernel", upsample_matmul.PRODUCT_COLUMNS),
+                                ("_upsample_act_weight_grad_kernel", upsample_matmul.WEIGHT_GRAD_COLUMNS)):
+            block_p, block_n, block_k, warps = upsample_matmul._blocks(channels, channels // 2, columns)
+            assert_case(kernel, warps, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k)
