@@ -167,7 +167,7 @@ def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     torch.testing.assert_close(upsample_linear_act(x, weights[0]), upsample_linear_act_reference(x, weights[0]))
 
 
-def test_compiled_function_traces_through_the_ops_without_graph_breaks():
+def test_compiled_function_traces_through_the_ops_without_graph_breaks(products):
     weights, head_weight, head_bias = decoder_weights((16, 8), seed=2)
     x, grad = rand(2, 3, 5, 16, seed=3), rand(2, 1, 12, 20, seed=4)
 
