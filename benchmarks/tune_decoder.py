@@ -32,7 +32,7 @@ FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]
 PRODUCT_OUT_CHANNELS = [64, 256]  # BLOCK_N of the fused products (default: up to 128)
 WEIGHT_GRAD_PIXELS = [4, 64]  # pixels a weight-gradient program sums, per output channel (default: 16)
 
-Replacement = tuple[ModuleType, str, Callable]  # (module, launcher function, replacement)
+Replacement = tuple[ModuleType, str, object]  # (module, launcher function or switch, replacement)
 
 
 def variants() -> list[tuple[str, list[Replacement]]]:
@@ -43,7 +43,7 @@ def variants() -> list[tuple[str, list[Replacement]]]:
               for rows in STRIP_ROWS]
     found += [(f"forward {p}x{c}, {w} warps", [(decoder_kernels, "_row_blocks", lambda channels, t=(p, c, w): t)])
               for p, c, w in FORWARD_TILES]
-    fused = (decoder_kernels, "_fused_products", lambda in_channels, out_channels: True)
+    fused = (decoder_kernels, "FUSED_PRODUCTS", True)
     found.append(("fused products (upsample_matmul kernels instead of cuBLAS)", [fused]))
     found += [(f"fused products, {n} output channels a tile",
                [fused, (upsample_matmul, "_blocks", functools.partial(upsample_matmul._blocks, max_out_channels=n))])

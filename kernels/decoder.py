@@ -17,8 +17,8 @@ bytes: the published order (upsample, then Linear) reads and writes 4x larger ma
 and storing the upsampled maps for the backward costs about 6x the memory of the inputs per block.
 Between blocks, ``leaky_relu(up(t_k))`` is still written once for cuBLAS's product with the next
 weight (and again for that weight's gradient); :mod:`.upsample_matmul` reads it from registers
-instead, about half a block's bytes, with Triton's matrix products: ``_fused_products`` picks one,
-cuBLAS until a GPU measures the other faster (``python -m benchmarks.tune_decoder``).
+instead, about half a block's bytes, with Triton's matrix products: ``FUSED_PRODUCTS`` picks them,
+off until a GPU measures them faster (``python -m benchmarks.tune_decoder``).
 
 The backward kernel gathers instead of scattering (no atomics, deterministic): each program
 owns a strip of low-resolution rows and walks down the output rows that read them, summing the
@@ -41,7 +41,7 @@ from restr_fast.models.decoder import upsample2x
 from . import op_registry
 from .bilinear import leaky_relu, scales, source_rows, tent, upsampled_row
 from .jit_helpers import fp32
-from .op_registry import eager_autograd, launcher, register_triton_op, unit_stride
+from .op_registry import eager_autograd, launcher, register_triton_op
 from .upsample_matmul import upsample_act_matmul, upsample_act_weight_grad
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -311,18 +311,22 @@ def _upsample_act_linear_fake(t, weight, negative_slope):
     return t.new_empty(_upsampled_shape(t, weight.shape[0]))
 
 
-def _fused_products(in_channels: int, out_channels: int) -> bool:
+FUSED_PRODUCTS = False  # switch on once a GPU measures them faster: python -m benchmarks.tune_decoder
+
+
+def _fused_products(dtype: torch.dtype) -> bool:
     """Whether a block's product and its weight's gradient read leaky_relu(up(t)) from registers
-    (:mod:`.upsample_matmul`) rather than from memory, written for cuBLAS. Off until a GPU measures
-    it faster (``python -m benchmarks.tune_decoder`` times both)."""
-    return False
+    (:mod:`.upsample_matmul`) rather than from memory, written for cuBLAS: with FUSED_PRODUCTS,
+    for fp16 and bf16 on a GPU. Not in fp32, where ``tl.dot`` is a loop of FMAs (178-255 registers
+    a thread on sm_90, and the weight gradient spills), nor under the interpreter, whose bf16 ``tl.dot`` is wrong."""
+    return FUSED_PRODUCTS and dtype in (torch.float16, torch.bfloat16) and not op_registry.INTERPRETED
 
 
 def _upsample_act_linear(t: torch.Tensor, weight: torch.Tensor, negative_slope: float) -> torch.Tensor:
     """leaky_relu(up(t)) W^T: the activation of one block and the product of the next, keeping
     only t (B, h, w, C) for the backward; W: (C_out, C) -> (B, 2h, 2w, C_out)."""
-    if _fused_products(t.shape[-1], weight.shape[0]):
-        return upsample_act_matmul(t, unit_stride(weight), negative_slope)
+    if _fused_products(t.dtype):
+        return upsample_act_matmul(t, weight, negative_slope)
     return torch.matmul(_upsample_act(t, negative_slope), weight.t())
 
 
@@ -380,7 +384,7 @@ def _upsample_act_autograd(ctx, grad_y, ops=torch.ops.restr_fast):
 def _upsample_act_linear_autograd(ctx, grad_out, ops=torch.ops.restr_fast):
     t, weight = ctx.saved_tensors
     grad_out = grad_out.contiguous()
-    if _fused_products(t.shape[-1], weight.shape[0]):
+    if _fused_products(t.dtype):
         grad_weight = ops.upsample_act_weight_grad(t, grad_out, ctx.negative_slope).to(weight.dtype)
     else:
         y = ops.upsample_act(t, ctx.negative_slope)  # recomputed (B, 2h, 2w, C)

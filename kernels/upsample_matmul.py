@@ -7,7 +7,7 @@ instead computes each (BLOCK_P, BLOCK_K) tile of ``y`` in registers, in y's dtyp
 operand of ``tl.dot``: it saves writing and reading ``y``, 8 of the 11 bytes a block's forward
 moves per byte of ``t``, at the cost of recomputing the tile once per BLOCK_N output channels.
 Which of the two is faster on a GPU is for :mod:`benchmarks.tune_decoder` to measure; the
-launchers in :mod:`restr_fast.kernels.decoder` pick one with ``_fused_products``.
+decoder (:mod:`restr_fast.kernels.decoder`) uses them where ``FUSED_PRODUCTS`` says so.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .bilinear import leaky_relu, scales, upsampled_row
 from .jit_helpers import fp32
-from .op_registry import launcher
+from .op_registry import launcher, unit_stride
 
 
 @triton.jit
@@ -86,22 +86,23 @@ def _upsample_act_weight_grad_kernel(
 
 
 PRODUCT_COLUMNS = 64  # BLOCK_P of the product
-WEIGHT_GRAD_COLUMNS = 32  # of the weight gradient: 64 takes 139 registers a thread, one 8-warp program per SM
+WEIGHT_GRAD_COLUMNS = 32  # of the weight gradient: 64 takes 170-200 registers a thread, one 8-warp program per SM
 
 
 def _blocks(in_channels: int, out_channels: int, columns: int, max_out_channels: int = 128) -> tuple[int, int, int, int]:
     """(BLOCK_P, BLOCK_N, BLOCK_K, num_warps): ``columns`` output columns by up to 128 output
-    channels (the last block's 96 in one tile), 64 input channels, 8 warps. On sm_90 that is two
-    warpgroups' wgmma, about 115 registers a thread (4 warps: 189 for the product; 32 input channels
-    a step serialises its wgmma)."""
+    channels (96 in one tile; 192 in two, the second half empty), 64 input channels, 8 warps. On
+    sm_90, in bf16, that is two warpgroups' wgmma, 111-122 registers a thread (4 warps: 175-190 for
+    the product; 32 input channels a step serialises its wgmma)."""
     block_n = min(max_out_channels, max(16, triton.next_power_of_2(out_channels)))
     block_k = min(64, max(16, triton.next_power_of_2(in_channels)))
     return columns, block_n, block_k, 8
 
 
 def upsample_act_matmul(t: torch.Tensor, weight: torch.Tensor, negative_slope: float) -> torch.Tensor:
-    """leaky_relu(up(t)) W^T without writing the activation: t (B, h, w, C) contiguous, W (C_out, C)
-    with unit stride along C -> (B, 2h, 2w, C_out) in t's dtype."""
+    """leaky_relu(up(t)) W^T without writing the activation: t (B, h, w, C), W (C_out, C) ->
+    (B, 2h, 2w, C_out) in t's dtype."""
+    t, weight = unit_stride(t), unit_stride(weight)
     B, h, w, C = t.shape
     C_out = weight.shape[0]
     out = t.new_empty((B, 2 * h, 2 * w, C_out))
@@ -126,7 +127,8 @@ def _rows_per_program(rows: int, width: int, out_channels: int, tiles: int, pixe
 
 def upsample_act_weight_grad(t: torch.Tensor, grad_out: torch.Tensor, negative_slope: float) -> torch.Tensor:
     """The gradient of W in leaky_relu(up(t)) W^T without writing the activation: t (B, h, w, C),
-    grad_out (B, 2h, 2w, C_out), both with unit channel stride -> (C_out, C) fp32."""
+    grad_out (B, 2h, 2w, C_out) -> (C_out, C) fp32."""
+    t, grad_out = unit_stride(t), unit_stride(grad_out)
     B, h, w, C = t.shape
     C_out = grad_out.shape[-1]
     block_p, block_n, block_k, warps = _blocks(C, C_out, WEIGHT_GRAD_COLUMNS)

@@ -65,9 +65,12 @@ DECODER_CASES = [(8, 12, 3, 5), (16, 16, 2, 3), (8, 20, 1, 4), (16, 12, 4, 1)]
 @pytest.fixture(params=["cublas", "fused"])
 def products(request, monkeypatch):
     """Both ways a block's product reads leaky_relu(up(t)): written to memory for cuBLAS, or
-    computed in registers by the upsample-matmul kernel."""
-    monkeypatch.setattr(decoder_module, "_fused_products", lambda c_in, c_out: request.param == "fused")
-    return request.param
+    computed in registers by the upsample-matmul kernels (forced here in fp32 under the interpreter
+    too). Compiled graphs do not guard on the choice: they are dropped before and after."""
+    monkeypatch.setattr(decoder_module, "_fused_products", lambda dtype: request.param == "fused")
+    torch.compiler.reset()
+    yield request.param
+    torch.compiler.reset()
 
 
 @pytest.mark.parametrize("patch, dim, h, w", DECODER_CASES)
@@ -148,6 +151,30 @@ def test_upsample_matmul_weight_grad_over_many_tiles_and_row_groups(monkeypatch,
     ours = upsample_act_weight_grad(t, grad_out, SLOPE)
     assert ours.shape == (130, 70) and ours.dtype == torch.float32
     assert_within_rule(ours, unfused(t, grad_out), exact, 1e-5 * 888 ** 0.5, "weight gradient")
+
+
+def test_upsample_matmul_takes_any_strides():
+    """Channels-first storage seen channels-last (channel stride > 1), a column-sliced weight, a
+    gradient with padded pixels: the kernels' unit-channel-stride assumption is met by copies."""
+    t = rand(1, 9, 2, 3, seed=25).permute(0, 2, 3, 1)  # (1, 2, 3, 9), channel stride 6
+    weight = rand(5, 12, seed=26)[:, :9]
+    grad_out = rand(1, 4, 6, 7, seed=27)[..., :5]
+    y = F.leaky_relu(upsample2x(t.double()), SLOPE)  # fp32 results against float64, at fp32's tolerance
+    torch.testing.assert_close(upsample_act_matmul(t, weight, SLOPE), (y @ weight.double().t()).float())
+    torch.testing.assert_close(upsample_act_weight_grad(t, grad_out, SLOPE),
+                               (grad_out.double().flatten(0, 2).t() @ y.flatten(0, 2)).float())
+
+
+@pytest.mark.parametrize("switch, dtype, interpreted, fused", [
+    (True, torch.bfloat16, False, True), (True, torch.float16, False, True),
+    (True, torch.float32, False, False),  # tl.dot on fp32 is a loop of FMAs: cuBLAS
+    (True, torch.bfloat16, True, False),  # the interpreter's bf16 tl.dot is wrong
+    (False, torch.bfloat16, False, False),
+])
+def test_fused_products_only_where_they_work(monkeypatch, switch, dtype, interpreted, fused):
+    monkeypatch.setattr(decoder_module, "FUSED_PRODUCTS", switch)
+    monkeypatch.setattr(op_registry, "INTERPRETED", interpreted)
+    assert decoder_module._fused_products(dtype) is fused
 
 
 def test_channels_first_views_and_strided_inputs():
