@@ -196,6 +196,30 @@ def test_mixed_devices_are_named():
         seed_mask(patches, classifier.cpu())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B, N, D, DP", [(2, 7, 96, 32), (1, 61, 300, 0)])
+@pytest.mark.parametrize("mask_form", ["sigmoid", "logit"])
+def test_low_precision_at_small_sizes(dtype, B, N, D, DP, mask_form, assert_within_rule):
+    """Loads, fp32 arithmetic and stores in bf16/fp16, on the CPU too (under the interpreter)."""
+    tensors = inputs(B, N, D, dtype=dtype, prefix_dim=DP, seed=N + D)
+    generator = torch.Generator(DEVICE).manual_seed(2)
+    grads = [torch.randn(B, N, generator=generator, device=DEVICE, dtype=dtype),
+             torch.randn(B, N, DP + D, generator=generator, device=DEVICE, dtype=dtype)]
+    exact_out, exact_grads = run(reference(mask_form), [t.double() if t is not None else None for t in tensors],
+                                 [g.double() for g in grads])
+    torch_out, torch_grads = run(reference(mask_form), tensors, grads)
+    our_out, our_grads = run(fused(mask_form), tensors, grads)
+    # Triton's interpreter casts fp32 to bf16 by truncation, a GPU to nearest: one unit in the last
+    # place (2^-7 relative) instead of half
+    truncation = 2.0 ** -7 if dtype == torch.bfloat16 and op_registry.INTERPRETED else 0.0
+    names = ("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix")
+    for name, ours, theirs, exact in zip(names, our_out + our_grads, torch_out + torch_grads, exact_out + exact_grads):
+        if exact is None:  # no prefix
+            continue
+        assert ours.dtype == dtype and ours.shape == exact.shape, name
+        assert_within_rule(ours, theirs, exact, 1e-3 + truncation * exact.abs().max().item(), name)
+
+
 @requires_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("N", [900, 3600])
