@@ -7,7 +7,8 @@ PyTorch needs three passes over the (B, N, D) patches for this, plus a fourth to
 ``[prefix, masked]`` as the decoder's input. The forward kernel reads each row of patches once
 and writes ``masked`` (and the copied prefix) straight into the decoder's input buffer. The
 backward kernel recomputes the scores from the patches instead of storing them, and reduces the
-classifier's gradient per program in fp32 (no atomics: deterministic).
+classifier's gradient per program in fp32; a second, small kernel sums those partial sums and casts
+them (no atomics: deterministic).
 
 Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton_op`` so that
 ``torch.compile`` traces through it without a graph break.
@@ -27,6 +28,8 @@ from .op_registry import eager_autograd, launcher, register_triton_op, unit_stri
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 8192  # one row of patches must fit a block
+# the backward's partial sums are summed in tiles of 16 programs' by 128 channels, by 4 warps
+SUM_BLOCK_SPLITS, SUM_BLOCK_D, SUM_WARPS = 16, 128, 4
 
 
 @triton.jit
@@ -122,6 +125,32 @@ def _seed_mask_bwd_kernel(
     tl.store(GRAD_BIAS_PARTIAL + b * stride_gbb + split, tl.sum(grad_bias, axis=0))
 
 
+@triton.jit
+def _seed_mask_bwd_sum_kernel(
+    GRAD_C_PARTIAL, GRAD_BIAS_PARTIAL, GRAD_C, GRAD_BIAS, splits, D,
+    stride_gcb, stride_gcs, stride_gbb, stride_cb,
+    HAS_BIAS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """GRAD_C[b] = the sum of the backward programs' partials GRAD_C_PARTIAL[b, :] in fp32, stored in
+    GRAD_C's dtype; with HAS_BIAS, GRAD_BIAS[b] likewise. Programs: (B, column tiles)."""
+    b = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    grad_c = tl.zeros([BLOCK_D], dtype=tl.float32)
+    grad_bias = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for start in range(0, splits, BLOCK_S):
+        split = start + tl.arange(0, BLOCK_S)
+        split_ok = split < splits
+        grad_c += tl.sum(tl.load(GRAD_C_PARTIAL + b * stride_gcb + split[:, None] * stride_gcs + cols[None, :],
+                                 mask=split_ok[:, None] & col_ok[None, :], other=0.0), axis=0)
+        if HAS_BIAS:
+            grad_bias += tl.load(GRAD_BIAS_PARTIAL + b * stride_gbb + split, mask=split_ok, other=0.0)
+    tl.store(GRAD_C + b * stride_cb + cols, grad_c.to(GRAD_C.dtype.element_ty), mask=col_ok)
+    if HAS_BIAS:
+        if tl.program_id(1) == 0:
+            tl.store(GRAD_BIAS + b, tl.sum(grad_bias, axis=0))
+
+
 def _blocks(d: int, widest: int | None = None, elements: int = 8192) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_D, num_warps): a whole row per block, about ``elements`` in the widest tile
     (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more.
@@ -206,9 +235,14 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
         HAS_GRAD_MASKED=grad_masked is not None, SIGMOID=sigmoid, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=num_warps,
     )
-    # without a bias its gradient is never read: an empty tensor spares a reduction's launch
-    grad_bias = grad_bias_partial.new_empty((B,)) if bias is None else grad_bias_partial.sum(1)
-    return grad_patches, grad_c_partial.sum(1).to(classifier.dtype), grad_bias
+    # the partial sums reduced and cast in one launch (without a bias its gradient is never read)
+    grad_classifier, grad_bias = classifier.new_empty((B, D)), grad_bias_partial.new_empty((B,))
+    launcher(_seed_mask_bwd_sum_kernel)[(B, triton.cdiv(D, SUM_BLOCK_D))](
+        grad_c_partial, grad_bias_partial, grad_classifier, grad_bias, splits, D,
+        grad_c_partial.stride(0), grad_c_partial.stride(1), grad_bias_partial.stride(0), grad_classifier.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_S=SUM_BLOCK_SPLITS, BLOCK_D=SUM_BLOCK_D, num_warps=SUM_WARPS,
+    )
+    return grad_patches, grad_classifier, grad_bias
 
 
 register_triton_op("restr_fast::seed_mask_backward", fake=_backward_outputs)(_seed_mask_backward)

@@ -28,6 +28,8 @@ KERNELS = [
      dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=8, BLOCK_D=1024, BLOCK_DP=1024), 8),
     ("seed_mask", "_seed_mask_bwd_kernel", "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL GRAD_BIAS_PARTIAL",
      dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 8),
+    ("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL GRAD_BIAS_PARTIAL GRAD_C GRAD_BIAS",
+     dict(HAS_BIAS=True, BLOCK_S=16, BLOCK_D=128), 4),
     ("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=32, BLOCK_C=64), 8),
     ("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=32, BLOCK_C=64), 8),
     # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
@@ -153,6 +155,8 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
     block_n, block_d, warps = seed_mask._blocks(768, elements=4096)
     assert_case("_seed_mask_bwd_kernel", warps, HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True,
                 SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d)
+    assert_case("_seed_mask_bwd_sum_kernel", seed_mask.SUM_WARPS, HAS_BIAS=True, BLOCK_S=seed_mask.SUM_BLOCK_SPLITS,
+                BLOCK_D=seed_mask.SUM_BLOCK_D)
     for channels in (1536, 768, 384, 192, 96):
         block_p, block_c, warps = decoder._row_blocks(channels)
         assert_case("_upsample_act_fwd_kernel", warps, BLOCK_P=block_p, BLOCK_C=block_c)

@@ -76,10 +76,16 @@ def test_prefix_builds_the_decoders_input(mask_form):
     assert torch.equal(our_grads[3], grads[1][..., :DP])
 
 
-def test_backward_reduces_over_several_programs_per_row(monkeypatch):
-    """On a GPU each batch row's classifier gradient is summed from several programs' partials."""
+@pytest.mark.parametrize("rows_per_block, D", [(None, 96), (1, 300)])
+def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_block, D):
+    """On a GPU each batch row's classifier and bias gradients are summed from several programs'
+    partials: here one block of rows per program, the launcher's (2 programs a row), or a single
+    row (45: three steps of the summing kernel, the last ragged, over three column tiles)."""
     monkeypatch.setattr(seed_mask_module, "_rows_per_program", lambda batch, n, block_n, device: block_n)
-    B, N, D = 2, 45, 96  # BLOCK_N = 64 rows of 96 -> ... one block per program, several programs per row
+    if rows_per_block is not None:
+        blocks = seed_mask_module._blocks
+        monkeypatch.setattr(seed_mask_module, "_blocks", lambda *args, **kwargs: (rows_per_block, *blocks(*args, **kwargs)[1:]))
+    B, N = 2, 45
     tensors = inputs(B, N, D, prefix_dim=8)
     grads = [torch.randn(B, N, device=DEVICE), torch.randn(B, N, 8 + D, device=DEVICE)]
     exact_out, exact_grads = run(reference("sigmoid"), [t.double() for t in tensors], [g.double() for g in grads])
