@@ -37,7 +37,7 @@ Replacement = tuple[ModuleType, str, object]  # (module, launcher function or sw
 
 def variants() -> list[tuple[str, list[Replacement]]]:
     """(label, replacements) for every alternative tried."""
-    found = [(f"backward {j}x{c}, {w} warps", [(decoder_kernels, "_backward_blocks", lambda channels, t=(j, c, w): t)])
+    found = [(f"backward {j}x{c}, {w} warps", [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
              for j, c, w in BACKWARD_TILES]
     found += [(f"strips of {rows} rows", [(decoder_kernels, "_strip_rows", lambda h, rows=rows: rows)])
               for rows in STRIP_ROWS]
