@@ -322,7 +322,7 @@ def _fused_products(dtype: torch.dtype) -> bool:
     (:mod:`.upsample_matmul`) rather than from memory, written for cuBLAS: with FUSED_PRODUCTS,
     for fp16 and bf16 on a GPU. Not in fp32, where ``tl.dot`` is a loop of FMAs (178-255 registers
     a thread on sm_90, and the weight gradient spills), nor under the interpreter, whose bf16
-    ``tl.dot`` is wrong."""
+    ``tl.dot`` multiplies bit patterns (triton-lang/triton#11584)."""
     return FUSED_PRODUCTS and dtype in (torch.float16, torch.bfloat16) and not op_registry.INTERPRETED
 
 
