@@ -128,26 +128,27 @@ def _seed_mask_bwd_kernel(
 @triton.jit
 def _seed_mask_bwd_sum_kernel(
     GRAD_C_PARTIAL, GRAD_BIAS_PARTIAL, GRAD_C, GRAD_BIAS, splits, D,
-    stride_gcb, stride_gcs, stride_gbb, stride_cb,
+    stride_gcb, stride_gcs, stride_gbb, stride_gb,
     HAS_BIAS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """GRAD_C[b] = the sum of the backward programs' partials GRAD_C_PARTIAL[b, :] in fp32, stored in
-    GRAD_C's dtype; with HAS_BIAS, GRAD_BIAS[b] likewise. Programs: (B, column tiles)."""
+    GRAD_C's dtype; with HAS_BIAS, the first column tile also sums GRAD_BIAS[b] (fp32). Programs:
+    (B, column tiles)."""
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
     grad_c = tl.zeros([BLOCK_D], dtype=tl.float32)
-    grad_bias = tl.zeros([BLOCK_S], dtype=tl.float32)
     for start in range(0, splits, BLOCK_S):
         split = start + tl.arange(0, BLOCK_S)
-        split_ok = split < splits
         grad_c += tl.sum(tl.load(GRAD_C_PARTIAL + b * stride_gcb + split[:, None] * stride_gcs + cols[None, :],
-                                 mask=split_ok[:, None] & col_ok[None, :], other=0.0), axis=0)
-        if HAS_BIAS:
-            grad_bias += tl.load(GRAD_BIAS_PARTIAL + b * stride_gbb + split, mask=split_ok, other=0.0)
-    tl.store(GRAD_C + b * stride_cb + cols, grad_c.to(GRAD_C.dtype.element_ty), mask=col_ok)
+                                 mask=(split < splits)[:, None] & col_ok[None, :], other=0.0), axis=0)
+    tl.store(GRAD_C + b * stride_gb + cols, grad_c.to(GRAD_C.dtype.element_ty), mask=col_ok)
     if HAS_BIAS:
         if tl.program_id(1) == 0:
+            grad_bias = tl.zeros([BLOCK_S], dtype=tl.float32)
+            for start in range(0, splits, BLOCK_S):
+                split = start + tl.arange(0, BLOCK_S)
+                grad_bias += tl.load(GRAD_BIAS_PARTIAL + b * stride_gbb + split, mask=split < splits, other=0.0)
             tl.store(GRAD_BIAS + b, tl.sum(grad_bias, axis=0))
 
 

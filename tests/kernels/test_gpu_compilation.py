@@ -3,10 +3,10 @@ and its bundled ptxas run without a GPU. Float arguments are typed as Triton's o
 them (fp32) and as torch.compile's generated launchers do (fp64).
 
 ptxas also reports each kernel's registers per thread and spills. Compiled as the model launches
-them (on bf16 or fp32 tensors; pointers, strides and channel counts divisible by 16, as Triton
-specialises them for the presets' sizes; that also lets loads be vectorised), no kernel may spill, and each must leave room
-for at least 16 resident warps per SM (a quarter of sm_90's 64): kernels that gather from memory
-need warps to hide its latency. (The decoder's first backward kernel took 254-255 registers a
+them (on bf16, fp16 or fp32 tensors; pointers, strides and channel counts divisible by 16, as
+Triton specialises them for the presets' sizes; that also lets loads be vectorised), no kernel may
+spill, and each must leave room for at least 16 resident warps per SM (a quarter of sm_90's 64):
+kernels that gather from memory need warps to hide its latency. (The decoder's first backward kernel took 254-255 registers a
 thread: two 4-warp programs, 8 warps, per SM; with channel counts not a multiple of 16 it also
 spilled.)
 
@@ -24,26 +24,30 @@ import torch
 from restr_fast.kernels import op_registry
 
 # (module, kernel, pointer arguments, constexprs and num_warps as the host code launches them on a
-# GPU, the element type of its pointers but the fp32 partial sums): bf16, as autocast runs the
-# decoder; fp32, as a model trained without autocast runs it, and as the model always runs seed_mask
-BOTH = ("bf16", "fp32")
+# GPU, element types): each case compiles with its pointers to each element type, but those marked
+# ":fp32" (partial sums, the bias gradient), which are fp32 whatever the inputs. bf16 or fp16 as
+# autocast runs the decoder; fp32 as a model trained without autocast runs it, and as the model
+# always runs seed_mask.
+ANY = ("bf16", "fp16", "fp32")
+HALF = ("bf16", "fp16")
 KERNELS = [
     ("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
-     dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=8, BLOCK_D=1024, BLOCK_DP=1024), 8, BOTH),
-    ("seed_mask", "_seed_mask_bwd_kernel", "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL GRAD_BIAS_PARTIAL",
-     dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 8, BOTH),
-    ("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL GRAD_BIAS_PARTIAL GRAD_C GRAD_BIAS",
-     dict(HAS_BIAS=True, BLOCK_S=16, BLOCK_D=128), 4, BOTH),
-    ("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=32, BLOCK_C=64), 8, BOTH),
-    ("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=32, BLOCK_C=64), 8, BOTH),
+     dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=8, BLOCK_D=1024, BLOCK_DP=1024), 8, ANY),
+    ("seed_mask", "_seed_mask_bwd_kernel",
+     "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
+     dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 8, ANY),
+    ("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32 GRAD_C GRAD_BIAS:fp32",
+     dict(HAS_BIAS=True, BLOCK_S=16, BLOCK_D=128), 4, ANY),
+    ("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=32, BLOCK_C=64), 8, ANY),
+    ("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=32, BLOCK_C=64), 8, ANY),
     # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
-    *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL",
+    *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
        dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), 4, elements)
-      for head in (False, True) for j, c, elements in ((16, 64, ("bf16",)), (32, 32, ("bf16",)), (16, 32, ("fp32",)))],
+      for head in (False, True) for j, c, elements in ((16, 64, HALF), (32, 32, HALF), (16, 32, ("fp32",)))],
     # bf16 and fp16 only: fp32 takes cuBLAS (decoder._fused_products)
-    ("upsample_matmul", "_upsample_act_matmul_kernel", "T W OUT", dict(BLOCK_P=64, BLOCK_N=128, BLOCK_K=64), 8, ("bf16",)),
-    ("upsample_matmul", "_upsample_act_weight_grad_kernel", "T GO PARTIAL",
-     dict(BLOCK_P=32, BLOCK_N=128, BLOCK_K=64), 8, ("bf16",)),
+    ("upsample_matmul", "_upsample_act_matmul_kernel", "T W OUT", dict(BLOCK_P=64, BLOCK_N=128, BLOCK_K=64), 8, HALF),
+    ("upsample_matmul", "_upsample_act_weight_grad_kernel", "T GO PARTIAL:fp32",
+     dict(BLOCK_P=32, BLOCK_N=128, BLOCK_K=64), 8, HALF),
 ]
 FLOAT_TYPES = ("fp32", "fp64")
 REGISTERS_PER_SM = 65536  # sm_90
@@ -63,14 +67,15 @@ def compile_case(case):
     module, name, pointers, constexprs, num_warps, element, float_type = case
     kernel = getattr(importlib.import_module(f"restr_fast.kernels.{module}"), name)
     types, divisible = {}, {}
-    for index, arg in enumerate(kernel.arg_names):  # pointers to `element` (partial sums fp32), floats, sizes and strides i32
+    pointer_types = dict((pointer.split(":") + [element])[:2] for pointer in pointers.split())
+    for index, arg in enumerate(kernel.arg_names):  # pointers, floats, and i32 sizes and strides
         if arg in constexprs:
             types[arg] = "constexpr"
-        elif arg in pointers.split():
-            types[arg] = "*fp32" if "PARTIAL" in arg else f"*{element}"
+        elif arg in pointer_types:
+            types[arg] = f"*{pointer_types[arg]}"
         else:
             types[arg] = float_type if arg in FLOAT_ARGUMENTS else "i32"
-        if arg not in constexprs and (arg in pointers.split() or arg.startswith("stride") or arg in ("C", "C_out", "D", "DP")):
+        if arg not in constexprs and (arg in pointer_types or arg.startswith("stride") or arg in ("C", "C_out", "D", "DP")):
             divisible[(index,)] = [["tt.divisibility", 16]]
     try:
         compiled = triton.compile(ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=divisible),
@@ -153,7 +158,7 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
     launched = {(name, element, tuple(sorted(c.items()))): warps
                 for _, name, _, c, warps, elements in KERNELS for element in elements}
 
-    def assert_case(name, warps, elements=BOTH, **constexprs):
+    def assert_case(name, warps, elements=ANY, **constexprs):
         for element in elements:
             key = (name, element, tuple(sorted(constexprs.items())))
             assert launched.get(key) == warps, (
@@ -171,7 +176,7 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
         block_p, block_c, warps = decoder._row_blocks(channels)
         assert_case("_upsample_act_fwd_kernel", warps, BLOCK_P=block_p, BLOCK_C=block_c)
         assert_case("_upsample_act_head_fwd_kernel", warps, HAS_BIAS=True, BLOCK_P=block_p, BLOCK_C=block_c)
-        for dtype, element in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
             block_j, block_c, warps = decoder._backward_blocks(channels, dtype)
             assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c)
             assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=True, BLOCK_J=block_j, BLOCK_C=block_c,
@@ -180,4 +185,4 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
         for kernel, columns in (("_upsample_act_matmul_kernel", upsample_matmul.PRODUCT_COLUMNS),
                                 ("_upsample_act_weight_grad_kernel", upsample_matmul.WEIGHT_GRAD_COLUMNS)):
             block_p, block_n, block_k, warps = upsample_matmul._blocks(channels, channels // 2, columns)
-            assert_case(kernel, warps, ("bf16",), BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k)
+            assert_case(kernel, warps, HALF, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k)
