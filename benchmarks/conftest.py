@@ -122,6 +122,11 @@ def baseline_times() -> dict:
 
 @pytest.fixture(scope="session")
 def copy_bandwidth() -> float:
+    """:func:`measure_copy_bandwidth`, once a session."""
+    return measure_copy_bandwidth()
+
+
+def measure_copy_bandwidth() -> float:
     """Bytes per second of a large device-to-device copy on this GPU (read + write)."""
     source = torch.empty(2**28, dtype=torch.uint8, device="cuda")
     target = torch.empty_like(source)

@@ -44,6 +44,14 @@ def inputs(n: int, requires_grad: bool, seed: int) -> dict:
     return tensors
 
 
+def bytes_moved(n: int, forward_only: bool) -> int:
+    """The bytes a call must move, in bf16."""
+    if forward_only:  # read patches, write masked and logits
+        return 2 * (2 * B * n * D + B * n + B * D)
+    # forward: read patches, write masked; backward: read patches and grad masked, write grad patches
+    return 2 * 5 * B * n * D
+
+
 def call(op, forward_only: bool, tensors: dict):
     """One call of ``op`` on ``tensors``: the forward alone (no autograd), or forward and backward."""
     if forward_only:
@@ -65,15 +73,11 @@ def call(op, forward_only: bool, tensors: dict):
 def test_seed_mask(benchmark, measure, copy_bandwidth, n, pass_, impl):
     op = implementation(impl)
     forward_only = pass_ == "forward"
-    if forward_only:
-        bytes_moved = 2 * (2 * B * n * D + B * n + B * D)  # read patches, write masked and logits (bf16)
-    else:
-        # forward: read patches, write masked; backward: read patches and grad masked, write grad patches
-        bytes_moved = 2 * 5 * B * n * D
-    rotation = [inputs(n, not forward_only, seed) for seed in range(l2_rotation(bytes_moved))]
-    median = measure(call(op, forward_only, rotation[0]), impl=impl, case=f"{pass_}-N{n}", bytes_moved=bytes_moved,
+    moved = bytes_moved(n, forward_only)
+    rotation = [inputs(n, not forward_only, seed) for seed in range(l2_rotation(moved))]
+    median = measure(call(op, forward_only, rotation[0]), impl=impl, case=f"{pass_}-N{n}", bytes_moved=moved,
                      graph_calls=[call(op, forward_only, tensors) for tensors in rotation])
-    floor = bytes_moved / copy_bandwidth
+    floor = moved / copy_bandwidth
     info = benchmark.extra_info
     info["copy_floor_ms"] = floor * 1e3
     info["wall_time_vs_copy_floor"] = median / floor

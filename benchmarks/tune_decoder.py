@@ -15,12 +15,12 @@ import argparse
 import functools
 import importlib
 import statistics
-from types import ModuleType
 from typing import Callable
 
 import torch
 
 from .profile_step import workload
+from .tuning import Variant, print_fastest_first, time_variants
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 upsample_matmul = importlib.import_module("restr_fast.kernels.upsample_matmul")
@@ -32,10 +32,7 @@ FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]
 PRODUCT_OUT_CHANNELS = [64, 256]  # BLOCK_N of the fused products (default: up to 128)
 WEIGHT_GRAD_PIXELS = [4, 64]  # pixels a weight-gradient program sums, per output channel (default: 16)
 
-Replacement = tuple[ModuleType, str, object]  # (module, launcher function or switch, replacement)
-
-
-def variants() -> list[tuple[str, list[Replacement]]]:
+def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
     found = [(f"backward {j}x{c}, {w} warps", [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
              for j, c, w in BACKWARD_TILES]
@@ -80,23 +77,9 @@ def main() -> None:
         raise SystemExit("tune_decoder needs a CUDA GPU")
 
     step = workload("fast", args.image_size, args.patch_size, decoder_only=True)
-    results = [("defaults", median_ms(step))]
-    for label, replacements in variants():
-        defaults = [(module, name, getattr(module, name)) for module, name, _ in replacements]
-        for module, name, replacement in replacements:
-            setattr(module, name, replacement)
-        try:
-            results.append((label, median_ms(step)))
-        except Exception as error:  # a tile a kernel cannot take (registers, shared memory): say so
-            results.append((f"{label}: {type(error).__name__}: {str(error)[:120]}", float("inf")))
-        finally:
-            for module, name, default in defaults:
-                setattr(module, name, default)
-    print(f"fused decoder forward + backward, {args.image_size}/{args.patch_size}, batch 8, bf16, "
-          f"{torch.cuda.get_device_name()}")
-    print("| variant | ms | vs defaults |\n| --- | --- | --- |")
-    for label, ms in sorted(results, key=lambda result: result[1]):
-        print(f"| {label} | {ms:.3f} | {results[0][1] / ms:.2f}x |")
+    results = time_variants(variants(), lambda: {"ms": median_ms(step)})
+    print_fastest_first(f"fused decoder forward + backward, {args.image_size}/{args.patch_size}, batch 8, bf16, "
+                        f"{torch.cuda.get_device_name()}", results)
 
 
 if __name__ == "__main__":

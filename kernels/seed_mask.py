@@ -152,20 +152,30 @@ def _seed_mask_bwd_sum_kernel(
             tl.store(GRAD_BIAS + b, tl.sum(grad_bias, axis=0))
 
 
-def _blocks(d: int, widest: int | None = None, elements: int = 8192) -> tuple[int, int, int]:
+def _blocks(d: int, widest: int | None, elements: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_D, num_warps): a whole row per block, about ``elements`` in the widest tile
-    (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more.
-    The backward holds three tiles (patches, their gradient and grad masked) and takes 4K
-    elements: with 8K it needed 168 registers a thread, one 8-warp program per SM."""
+    (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more."""
     block_d = triton.next_power_of_2(d)
     block_widest = max(block_d, triton.next_power_of_2(widest or 1))
     return max(1, min(64, elements // block_widest)), block_d, 8 if block_widest >= 1024 else 4
 
 
-def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device) -> int:
-    """Rows each backward program reduces over: enough programs to fill the GPU about four times,
-    few enough that the (B, splits, D) partial sums stay small."""
-    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+def _forward_blocks(d: int, dp: int) -> tuple[int, int, int]:
+    """The forward kernel's blocks: 8K elements in the widest tile (patches or prefix)."""
+    return _blocks(d, dp, elements=8192)
+
+
+def _backward_blocks(d: int) -> tuple[int, int, int]:
+    """The backward kernel's blocks: it holds three tiles (patches, their gradient and grad masked)
+    and takes 4K elements: with 8K it needed 168 registers a thread, one 8-warp program per SM."""
+    return _blocks(d, None, elements=4096)
+
+
+def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device, programs_per_sm: int = 4) -> int:
+    """Rows each backward program reduces over: enough programs to fill the GPU about
+    ``programs_per_sm`` times, few enough that the (B, splits, D) partial sums stay small."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    programs = max(1, programs_per_sm * sms)
     splits = max(1, min(triton.cdiv(n, block_n), triton.cdiv(programs, batch)))
     return triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
 
@@ -177,7 +187,7 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
     reads are ever passed twice, which torch.compile's mutation analysis handles."""
     B, N, D = patches.shape
     DP = 0 if prefix is None else prefix.shape[-1]
-    block_n, block_d, num_warps = _blocks(D, DP)
+    block_n, block_d, num_warps = _forward_blocks(D, DP)
     prefix_arg = patches if prefix is None else prefix
     launcher(_seed_mask_fwd_kernel)[(B, triton.cdiv(N, block_n))](
         patches, classifier, classifier if bias is None else bias, prefix_arg, logits, out,
@@ -216,7 +226,7 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
                         grad_logits: torch.Tensor | None, grad_masked: torch.Tensor | None,
                         sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N, D = patches.shape
-    block_n, block_d, num_warps = _blocks(D, elements=4096)
+    block_n, block_d, num_warps = _backward_blocks(D)
     rows = _rows_per_program(B, N, block_n, patches.device)
     splits = triton.cdiv(N, rows)
     grad_patches = patches.new_empty((B, N, D))

@@ -164,10 +164,10 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
             assert launched.get(key) == warps, (
                 f"{name} launches on {element} with {constexprs}, num_warps={warps}: not in KERNELS")
 
-    block_n, block_d, warps = seed_mask._blocks(768, 768)
+    block_n, block_d, warps = seed_mask._forward_blocks(768, 768)
     assert_case("_seed_mask_fwd_kernel", warps, HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
                 BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d)
-    block_n, block_d, warps = seed_mask._blocks(768, elements=4096)
+    block_n, block_d, warps = seed_mask._backward_blocks(768)
     assert_case("_seed_mask_bwd_kernel", warps, HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True,
                 SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d)
     assert_case("_seed_mask_bwd_sum_kernel", seed_mask.SUM_WARPS, HAS_BIAS=True, BLOCK_S=seed_mask.SUM_BLOCK_SPLITS,

@@ -86,8 +86,9 @@ def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_bl
     sums are cast to bf16 in the last case."""
     monkeypatch.setattr(seed_mask_module, "_rows_per_program", lambda batch, n, block_n, device: block_n)
     if rows_per_block is not None:
-        blocks = seed_mask_module._blocks
-        monkeypatch.setattr(seed_mask_module, "_blocks", lambda *args, **kwargs: (rows_per_block, *blocks(*args, **kwargs)[1:]))
+        for name in ("_forward_blocks", "_backward_blocks"):
+            blocks = getattr(seed_mask_module, name)
+            monkeypatch.setattr(seed_mask_module, name, lambda *args, blocks=blocks: (rows_per_block, *blocks(*args)[1:]))
     B, N = 2, 45
     patches, classifier, bias, prefix = inputs(B, N, D, dtype=dtype, prefix_dim=8)
     tensors = [patches, classifier, bias if with_bias else None, prefix]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import restr_fast
-from restr_fast import build_model, get_config
+from restr_fast import build_model
 
 
 @pytest.mark.parametrize("preset, height, width", [

@@ -1,7 +1,5 @@
 import json
 
-import pytest
-
 from restr_fast.cli import main
 from restr_fast.kernels import op_registry
 

@@ -1,0 +1,78 @@
+"""The seed_mask kernels' blocks against their GPU time on this GPU:
+``python -m benchmarks.tune_seed_mask``.
+
+The launchers in :mod:`restr_fast.kernels.seed_mask` choose their blocks from ptxas's register
+counts (``tests/kernels/test_gpu_compilation.py``). This replaces one choice at a time (the
+forward's and the backward's elements per block and warps, the backward's programs per SM), and
+times the ``seed_mask`` benchmark group's four cases (B = 8, N = 900 and 3600, D = 768, bf16,
+forward and forward + backward) as that group's ``gpu_ms`` does: a CUDA graph of calls on inputs
+rotating through 3x the L2 cache. It prints the times in microseconds, fastest first, with the
+copy-bandwidth floor of each case, so that a GPU session can confirm or replace the defaults.
+Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+
+import torch
+
+from .conftest import graphed_gpu_seconds, l2_rotation, measure_copy_bandwidth
+from .test_seed_mask import bytes_moved, call, inputs
+from .tuning import Variant, print_fastest_first, time_variants
+
+seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
+_blocks = seed_mask_kernels._blocks
+
+FORWARD_ELEMENTS = [4096, 16384]  # per block (default 8192)
+BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
+PROGRAMS_PER_SM = [2, 8, 16]  # of the backward (default 4)
+CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
+
+
+def _with_warps(blocks, warps: int):
+    return lambda *args: (*blocks(*args)[:2], warps)
+
+
+def variants() -> list[Variant]:
+    """(label, replacements) for every alternative tried."""
+    forward, backward = seed_mask_kernels._forward_blocks, seed_mask_kernels._backward_blocks
+    found = [(f"forward blocks of {elements} elements",
+              [(seed_mask_kernels, "_forward_blocks", lambda d, dp, e=elements: _blocks(d, dp, elements=e))])
+             for elements in FORWARD_ELEMENTS]
+    found += [(f"backward blocks of {elements} elements",
+               [(seed_mask_kernels, "_backward_blocks", lambda d, e=elements: _blocks(d, None, elements=e))])
+              for elements in BACKWARD_ELEMENTS]
+    found += [("forward with 4 warps", [(seed_mask_kernels, "_forward_blocks", _with_warps(forward, 4))]),
+              ("backward with 4 warps", [(seed_mask_kernels, "_backward_blocks", _with_warps(backward, 4))])]
+    found += [(f"backward with {k} programs per SM",
+               [(seed_mask_kernels, "_rows_per_program",
+                 functools.partial(seed_mask_kernels._rows_per_program, programs_per_sm=k))])
+              for k in PROGRAMS_PER_SM]
+    return found
+
+
+def case_name(n: int, forward_only: bool) -> str:
+    return f"{'forward' if forward_only else 'forward+backward'} N={n} us"
+
+
+def main() -> None:
+    if not torch.cuda.is_available():
+        raise SystemExit("tune_seed_mask needs a CUDA GPU")
+    rotations = {case: [inputs(case[0], not case[1], seed) for seed in range(l2_rotation(bytes_moved(*case)))]
+                 for case in CASES}
+
+    def measure() -> dict[str, float]:
+        return {case_name(*case): 1e6 * graphed_gpu_seconds([call(seed_mask_kernels.seed_mask, case[1], tensors)
+                                                              for tensors in rotation])
+                for case, rotation in rotations.items()}
+
+    results = time_variants(variants(), measure)
+    bandwidth = measure_copy_bandwidth()
+    print_fastest_first(f"seed_mask GPU time per call, B = 8, D = 768, bf16, {torch.cuda.get_device_name()}", results)
+    floors = ", ".join(f"{case_name(*case)} {1e6 * bytes_moved(*case) / bandwidth:.4g}" for case in CASES)
+    print(f"\ncopy-bandwidth floor ({bandwidth / 1e12:.2f} TB/s): {floors}")
+
+
+if __name__ == "__main__":
+    main()
