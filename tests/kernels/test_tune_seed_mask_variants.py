@@ -41,3 +41,36 @@ def test_variant_matches_the_reference_fp32(label, replacements, assert_within_r
     names = ("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix")
     for name, a, b, c in zip(names, ours, theirs, exact):
         assert_within_rule(a, b, c, 1e-5, f"{label}: {name}")
+
+
+def test_the_tool_times_every_variant_in_every_case(monkeypatch, capsys):
+    """``main`` on the CPU, with small inputs and a stand-in for the CUDA-graph timer that runs
+    the calls: every variant runs every case, and the table lists them all."""
+    from benchmarks import tune_seed_mask
+
+    def small_inputs(n, requires_grad, seed):
+        generator = torch.Generator().manual_seed(seed)
+        tensors = dict(patches=torch.randn(2, 7, 64, generator=generator).requires_grad_(requires_grad),
+                       classifier=torch.randn(2, 64, generator=generator).requires_grad_(requires_grad))
+        if requires_grad:
+            tensors.update(grad_logits=torch.randn(2, 7, generator=generator), grad_masked=torch.randn(2, 7, 64))
+        return tensors
+    calls_timed = []
+
+    def run_calls(calls):
+        for call in calls:
+            call()
+        calls_timed.append(len(calls))
+        return 1e-6 * (1 + len(calls_timed) % 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "no GPU (test)")
+    monkeypatch.setattr(tune_seed_mask, "inputs", small_inputs)
+    monkeypatch.setattr(tune_seed_mask, "l2_rotation", lambda bytes_per_call: 2)
+    monkeypatch.setattr(tune_seed_mask, "graphed_gpu_seconds", run_calls)
+    monkeypatch.setattr(tune_seed_mask, "measure_copy_bandwidth", lambda: 3e12)
+    tune_seed_mask.main()
+    assert calls_timed == [2] * (4 * (1 + len(VARIANTS)))
+    table = capsys.readouterr().out
+    for label in ["defaults", *(label for label, _ in VARIANTS)]:
+        assert f"| {label} |" in table
+    assert "copy-bandwidth floor (3.00 TB/s): forward N=900 us" in table
