@@ -42,3 +42,28 @@ def test_variant_matches_the_reference_fp32(monkeypatch, label, replacements, as
     names = ("pixel logits", "grad x", "grad weight 0", "grad weight 1", "grad head weight", "grad head bias")
     for name, a, b, c in zip(names, ours, theirs, exact):
         assert_within_rule(a, b, c, 1e-5 * 15, f"{label}: {name}")
+
+
+def test_the_tool_times_every_variant(monkeypatch, capsys):
+    """``main``'s glue on the CPU, with stand-ins for the GPU workload and timer: each variant is
+    timed with its replacements in place, and the table lists them all."""
+    from benchmarks import tune_decoder
+    seen = []
+
+    def median_ms(step):
+        seen.append(decoder_module._backward_blocks)
+        return 1.0 + len(seen) % 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "no GPU (test)")
+    monkeypatch.setattr(sys, "argv", ["tune_decoder"])
+    monkeypatch.setattr(tune_decoder, "workload", lambda impl, image_size, patch_size, decoder_only: None)
+    monkeypatch.setattr(tune_decoder, "median_ms", median_ms)
+    default = decoder_module._backward_blocks
+    tune_decoder.main()
+    assert len(seen) == 1 + len(VARIANTS)
+    assert sum(blocks is not default for blocks in seen) == sum(
+        any(name == "_backward_blocks" for _, name, _ in replacements) for _, replacements in VARIANTS)
+    assert decoder_module._backward_blocks is default
+    table = capsys.readouterr().out
+    for label in ["defaults", *(label for label, _ in VARIANTS)]:
+        assert f"| {label} |" in table
