@@ -42,6 +42,7 @@ from . import op_registry
 from .bilinear import leaky_relu, scales, source_rows, tent, upsampled_row
 from .jit_helpers import fp32
 from .op_registry import eager_autograd, launcher, register_triton_op
+from .sizes import cdiv, next_power_of_2
 from .upsample_matmul import upsample_act_matmul, upsample_act_weight_grad
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -210,7 +211,7 @@ def _tile(channels: int, gpu_channels: int, gpu_elements: int) -> tuple[int, int
     """(columns, channels) of a tile sized for a GPU's registers; under the interpreter, which
     runs programs one after another at a cost per operation rather than per element, 16x larger."""
     scale = 16 if op_registry.INTERPRETED else 1
-    block_c = min(gpu_channels * scale, triton.next_power_of_2(channels))
+    block_c = min(gpu_channels * scale, next_power_of_2(channels))
     return max(16, gpu_elements * scale // block_c), block_c
 
 
@@ -240,7 +241,7 @@ def _strip_rows(h: int) -> int:
 def _launch_upsample_act(t: torch.Tensor, y: torch.Tensor, negative_slope: float) -> None:
     B, h, w, C = t.shape
     block_p, block_c, warps = _row_blocks(C)
-    launcher(_upsample_act_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p), triton.cdiv(C, block_c))](
+    launcher(_upsample_act_fwd_kernel)[(B * 2 * h, cdiv(2 * w, block_p), cdiv(C, block_c))](
         t, y, C, h, w, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2), y.stride(0), y.stride(1), y.stride(2),
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
@@ -255,13 +256,13 @@ def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weig
     B, h, w, C = t.shape
     block_j, block_c, warps = _backward_blocks(C, t.dtype)
     rows = _strip_rows(h)
-    grid = (B * triton.cdiv(h, rows), triton.cdiv(w, block_j), triton.cdiv(C, block_c))
+    grid = (B * cdiv(h, rows), cdiv(w, block_j), cdiv(C, block_c))
     head = head_weight is not None
     # absent inputs get read-only stand-ins (t), as torch.compile's mutation analysis wants them
     partial = t.new_empty((grid[0] * grid[1], C), dtype=torch.float32) if head else t
     launcher(_upsample_act_bwd_kernel)[grid](
         t, grad, head_weight if head else t, grad_t, partial, C, h, w, *scales(h, w), negative_slope,
-        rows, triton.cdiv(h, rows),
+        rows, cdiv(h, rows),
         t.stride(0), t.stride(1), t.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
         grad_t.stride(0), grad_t.stride(1), grad_t.stride(2),
         HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, num_warps=warps,
@@ -273,7 +274,7 @@ def _launch_head(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  negative_slope: float) -> None:
     B, h, w, C = t.shape
     block_p, block_c, warps = _row_blocks(C)
-    launcher(_upsample_act_head_fwd_kernel)[(B * 2 * h, triton.cdiv(2 * w, block_p))](
+    launcher(_upsample_act_head_fwd_kernel)[(B * 2 * h, cdiv(2 * w, block_p))](
         t, weight, weight if bias is None else bias, out, C, h, w, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2),
         HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,

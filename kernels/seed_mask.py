@@ -25,6 +25,7 @@ import triton.language as tl
 from . import op_registry
 from .jit_helpers import fp32
 from .op_registry import eager_autograd, launcher, register_triton_op, unit_stride
+from .sizes import cdiv, next_power_of_2
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_D = 8192  # one row of patches must fit a block
@@ -155,8 +156,8 @@ def _seed_mask_bwd_sum_kernel(
 def _blocks(d: int, widest: int | None, elements: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_D, num_warps): a whole row per block, about ``elements`` in the widest tile
     (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more."""
-    block_d = triton.next_power_of_2(d)
-    block_widest = max(block_d, triton.next_power_of_2(widest or 1))
+    block_d = next_power_of_2(d)
+    block_widest = max(block_d, next_power_of_2(widest or 1))
     return max(1, min(64, elements // block_widest)), block_d, 8 if block_widest >= 1024 else 4
 
 
@@ -176,8 +177,8 @@ def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device, pr
     ``programs_per_sm`` times, few enough that the (B, splits, D) partial sums stay small."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
     programs = max(1, programs_per_sm * sms)
-    splits = max(1, min(triton.cdiv(n, block_n), triton.cdiv(programs, batch)))
-    return triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
+    splits = max(1, min(cdiv(n, block_n), cdiv(programs, batch)))
+    return cdiv(cdiv(n, splits), block_n) * block_n
 
 
 def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: bool) -> None:
@@ -189,13 +190,13 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
     DP = 0 if prefix is None else prefix.shape[-1]
     block_n, block_d, num_warps = _forward_blocks(D, DP)
     prefix_arg = patches if prefix is None else prefix
-    launcher(_seed_mask_fwd_kernel)[(B, triton.cdiv(N, block_n))](
+    launcher(_seed_mask_fwd_kernel)[(B, cdiv(N, block_n))](
         patches, classifier, classifier if bias is None else bias, prefix_arg, logits, out,
         N, D, DP, 1.0 / math.sqrt(D),
         patches.stride(0), patches.stride(1), classifier.stride(0), prefix_arg.stride(0), prefix_arg.stride(1),
         logits.stride(0), out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, HAS_PREFIX=DP > 0, SIGMOID=sigmoid,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=triton.next_power_of_2(max(DP, 1)), num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=next_power_of_2(max(DP, 1)), num_warps=num_warps,
     )
 
 
@@ -228,7 +229,7 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
     B, N, D = patches.shape
     block_n, block_d, num_warps = _backward_blocks(D)
     rows = _rows_per_program(B, N, block_n, patches.device)
-    splits = triton.cdiv(N, rows)
+    splits = cdiv(N, rows)
     grad_patches = patches.new_empty((B, N, D))
     grad_c_partial = patches.new_empty((B, splits, D), dtype=torch.float32)
     grad_bias_partial = patches.new_empty((B, splits), dtype=torch.float32)
@@ -248,7 +249,7 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
     )
     # the partial sums reduced and cast in one launch (without a bias its gradient is never read)
     grad_classifier, grad_bias = classifier.new_empty((B, D)), grad_bias_partial.new_empty((B,))
-    launcher(_seed_mask_bwd_sum_kernel)[(B, triton.cdiv(D, SUM_BLOCK_D))](
+    launcher(_seed_mask_bwd_sum_kernel)[(B, cdiv(D, SUM_BLOCK_D))](
         grad_c_partial, grad_bias_partial, grad_classifier, grad_bias, splits, D,
         grad_c_partial.stride(0), grad_c_partial.stride(1), grad_bias_partial.stride(0), grad_classifier.stride(0),
         HAS_BIAS=bias is not None, BLOCK_S=SUM_BLOCK_SPLITS, BLOCK_D=SUM_BLOCK_D, num_warps=SUM_WARPS,

@@ -18,6 +18,7 @@ import triton.language as tl
 from .bilinear import leaky_relu, scales, upsampled_row
 from .jit_helpers import fp32
 from .op_registry import launcher, unit_stride
+from .sizes import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -94,8 +95,8 @@ def _blocks(in_channels: int, out_channels: int, columns: int, max_out_channels:
     channels (96 in one tile; 192 in two, the second half empty), 64 input channels, 8 warps. On
     sm_90, in bf16, that is two warpgroups' wgmma, 111-122 registers a thread (4 warps: 175-190 for
     the product; 32 input channels a step serialises its wgmma)."""
-    block_n = min(max_out_channels, max(16, triton.next_power_of_2(out_channels)))
-    block_k = min(64, max(16, triton.next_power_of_2(in_channels)))
+    block_n = min(max_out_channels, max(16, next_power_of_2(out_channels)))
+    block_k = min(64, max(16, next_power_of_2(in_channels)))
     return columns, block_n, block_k, 8
 
 
@@ -107,7 +108,7 @@ def upsample_act_matmul(t: torch.Tensor, weight: torch.Tensor, negative_slope: f
     C_out = weight.shape[0]
     out = t.new_empty((B, 2 * h, 2 * w, C_out))
     block_p, block_n, block_k, warps = _blocks(C, C_out, PRODUCT_COLUMNS)
-    grid = (B * 2 * h, triton.cdiv(2 * w, block_p), triton.cdiv(C_out, block_n))
+    grid = (B * 2 * h, cdiv(2 * w, block_p), cdiv(C_out, block_n))
     launcher(_upsample_act_matmul_kernel)[grid](
         t, weight, out, C, C_out, h, w, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2), weight.stride(0), out.stride(0), out.stride(1), out.stride(2),
@@ -120,8 +121,8 @@ def _rows_per_program(rows: int, width: int, out_channels: int, tiles: int, pixe
     """Output rows a weight-gradient program sums: about 16 * C_out pixels, so that its (C_out, C)
     fp32 partial sum, written and read back, costs an eighth of the activation it never writes;
     fewer where that leaves under 264 programs (two per SM of an H100/H200)."""
-    by_size = triton.cdiv(pixels_per_channel * out_channels, width)
-    by_count = triton.cdiv(rows, triton.cdiv(264, tiles))
+    by_size = cdiv(pixels_per_channel * out_channels, width)
+    by_count = cdiv(rows, cdiv(264, tiles))
     return max(1, min(by_size, by_count))
 
 
@@ -132,12 +133,12 @@ def upsample_act_weight_grad(t: torch.Tensor, grad_out: torch.Tensor, negative_s
     B, h, w, C = t.shape
     C_out = grad_out.shape[-1]
     block_p, block_n, block_k, warps = _blocks(C, C_out, WEIGHT_GRAD_COLUMNS)
-    tiles = triton.cdiv(C_out, block_n) * triton.cdiv(C, block_k)
+    tiles = cdiv(C_out, block_n) * cdiv(C, block_k)
     rows = B * 2 * h
     rows_per_program = _rows_per_program(rows, 2 * w, C_out, tiles)
-    groups = triton.cdiv(rows, rows_per_program)
+    groups = cdiv(rows, rows_per_program)
     partial = t.new_empty((groups, C_out, C), dtype=torch.float32)
-    launcher(_upsample_act_weight_grad_kernel)[(groups, triton.cdiv(C_out, block_n), triton.cdiv(C, block_k))](
+    launcher(_upsample_act_weight_grad_kernel)[(groups, cdiv(C_out, block_n), cdiv(C, block_k))](
         t, grad_out, partial, C, C_out, h, w, rows, rows_per_program, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
         BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
