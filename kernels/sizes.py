@@ -7,8 +7,8 @@ the same functions in plain Python."""
 
 
 def cdiv(a: int, b: int) -> int:
-    """ceil(a / b) for integers, b > 0."""
-    return -(-a // b)
+    """ceil(a / b) for a >= 0, b > 0 (in Triton's form, which torch.compile's symbolic sizes take too)."""
+    return (a + b - 1) // b
 
 
 def next_power_of_2(n: int) -> int:
