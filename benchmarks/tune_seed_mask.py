@@ -31,6 +31,7 @@ CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600
 
 
 def _with_warps(blocks, warps: int):
+    """The launch helper ``blocks`` with its number of warps replaced."""
     return lambda *args: (*blocks(*args)[:2], warps)
 
 
@@ -53,6 +54,7 @@ def variants() -> list[Variant]:
 
 
 def case_name(n: int, forward_only: bool) -> str:
+    """The table's column for a case."""
     return f"{'forward' if forward_only else 'forward+backward'} N={n} us"
 
 
