@@ -24,7 +24,7 @@ import triton.language as tl
 
 from . import op_registry
 from .jit_helpers import fp32
-from .op_registry import eager_autograd, launcher, register_triton_op, unit_stride
+from .op_registry import eager_autograd, eager_launches, launcher, register_triton_op, unit_stride
 from .sizes import cdiv, next_power_of_2
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -337,7 +337,11 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
             return torch.ops.restr_fast.seed_mask(patches, classifier, bias, prefix, sigmoid)
         return _seed_mask_eager(patches, classifier, bias, prefix, sigmoid)
     logits = patches.new_empty(patches.shape[:2])
-    _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
+    if torch.compiler.is_compiling():
+        _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
+    else:
+        with eager_launches():
+            _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
     return logits, out
 
 
