@@ -55,20 +55,38 @@ _launches = threading.local()  # .bare: whether launcher() hands out bare kernel
 
 
 class eager_launches:
-    """Context in which :func:`launcher` hands out bare kernels, launched directly.
+    """Context in which the ops' kernels launch eagerly: bare (see :func:`launcher`), and on the GPU
+    of ``device``, their tensors' device.
 
     Eager calls of the ops run inside it. Outside it, and outside torch.library's own eager path
     for a ``triton_op`` (which turns wrapping off the same way), ``wrap_triton(kernel)[grid](...)``
     dispatches every launch as a higher-order op: 170 us (torch 2.11) to 330 us (torch 2.14) of host
     time per launch on one CPU core, against 1-2 us for the bare kernel (launches stubbed out), and
-    one entry per launch in torch's kernel side table that is never freed.
+    one entry per launch in torch's kernel side table that is never freed. Triton launches on the
+    current device whatever its arguments' device, so tensors on another GPU (``cuda:1`` while
+    ``cuda:0`` is current) make it the current device for the launches.
     """
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+
     def __enter__(self) -> None:
         self.previous = getattr(_launches, "bare", False)
         _launches.bare = True
+        other_gpu = (self.device is not None and self.device.type == "cuda"
+                     and self.device.index != torch.cuda.current_device())
+        self.device_guard = torch.cuda.device(self.device) if other_gpu else None
+        if self.device_guard is not None:
+            self.device_guard.__enter__()
 
     def __exit__(self, *exc_info) -> None:
+        if self.device_guard is not None:
+            self.device_guard.__exit__(*exc_info)
         _launches.bare = self.previous
+
+
+def device_of(values) -> torch.device | None:
+    """The device of the first tensor among ``values``, or None."""
+    return next((value.device for value in values if isinstance(value, torch.Tensor)), None)
 
 
 def launcher(kernel: Callable) -> Callable:
@@ -99,11 +117,11 @@ def eager_autograd(forward: Callable, setup_context: Callable, backward: Callabl
 
         @staticmethod
         def backward(ctx, *grads):
-            with eager_launches():  # autograd may run this on another thread
+            with eager_launches(device_of(grads)):  # autograd may run this on another thread
                 return backward(ctx, *grads)
 
     def call(*inputs):
-        with eager_launches():
+        with eager_launches(device_of(inputs)):
             if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
                 return Function.apply(*inputs)
             return forward(*inputs)  # nothing to differentiate: skip the Function's cost (about 10 us)

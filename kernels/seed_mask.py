@@ -340,7 +340,7 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
     if torch.compiler.is_compiling():
         _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
     else:
-        with eager_launches():
+        with eager_launches(patches.device):
             _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
     return logits, out
 

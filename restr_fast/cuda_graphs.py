@@ -34,7 +34,7 @@ class CUDAGraphed:
         if not all(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs):
             raise ValueError("CUDA graphs replay GPU work only: every input must be a CUDA tensor")
         key = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
-        with self._lock:
+        with self._lock, torch.cuda.device(inputs[0].device):  # streams and captures on the inputs' GPU
             entry = self._graphs.get(key)
             if entry is None:
                 if len(self._graphs) >= self.max_graphs:
@@ -47,14 +47,18 @@ class CUDAGraphed:
             return static_output.clone()
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]):
+        """Warm up and capture ``fn`` on the current device. The capture stream is the call's own
+        (torch's shared default lives on the device current at the process's first capture), and
+        the capture only forbids unsafe CUDA calls in this thread, so other threads keep allocating
+        and running their own GPU work meanwhile."""
         static_inputs = [t.clone() for t in inputs]
-        side = torch.cuda.Stream(device=static_inputs[0].device)
+        side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
                 self.fn(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
             static_output = self.fn(*static_inputs)
         return graph, static_inputs, static_output

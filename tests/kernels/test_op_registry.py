@@ -1,7 +1,9 @@
-"""Where the kernels can run: the interpreter's version check."""
+"""Where and how the kernels run: the interpreter's version check, eager launches."""
 import pytest
+import torch
 
-from restr_fast.kernels.op_registry import interpreter_incompatibility
+from restr_fast.kernels import op_registry
+from restr_fast.kernels.op_registry import eager_launches, interpreter_incompatibility, launcher
 
 
 @pytest.mark.parametrize("triton_version, numpy_version", [("3.6.0", "2.4.6"), ("3.4.1", "2.4.0rc1")])
@@ -14,3 +16,54 @@ def test_old_interpreter_with_new_numpy_is_refused_with_the_fix(triton_version, 
                          [("3.6.0", "2.3.5"), ("3.7.0", "2.4.6"), ("3.8.0", "2.4.6"), ("4.0.0", "1.26.4")])
 def test_working_combinations_pass(triton_version, numpy_version):
     assert interpreter_incompatibility(triton_version, numpy_version) is None
+
+
+@pytest.fixture
+def device_switches(monkeypatch):
+    """Devices that torch.cuda.device was entered and left with, while cuda:0 is the current device."""
+    switches = []
+
+    class RecordingDevice:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            switches.append(("enter", str(self.device)))
+
+        def __exit__(self, *exc_info):
+            switches.append(("exit", str(self.device)))
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", RecordingDevice)
+    return switches
+
+
+def test_eager_launches_switch_to_the_tensors_gpu(device_switches):
+    kernel = object()
+    with eager_launches(torch.device("cuda", 1)):
+        assert launcher(kernel) is kernel
+        assert device_switches == [("enter", "cuda:1")]
+    assert device_switches == [("enter", "cuda:1"), ("exit", "cuda:1")]
+
+
+@pytest.mark.parametrize("device", [torch.device("cuda", 0), torch.device("cpu"), None])
+def test_eager_launches_stay_on_the_current_device(device_switches, device):
+    with eager_launches(device):
+        pass
+    assert device_switches == []
+
+
+def test_eager_ops_launch_on_their_tensors_device(monkeypatch):
+    """The eager entry points hand their tensors' device to eager_launches, forward and backward."""
+    devices = []
+
+    class RecordingLaunches(op_registry.eager_launches):
+        def __init__(self, device=None):
+            devices.append(device)
+            super().__init__(device)
+
+    monkeypatch.setattr(op_registry, "eager_launches", RecordingLaunches)
+    op = op_registry.eager_autograd(lambda x: x * 2, lambda ctx, inputs, output: None, lambda ctx, grad: grad * 2)
+    x = torch.ones(3, requires_grad=True)
+    op(x).sum().backward()
+    assert devices == [x.device, x.device]
