@@ -87,22 +87,28 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> No
     model.load_state_dict(weights)
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) random states, in types ``weights_only`` loading accepts."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, NumPy and torch random states (the CPU's, and the GPU's that ``device`` names), in
+    types ``weights_only`` loading accepts."""
     name, keys, position, has_gauss, cached = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
                        "has_gauss": has_gauss, "cached_gaussian": cached}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore :func:`rng_state`'s states; the GPU's on ``device``, whichever GPU saved it."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"],
                          n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        gpu_state = state["cuda"]
+        if isinstance(gpu_state, (list, tuple)):  # checkpoints before 2026-11-27: one state per visible GPU
+            gpu_state = gpu_state[device.index] if device.index < len(gpu_state) else None
+        if gpu_state is not None:
+            torch.cuda.set_rng_state(gpu_state, device)

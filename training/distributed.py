@@ -52,3 +52,12 @@ def broadcast_flag(value: bool) -> bool:
     flag = torch.tensor([int(value)], device=device)
     dist.broadcast(flag, 0)
     return bool(flag.item())
+
+
+def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over all processes (``tensor`` itself for one process)."""
+    if not dist.is_initialized():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()

@@ -186,9 +186,11 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best_iou = state["step"], state.get("best_overall_iou", -1.0)
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], device)
     trained = DistributedDataParallel(model) if processes.world > 1 else model
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    if state is not None and state.get("scaler"):  # fp16's loss scale goes on where it was
+        scaler.load_state_dict(state["scaler"])
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -207,7 +209,8 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         if main:
             save_checkpoint(path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                "rng": rng_state(device),
                 "config": model_config.to_dict(), "vocabulary": vocabulary.words,
                 "train": dataclasses.asdict(config), "best_overall_iou": best_iou, "metrics": metrics or {},
             })
@@ -251,11 +254,13 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         evaluating = step % config.eval_every == 0 or last
         saving = step % config.checkpoint_every == 0 or step == stop_at
         if step % config.log_every == 0 or evaluating or saving:  # the loss is checked before any save
+            # the window's mean losses over all processes, so that every rank stops together
+            means = distributed.mean_over_processes(torch.stack([window[key] for key in ("loss", "patch", "pixel")]))
+            loss, patch, pixel = (means / window["steps"]).tolist()  # waits for the window's GPU work
             seconds = time.perf_counter() - window["start"]
             record = {"step": step, "lr": scheduler.get_last_lr()[-1],
-                      "images_per_s": window["steps"] * images_per_step / seconds}
-            for key in ("loss", "patch", "pixel"):
-                record[key if key == "loss" else f"{key}_loss"] = window[key].item() / window["steps"]
+                      "images_per_s": window["steps"] * images_per_step / seconds,
+                      "loss": loss, "patch_loss": patch, "pixel_loss": pixel}
             if not math.isfinite(record["loss"]):
                 bar.close()
                 raise TrainingDiverged(f"the loss became {record['loss']} by step {step}; training stopped and "
@@ -264,7 +269,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                             img_s=f"{record['images_per_s']:.1f}")
             window.update(loss=torch.zeros((), device=device), patch=torch.zeros((), device=device),
-                          pixel=torch.zeros((), device=device), steps=0, start=time.perf_counter())
+                          pixel=torch.zeros((), device=device), steps=0)
         if evaluating:
             metrics = run_evaluation(None if last else config.eval_samples)
             log({"step": step, "eval": config.val_split, **metrics})
@@ -278,5 +283,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
                           f"mean IoU {100 * metrics['mean_iou']:.2f}")
         if saving:
             checkpoint(out / "checkpoints" / "latest.pt", metrics)
+        if window["steps"] == 0:  # a new window: its time starts after this step's evaluation and saving
+            window["start"] = time.perf_counter()
     bar.close()
     return metrics if step == config.steps else {}

@@ -1,8 +1,10 @@
 """Training runs on a small synthetic dataset: outputs, resume, DDP, divergence and bad input."""
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from restr_fast.cli import main
 from restr_fast.data.synthetic import generate
 from restr_fast.training import (StepBatchSampler, TrainConfig, TrainingDiverged, load_checkpoint,
                                  model_from_checkpoint, train)
+from restr_fast.training.checkpoint import rng_state, set_rng_state
 
 MODEL = dict(image_size=32, vision_dim=32, vision_depth=1, vision_heads=2, word_dim=16, text_depth=1, text_heads=2,
              text_mlp_dim=32, dim=32, fusion_heads=2, fusion_depth=2)
@@ -67,18 +70,59 @@ def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
         train(get_config("restr-tiny", **MODEL), config(data_root), run)
 
 
-def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(data_root, tmp_path):
+@pytest.mark.parametrize("amp", ["off", "fp16"])  # fp16: the loss scale, lowered in the first part, goes on
+def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(data_root, tmp_path, amp):
     model_config = get_config("restr-tiny", **MODEL)
     torch.manual_seed(0)
-    train(model_config, config(data_root, checkpoint_every=2), tmp_path / "whole")
+    train(model_config, config(data_root, checkpoint_every=2, amp=amp), tmp_path / "whole")
     torch.manual_seed(0)
-    assert train(model_config, config(data_root, checkpoint_every=2, stop_after=3), tmp_path / "parts") == {}
-    assert load_checkpoint(tmp_path / "parts" / "checkpoints" / "latest.pt")["step"] == 3
+    assert train(model_config, config(data_root, checkpoint_every=2, stop_after=3, amp=amp), tmp_path / "parts") == {}
+    first_part = load_checkpoint(tmp_path / "parts" / "checkpoints" / "latest.pt")
+    assert first_part["step"] == 3
+    if amp == "fp16":  # an overflow skipped a step and halved the scale: a fresh scaler would skip another
+        assert first_part["scaler"]["scale"] < 2.0 ** 16
     torch.manual_seed(123)  # the resumed run must not depend on the global seed
-    train(model_config, config(data_root, checkpoint_every=2), tmp_path / "parts", resume=True)
+    train(model_config, config(data_root, checkpoint_every=2, amp=amp), tmp_path / "parts", resume=True)
     whole, parts = parameters(tmp_path / "whole" / "checkpoints" / "latest.pt"), parameters(tmp_path / "parts" / "checkpoints" / "latest.pt")
     for name, tensor in whole.items():
         assert torch.equal(tensor, parts[name]), name
+
+
+def test_gpu_random_state_is_saved_for_the_training_gpu_and_restored_on_any(monkeypatch):
+    """One GPU state, the training device's; older checkpoints held one per visible GPU, and resume
+    on a machine with fewer GPUs than they list (stand-in torch.cuda random-state functions)."""
+    states = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[device.index].clone())
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state), device.index)))
+    saved = rng_state(torch.device("cuda", 1))
+    assert torch.equal(saved["cuda"], states[1])
+    set_rng_state(saved, torch.device("cuda", 0))  # resumed on another GPU
+    older = {**saved, "cuda": (states[0], states[1])}
+    set_rng_state(older, torch.device("cuda", 1))
+    set_rng_state(older, torch.device("cuda", 3))  # saved where two GPUs were visible: nothing to restore
+    set_rng_state(older, torch.device("cpu"))
+    assert restored == [(1, 0), (1, 1)]
+    assert "cuda" not in rng_state(torch.device("cpu"))
+
+
+def test_throughput_leaves_out_evaluation_and_saving(data_root, tmp_path, monkeypatch):
+    import importlib
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    real = trainer.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", slow_evaluate)
+    train(get_config("restr-tiny", **MODEL), config(data_root, log_every=1), tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["images_per_s"] for r in records if "loss" in r}
+    assert sorted(rates) == [1, 2, 3, 4, 5, 6]
+    others = sorted(rate for step, rate in rates.items() if step != 4)
+    # step 4 follows step 3's evaluation (over a second); its 4 images take a few hundredths
+    assert rates[4] > others[len(others) // 2] / 4, rates
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
@@ -152,6 +196,11 @@ def test_ddp_on_two_processes_equals_one_process_with_the_global_batch(data_root
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one, two = (parameters(tmp_path / name / "checkpoints" / "latest.pt") for name in ("single", "ddp"))
+    # rank 0 logs the mean loss of all ranks: the loss of the single process's global batch
+    logged = [[json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()][0]
+              for name in ("single", "ddp")]
+    assert logged[1]["step"] == logged[0]["step"] == 3
+    assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], rel=1e-3)
     # Summing the gradient in two halves rounds differently. Adam divides each update by the
     # gradient's own scale, so where the exact gradient is zero (the key bias of attention, which
     # the softmax ignores) the update is that rounding, normalised: up to a few percent of a step
@@ -175,6 +224,45 @@ def test_ddp_on_two_processes_equals_one_process_with_the_global_batch(data_root
     alone_metrics, shared_metrics = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("alone", "shared"))
     assert shared_metrics["samples"] == alone_metrics["samples"]
     assert shared_metrics["overall_iou"] == pytest.approx(alone_metrics["overall_iou"], rel=1e-5)
+
+
+DIVERGING_RANK = r"""
+import importlib, json, os, sys
+from restr_fast import get_config
+from restr_fast.training import TrainConfig, TrainingDiverged, train
+
+trainer = importlib.import_module("restr_fast.training.trainer")
+real, calls = trainer.loss_terms, [0]
+
+
+def poisoned(output, masks, model_config):  # rank 1's loss turns NaN at step 5; rank 0's only after the update
+    calls[0] += 1
+    terms = real(output, masks, model_config)
+    return terms._replace(total=terms.total * float("nan")) if os.environ["RANK"] == "1" and calls[0] == 5 else terms
+
+
+trainer.loss_terms = poisoned
+model, train_config, out = json.loads(sys.argv[1])
+try:
+    train(get_config("restr-tiny", **model), TrainConfig(**train_config), out)
+except TrainingDiverged as error:
+    print(f"rank {os.environ['RANK']} stopped: {error}")
+"""
+
+
+def test_ddp_ranks_stop_together_when_one_rank_diverges(data_root, tmp_path):
+    """Every rank checks the mean loss of all ranks, so all stop at the step where any diverged
+    (rather than the others waiting for it in the next gradient all-reduce)."""
+    settings = {**dataclasses.asdict(config(data_root, log_every=1, batch_size=2)), "device": "cpu"}
+    script = tmp_path / "diverging_rank.py"
+    script.write_text(DIVERGING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             "29519", str(script), json.dumps([MODEL, settings, str(tmp_path / "run")])],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for rank in (0, 1):
+        assert f"rank {rank} stopped: the loss became nan by step 5" in result.stdout, result.stdout[-2000:]
 
 
 def test_cli_names_a_broken_run_config(tmp_path, capsys):
