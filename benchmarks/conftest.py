@@ -163,7 +163,7 @@ def measure(benchmark, baseline_times):
         single = synchronized_timer() - start
         calls = max(1, min(1000, math.ceil(round_s / max(single, 1e-7))))
 
-        peak = _peak_memory(fn)
+        peak = peak_memory(fn)
         benchmark._timer = synchronized_timer  # pytest-benchmark reads its timer from this attribute
         benchmark.pedantic(fn, rounds=rounds, iterations=calls, warmup_rounds=1)
         median = benchmark.stats.stats.median
@@ -242,7 +242,8 @@ def l2_rotation(bytes_per_call: float, at_least: int = 4) -> int:
     return max(at_least, math.ceil(3 * l2 / bytes_per_call))
 
 
-def _peak_memory(fn: Callable[[], object]) -> int | None:
+def peak_memory(fn: Callable[[], object]) -> int | None:
+    """The most GPU memory allocated during a call of ``fn`` (None without a GPU)."""
     if not GPU:
         return None
     torch.cuda.synchronize()

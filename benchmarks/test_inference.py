@@ -23,7 +23,7 @@ import restr_fast
 from restr_fast.cuda_graphs import CUDAGraphed
 from restr_fast.text import Vocabulary
 
-from .conftest import is_out_of_memory, release_memory, requires_gpu, skip_unless_time
+from .conftest import is_out_of_memory, peak_memory, release_memory, requires_gpu, skip_unless_time
 from .workloads import forward_macs, model_for, random_batch
 
 IMAGE_SIZE = 480
@@ -55,8 +55,10 @@ def test_inference(benchmark, measure, batch, impl):
         return (graphed or forward)(images, tokens)
 
     flop = 2 * forward_macs(IMAGE_SIZE) * batch
-    failure = None
+    failure = capture_peak = None
     try:
+        if graphed is not None:  # a replay allocates nothing: the graph's memory is the capture's peak
+            capture_peak = peak_memory(predict)
         median = measure(predict, impl=impl, case=f"{IMAGE_SIZE}-p16-b{batch}", flop=flop,
                          rounds=10 if batch == 1 else 5, round_s=0.05)
     except RuntimeError as error:
@@ -68,6 +70,8 @@ def test_inference(benchmark, measure, batch, impl):
         release_memory()
         pytest.skip(failure)
     benchmark.extra_info.update(images_per_s=batch / median, batch=batch)
+    if capture_peak is not None:
+        benchmark.extra_info["peak_memory_gb"] = max(capture_peak / 1e9, benchmark.extra_info["peak_memory_gb"])
 
 
 @requires_gpu
