@@ -51,37 +51,36 @@ def register_triton_op(name: str, *, fake: Callable) -> Callable:
     return register
 
 
-_launches = threading.local()  # .bare: whether launcher() hands out bare kernels in this thread
+# .bare: whether launcher() hands out bare kernels in this thread. torch keeps a switch of its own
+# for its triton_op's eager path (torch._library.triton.set_wrap_triton_enabled), private API; with
+# this flag, launcher() also skips wrap_triton's own cost.
+_launches = threading.local()
 
 
 class eager_launches:
-    """Context in which the ops' kernels launch eagerly: bare (see :func:`launcher`), and on the GPU
-    of ``device``, their tensors' device.
+    """Context in which the ops' kernels launch eagerly: as bare kernels (see :func:`launcher`), with
+    ``device``, their tensors' GPU, as the current device (Triton launches on the current device).
 
-    Eager calls of the ops run inside it. Outside it, and outside torch.library's own eager path
-    for a ``triton_op`` (which turns wrapping off the same way), ``wrap_triton(kernel)[grid](...)``
-    dispatches every launch as a higher-order op: 170 us (torch 2.11) to 330 us (torch 2.14) of host
-    time per launch on one CPU core, against 1-2 us for the bare kernel (launches stubbed out), and
-    one entry per launch in torch's kernel side table that is never freed. Triton launches on the
-    current device whatever its arguments' device, so tensors on another GPU (``cuda:1`` while
-    ``cuda:0`` is current) make it the current device for the launches.
+    Eager calls of the ops run inside it: outside torch.compile, ``wrap_triton(kernel)[grid](...)``
+    dispatches each launch as a higher-order op, hundreds of microseconds of host time and an entry
+    in torch's kernel side table that is never freed (BENCHMARKS.md).
     """
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device
 
     def __enter__(self) -> None:
-        self.previous = getattr(_launches, "bare", False)
-        _launches.bare = True
         other_gpu = (self.device is not None and self.device.type == "cuda"
                      and self.device.index != torch.cuda.current_device())
         self.device_guard = torch.cuda.device(self.device) if other_gpu else None
         if self.device_guard is not None:
             self.device_guard.__enter__()
+        self.previous = getattr(_launches, "bare", False)
+        _launches.bare = True
 
     def __exit__(self, *exc_info) -> None:
+        _launches.bare = self.previous
         if self.device_guard is not None:
             self.device_guard.__exit__(*exc_info)
-        _launches.bare = self.previous
 
 
 def device_of(values) -> torch.device | None:
@@ -105,7 +104,7 @@ def eager_autograd(forward: Callable, setup_context: Callable, backward: Callabl
     Function), as long as a small kernel runs on a GPU. ``setup_context(ctx, inputs, output)`` and
     ``backward(ctx, *grads)`` are the ones registered with the op; gradients of unused outputs
     arrive as None, as they do there. Without gradients to track (``torch.no_grad``, inference),
-    ``forward`` runs directly.
+    ``forward`` runs directly. Forward and backward launch their kernels under :class:`eager_launches`.
     """
     class Function(torch.autograd.Function):
         @staticmethod

@@ -15,6 +15,7 @@ Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -337,11 +338,8 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
             return torch.ops.restr_fast.seed_mask(patches, classifier, bias, prefix, sigmoid)
         return _seed_mask_eager(patches, classifier, bias, prefix, sigmoid)
     logits = patches.new_empty(patches.shape[:2])
-    if torch.compiler.is_compiling():
+    with contextlib.nullcontext() if torch.compiler.is_compiling() else eager_launches(patches.device):
         _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
-    else:
-        with eager_launches(patches.device):
-            _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
     return logits, out
 
 

@@ -47,10 +47,10 @@ class CUDAGraphed:
             return static_output.clone()
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]):
-        """Warm up and capture ``fn`` on the current device. The capture stream is the call's own
-        (torch's shared default lives on the device current at the process's first capture), and
-        the capture only forbids unsafe CUDA calls in this thread, so other threads keep allocating
-        and running their own GPU work meanwhile."""
+        """Warm up ``fn`` and capture it on the current device, on a stream of its own (torch's
+        default capture stream stays on the device of the process's first capture). Only this
+        thread is barred from unsafe CUDA calls meanwhile: other threads keep allocating and
+        running their own GPU work."""
         static_inputs = [t.clone() for t in inputs]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -109,6 +109,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     if "cuda" in state and device.type == "cuda":
         gpu_state = state["cuda"]
         if isinstance(gpu_state, (list, tuple)):  # checkpoints before 2026-11-27: one state per visible GPU
-            gpu_state = gpu_state[device.index] if device.index < len(gpu_state) else None
+            index = torch.cuda.current_device() if device.index is None else device.index
+            gpu_state = gpu_state[index] if index < len(gpu_state) else None
         if gpu_state is not None:
             torch.cuda.set_rng_state(gpu_state, device)

@@ -2,8 +2,8 @@
 
 Under Triton's interpreter the ops take another branch (bare kernels, opaque custom ops), so these
 run in a subprocess without ``TRITON_INTERPRET``, on CPU tensors, with every kernel's launch
-replaced by a recorder and a stand-in Triton driver that names an sm_90 target. The kernels'
-outputs are never computed; only the dispatch is under test:
+replaced by a recorder, a stand-in Triton driver that names an sm_90 target, and Dynamo told that
+Triton can run. The kernels' outputs are never computed; only the dispatch is under test:
 
 - eager calls launch the bare kernels: ``wrap_triton(kernel)[grid](...)`` outside torch.compile
   dispatches each launch as a higher-order op, hundreds of microseconds of host time and an entry
@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 PRELUDE = r"""
-import functools, importlib, json, torch, triton
+import functools, importlib, json, torch, torch.utils._triton, triton
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
@@ -30,6 +30,7 @@ class StandInDriver:  # what torch's kernel analysis asks of a driver
 
 
 triton.runtime.driver.set_active(StandInDriver())
+torch.utils._triton.has_triton = lambda: True  # Dynamo then traces Triton launches as with a GPU
 op_registry = importlib.import_module("restr_fast.kernels.op_registry")
 assert not op_registry.INTERPRETED
 op_registry.kernel_can_run = lambda tensor: True  # CPU tensors take the kernels' path
@@ -61,6 +62,13 @@ def seed_mask_train(wrap=eager):
     forward_backward(op(*leaves((2, 7, 96), (2, 96), (2,), (2, 7, 32))))
 
 
+def seed_mask_out(wrap=eager):  # inference, into the right part of a buffer
+    patches, classifier = (t.detach() for t in leaves((2, 7, 96), (2, 96)))
+    with torch.no_grad():
+        wrap(lambda patches, classifier, out: seed_mask(patches, classifier, out))(
+            patches, classifier, torch.empty(2, 7, 128)[..., 32:])
+
+
 def decoder_train(wrap=eager, dtype=torch.float32):
     op = wrap(lambda x, w1, w2, head: fused_decoder(x, [w1, w2], head))
     forward_backward(op(*leaves((2, 3, 5, 48), (24, 48), (12, 24), (1, 12), dtype=dtype)))
@@ -78,11 +86,6 @@ EAGER_PROBE = PRELUDE + r"""
 def seed_mask_inference():
     with torch.no_grad():
         seed_mask(*leaves((2, 7, 96), (2, 96)))
-
-
-def seed_mask_out():
-    patches, classifier = (t.detach() for t in leaves((2, 7, 96), (2, 96)))
-    seed_mask(patches, classifier, torch.empty(2, 7, 128)[..., 32:])
 
 
 def block_train():
@@ -122,7 +125,7 @@ def record_kernels(graph_module, inputs):
 
 backend = aot_autograd(fw_compiler=record_kernels, bw_compiler=record_kernels)
 report = {}
-for case, run in {"seed_mask_train": seed_mask_train, "decoder_train": decoder_train,
+for case, run in {"seed_mask_train": seed_mask_train, "seed_mask_out": seed_mask_out, "decoder_train": decoder_train,
                   "fused_products_decoder_train": fused_products_decoder_train}.items():
     launches.clear()
     written.clear()
@@ -174,7 +177,8 @@ def test_eager_calls_launch_bare_kernels():
 
 def test_compile_traces_every_op_and_copies_no_input():
     report = run_probe(COMPILE_PROBE)
-    assert report["seed_mask_train"]["written"] == sorted([name, WRITTEN[name]] for name in EXPECTED_LAUNCHES["seed_mask_train"])
+    for case in ("seed_mask_train", "seed_mask_out"):
+        assert report[case]["written"] == sorted([name, WRITTEN[name]] for name in EXPECTED_LAUNCHES[case]), case
     assert report["decoder_train"]["written"] == sorted(
         [HEAD_BACKWARD, BLOCK_BACKWARD, *([name, WRITTEN[name]] for name in (
             "_upsample_act_fwd_kernel", "_upsample_act_fwd_kernel", "_upsample_act_head_fwd_kernel"))])

@@ -1,9 +1,11 @@
 """Where and how the kernels run: the interpreter's version check, eager launches."""
+import threading
+
 import pytest
 import torch
 
 from restr_fast.kernels import op_registry
-from restr_fast.kernels.op_registry import eager_launches, interpreter_incompatibility, launcher
+from restr_fast.kernels.op_registry import eager_launches, interpreter_incompatibility
 
 
 @pytest.mark.parametrize("triton_version, numpy_version", [("3.6.0", "2.4.6"), ("3.4.1", "2.4.0rc1")])
@@ -38,19 +40,52 @@ def device_switches(monkeypatch):
     return switches
 
 
+def bare_launches() -> bool:
+    """Whether launcher() hands out bare kernels in this thread (it always does under the interpreter)."""
+    return getattr(op_registry._launches, "bare", False)
+
+
 def test_eager_launches_switch_to_the_tensors_gpu(device_switches):
-    kernel = object()
+    assert not bare_launches()
     with eager_launches(torch.device("cuda", 1)):
-        assert launcher(kernel) is kernel
-        assert device_switches == [("enter", "cuda:1")]
-    assert device_switches == [("enter", "cuda:1"), ("exit", "cuda:1")]
+        assert bare_launches() and device_switches == [("enter", "cuda:1")]
+        with eager_launches(torch.device("cuda", 1)):  # nested: both switches undone in order
+            pass
+        assert bare_launches()
+    assert not bare_launches()
+    assert device_switches == [("enter", "cuda:1"), ("enter", "cuda:1"), ("exit", "cuda:1"), ("exit", "cuda:1")]
 
 
 @pytest.mark.parametrize("device", [torch.device("cuda", 0), torch.device("cpu"), None])
 def test_eager_launches_stay_on_the_current_device(device_switches, device):
     with eager_launches(device):
-        pass
-    assert device_switches == []
+        assert bare_launches()
+    assert device_switches == [] and not bare_launches()
+
+
+def test_eager_launches_undo_everything_on_errors(device_switches, monkeypatch):
+    with pytest.raises(KeyError):
+        with eager_launches(torch.device("cuda", 1)):
+            raise KeyError("in the body")
+    assert device_switches == [("enter", "cuda:1"), ("exit", "cuda:1")] and not bare_launches()
+
+    def no_gpu():
+        raise RuntimeError("no CUDA GPU")
+
+    monkeypatch.setattr(torch.cuda, "current_device", no_gpu)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        with eager_launches(torch.device("cuda", 1)):
+            pass
+    assert not bare_launches()
+
+
+def test_eager_launches_are_per_thread():
+    seen = []
+    with eager_launches():
+        thread = threading.Thread(target=lambda: seen.append(bare_launches()))
+        thread.start()
+        thread.join()
+    assert seen == [False]
 
 
 def test_eager_ops_launch_on_their_tensors_device(monkeypatch):
