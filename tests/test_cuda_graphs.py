@@ -1,0 +1,57 @@
+"""CUDAGraphed: replays equal eager calls, and a capture leaves other threads free to use the GPU."""
+import threading
+
+import pytest
+import torch
+
+from restr_fast.cuda_graphs import CUDAGraphed
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
+
+
+def test_inputs_must_be_on_a_gpu():
+    with pytest.raises(ValueError, match="every input must be a CUDA tensor"):
+        CUDAGraphed(lambda x: x + 1)(torch.ones(3))
+
+
+@requires_gpu
+def test_replays_equal_eager_calls_for_each_shape():
+    graphed = CUDAGraphed(lambda x, y: x @ y + 1)
+    for shape in ((5, 7), (9, 7), (5, 7)):
+        for _ in range(2):
+            x, y = torch.randn(*shape, device="cuda"), torch.randn(shape[1], 3, device="cuda")
+            torch.testing.assert_close(graphed(x, y), x @ y + 1, rtol=0, atol=0)
+    assert len(graphed._graphs) == 2
+
+
+@requires_gpu
+def test_another_thread_allocates_and_synchronises_during_a_capture():
+    """The capture is held open until another thread has allocated GPU memory (a cudaMalloc: the
+    capture emptied the allocator's cache) and waited for a result; in CUDA's global capture mode
+    both are errors."""
+    capturing, worker_done, calls, errors = threading.Event(), threading.Event(), [], []
+
+    def fn(x):
+        calls.append(x.shape)
+        if len(calls) == 3:  # two warm-up runs, then the capture
+            capturing.set()
+            assert worker_done.wait(60), "the other thread did not finish"
+        return x * 2 + 1
+
+    def other_thread():
+        try:
+            assert capturing.wait(60), "no capture started"
+            total = torch.ones(1 << 22, device="cuda").sum()
+            assert total.item() == 1 << 22
+        except Exception as error:  # noqa: BLE001 - handed to the test thread
+            errors.append(error)
+        finally:
+            worker_done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    x = torch.randn(1000, device="cuda")
+    out = CUDAGraphed(fn)(x)
+    worker.join()
+    assert errors == [] and len(calls) == 3
+    torch.testing.assert_close(out, x * 2 + 1, rtol=0, atol=0)
