@@ -116,23 +116,22 @@ class ReferAnnotations:
         return samples
 
     def mask(self, ann_id: int) -> np.ndarray:
-        """The (height, width) bool mask of an annotation: polygons (one or several) or RLE."""
+        """The (height, width) bool mask of an annotation: the union of its polygons, of its RLEs
+        (ReferIt stores a list of them), or its one RLE."""
         ann = self.annotations[ann_id]
         image = self.images[ann["image_id"]]
         height, width = image["height"], image["width"]
         segmentation = ann.get("segmentation")
         try:
-            if isinstance(segmentation, list):  # polygons [[x0, y0, x1, y1, ...], ...]
-                polygons = [p for p in segmentation if len(p) >= 6]
+            if isinstance(segmentation, list) and segmentation and all(isinstance(s, dict) for s in segmentation):
+                rle = coco_mask.merge([_rle(s, height, width) for s in segmentation])  # [RLE, ...]
+            elif isinstance(segmentation, list):  # polygons [[x0, y0, x1, y1, ...], ...]
+                polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
                 if not polygons:
                     return np.zeros((height, width), dtype=bool)
                 rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
-            elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-                rle = coco_mask.frPyObjects(segmentation, height, width)  # uncompressed RLE
             elif isinstance(segmentation, dict):
-                rle = dict(segmentation)
-                if isinstance(rle["counts"], str):
-                    rle["counts"] = rle["counts"].encode("ascii")
+                rle = _rle(segmentation, height, width)
             else:
                 raise TypeError(f"segmentation of type {type(segmentation).__name__}")
             return coco_mask.decode(rle).astype(bool)
@@ -142,6 +141,16 @@ class ReferAnnotations:
 
     def image_path(self, image_root: Path, image_id: int) -> Path:
         return image_root / self.images[image_id]["file_name"]
+
+
+def _rle(segmentation: dict, height: int, width: int) -> dict:
+    """A compressed RLE (what pycocotools decodes) from a compressed or an uncompressed one."""
+    if isinstance(segmentation.get("counts"), list):  # uncompressed
+        return coco_mask.frPyObjects(segmentation, height, width)
+    rle = dict(segmentation)
+    if isinstance(rle["counts"], str):
+        rle["counts"] = rle["counts"].encode("ascii")
+    return rle
 
 
 class ReferDataset(Dataset):

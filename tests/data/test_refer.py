@@ -32,7 +32,8 @@ def rle_of(mask, compressed=True):
 @pytest.fixture(scope="module")
 def refer_root(tmp_path_factory):
     """refclef-like dataset 'tiny': four images (different sizes, one grayscale), polygon,
-    multi-polygon, compressed and uncompressed RLE masks, splits train/val/testA."""
+    multi-polygon, compressed and uncompressed RLE masks, a list of RLEs (as ReferIt stores
+    them), splits train/val/testA."""
     root = tmp_path_factory.mktemp("refer")
     image_dir = root / "images" / "tiny"
     image_dir.mkdir(parents=True)
@@ -58,6 +59,12 @@ def refer_root(tmp_path_factory):
     ring[10:20, 20:30] = False
     masks[41] = ring
     annotations.append({"id": 41, "image_id": 4, "category_id": 1, "segmentation": rle_of(ring, compressed=False)})
+    parts = np.zeros((2, 40, 60), bool)  # ReferIt's form: a list of RLEs, one per part
+    parts[0, 2:10, 3:50] = True
+    parts[1, 8:30, 40:55] = True
+    masks[51] = parts.any(axis=0)
+    annotations.append({"id": 51, "image_id": 1, "category_id": 1,
+                        "segmentation": [rle_of(parts[0]), rle_of(parts[1], compressed=False)]})
     refs = [
         {"ref_id": 1, "ann_id": 11, "image_id": 1, "split": "train", "category_id": 1, "file_name": "1_11.png",
          "sentences": [{"raw": "Left box.", "sent": "left box", "tokens": ["left", "box"], "sent_id": 1},
@@ -101,7 +108,7 @@ def test_samples_are_ref_sentence_pairs(refer_root, vocabulary):
     assert len(test) == 1 and test.wordless == 1  # the sentence "..." has no words and is left out
 
 
-def test_masks_polygon_multipolygon_and_rle(refer_root, vocabulary):
+def test_masks_polygon_multipolygon_rle_and_rle_list(refer_root, vocabulary):
     root, masks = refer_root
     annotations = dataset(refer_root, vocabulary, "train").annotations
     rectangle = annotations.mask(11)
@@ -112,6 +119,7 @@ def test_masks_polygon_multipolygon_and_rle(refer_root, vocabulary):
     assert two[5, 5] and two[35, 20] and not two[20, 20]  # both parts, nothing between them
     assert np.array_equal(annotations.mask(31), masks[31])  # compressed RLE
     assert np.array_equal(annotations.mask(41), masks[41])  # uncompressed RLE
+    assert np.array_equal(annotations.mask(51), masks[51])  # a list of RLEs: their union
 
 
 def test_letterboxed_mask_and_back_mapping(refer_root, vocabulary):
