@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .vocabulary import PAD_INDEX, Vocabulary
+from .vocabulary import PAD_INDEX, UNK_INDEX, Vocabulary
 
 MISSING_RULES = ("random", "mean")
 
@@ -22,9 +22,11 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, dim: int | None = None,
         vocabulary: the words to fill. A word takes the vector of the same word, else of its
             lower-cased form.
         dim: expected vector size; inferred from the file when None.
-        missing: rows of words without a vector (and of ``<go>``, ``<eos>``, ``<unk>``): ``random``
-            (normal, with the per-dimension std of the found vectors, seeded by ``seed``) or ``mean``
-            (the mean found vector).
+        missing: rows of words without a vector (and of ``<go>``, ``<eos>``): ``random`` (normal,
+            with the per-dimension std of the found vectors, seeded by ``seed``) or ``mean`` (the
+            mean found vector). ``<unk>`` always starts at the mean vector: a vocabulary of every
+            training word never shows it in training, so it keeps its first value for the unseen
+            words of evaluation.
         words_path: the word list of an ``.npy`` matrix, one word per line; default: the ``.npy``
             path with suffix ``.txt``.
 
@@ -61,6 +63,8 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, dim: int | None = None,
     else:
         table = np.tile(vectors.mean(axis=0), (len(vocabulary), 1))
     table[list(found)] = vectors
+    if UNK_INDEX not in found:
+        table[UNK_INDEX] = vectors.mean(axis=0)
     table[PAD_INDEX] = 0.0
     return torch.from_numpy(table)
 

@@ -29,6 +29,8 @@ def test_text_format_fills_the_vocabularys_rows(glove_txt, vocabulary):
         assert table[vocabulary.index(word)].tolist() == pytest.approx(VECTORS[word])
     assert table[vocabulary.index("red")].tolist() == pytest.approx(VECTORS["red"])  # exact case wins
     assert table[vocabulary.index("circle")].abs().sum() > 0  # missing: random
+    found = [VECTORS[word] for word in ("the", "red", "dog")]
+    assert table[UNK_INDEX].tolist() == pytest.approx(np.mean(found, axis=0).tolist())  # never random
     torch.testing.assert_close(load_glove(glove_txt, vocabulary, seed=3), load_glove(glove_txt, vocabulary, seed=3))
 
 
