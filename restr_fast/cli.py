@@ -140,6 +140,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         title = f"{args.dataset} ({args.split_by}) {args.split}" + (f", every sentence = {args.sentence!r}"
                                                                    if args.sentence else "")
         print(format_table(result, title))
+        if dataset.wordless:
+            print(f"{dataset.wordless} sentences of the split have no words and were left out")
+        result["wordless_left_out"] = dataset.wordless
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
             print(f"wrote {args.json}")
@@ -244,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--workers", type=int, default=0)
-    evaluate.add_argument("--limit", type=int, help="evaluate the first N samples only")
+    evaluate.add_argument("--limit", type=int, help="evaluate a fixed random subset of N samples (the same every run)")
     evaluate.add_argument("--sentence", help="replace every sentence by this text (e.g. one neutral word)")
     evaluate.set_defaults(run=_evaluate)
 

@@ -23,14 +23,17 @@ class SegmentationMetrics:
     """Accumulates predictions against ground truth, one sample at a time.
 
     overall IoU = sum of intersections / sum of unions over all samples; mean IoU = mean of the
-    per-sample IoUs (a sample whose prediction and mask are both empty counts as IoU 1);
-    Prec@X = share of samples with IoU > X. Results are fractions in [0, 1].
+    per-sample IoUs; Prec@X = share of samples with IoU >= X. As in the standard evaluation scripts
+    (LAVT's, after RRN's), a sample without any union (empty prediction and empty mask) counts as IoU 0.
+    Benchmark masks are never empty: ``empty_targets`` in the result counts those that were, a sign
+    of broken annotations. Results are fractions in [0, 1].
     """
 
     def __init__(self, buckets: tuple[tuple[int, int], ...] = LENGTH_BUCKETS["refcoco"]) -> None:
         self.buckets = buckets
-        # per bucket (last row: all samples): intersection, union, sum of IoUs, samples, hits per threshold
-        self.totals = torch.zeros(len(buckets) + 1, 4 + len(THRESHOLDS), dtype=torch.float64)
+        # per bucket (last row: all samples): intersection, union, sum of IoUs, samples, empty targets,
+        # hits per threshold
+        self.totals = torch.zeros(len(buckets) + 1, 5 + len(THRESHOLDS), dtype=torch.float64)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor, words: int) -> float:
         """Add one sample: bool masks of the same shape, and the sentence length in words. Returns its IoU."""
@@ -39,8 +42,10 @@ class SegmentationMetrics:
         prediction, target = prediction.bool(), target.bool()
         intersection = float((prediction & target).sum())
         union = float((prediction | target).sum())
-        iou = intersection / union if union > 0 else 1.0
-        row = torch.tensor([intersection, union, iou, 1.0] + [float(iou > t) for t in THRESHOLDS], dtype=torch.float64)
+        iou = intersection / union if union > 0 else 0.0
+        empty_target = float(not target.any())
+        row = torch.tensor([intersection, union, iou, 1.0, empty_target] + [float(iou >= t) for t in THRESHOLDS],
+                           dtype=torch.float64)
         self.totals[-1] += row
         for i, (low, high) in enumerate(self.buckets):
             if low <= words <= high:
@@ -55,20 +60,22 @@ class SegmentationMetrics:
             self.totals = totals.cpu()
 
     def result(self) -> dict:
-        """{'overall_iou', 'mean_iou', 'precision': {'0.5': ..}, 'samples', 'by_length': {'1-2': {...}}}."""
+        """{'overall_iou', 'mean_iou', 'precision': {'0.5': ..}, 'samples', 'empty_targets',
+        'by_length': {'1-2': {...}}}."""
         by_length = {f"{low}-{high}" if low != high else f"{low}": _summary(self.totals[i])
                      for i, (low, high) in enumerate(self.buckets)}
         return {**_summary(self.totals[-1]), "by_length": by_length}
 
 
 def _summary(row: torch.Tensor) -> dict:
-    intersection, union, iou_sum, samples = row[:4].tolist()
-    hits = row[4:].tolist()
+    intersection, union, iou_sum, samples, empty_targets = row[:5].tolist()
+    hits = row[5:].tolist()
     return {
         "overall_iou": intersection / union if union > 0 else 0.0,
         "mean_iou": iou_sum / samples if samples else 0.0,
         "precision": {f"{t}": h / samples if samples else 0.0 for t, h in zip(THRESHOLDS, hits)},
         "samples": int(samples),
+        "empty_targets": int(empty_targets),
     }
 
 
@@ -87,4 +94,7 @@ def format_table(result: dict, title: str = "") -> str:
         precision = " | ".join(f"{100 * values['precision'][f'{t}']:.2f}" for t in THRESHOLDS)
         lines.append(f"| {name} | {values['samples']} | {100 * values['overall_iou']:.2f} | "
                      f"{100 * values['mean_iou']:.2f} | {precision} |")
+    if result.get("empty_targets"):
+        lines += ["", f"{result['empty_targets']} of the {result['samples']} ground-truth masks are empty (each "
+                      f"counted as IoU 0): check the dataset's annotations"]
     return "\n".join(lines)

@@ -40,11 +40,24 @@ def test_metrics_equal_a_hand_computation():
     assert "| all | 3 | 64.71 | 69.44 |" in table
 
 
-def test_empty_prediction_and_target_count_as_a_hit():
+def test_precision_counts_an_iou_equal_to_the_threshold():
+    metrics = SegmentationMetrics()
+    prediction = masks((2, 2), (0, 0), (0, 1))
+    assert metrics.update(prediction, masks((2, 2), (0, 0)), words=1) == 0.5
+    assert metrics.result()["precision"] == {"0.5": 1.0, "0.6": 0.0, "0.7": 0.0, "0.8": 0.0, "0.9": 0.0}
+
+
+def test_an_empty_union_counts_as_iou_zero_and_empty_targets_are_reported():
     metrics = SegmentationMetrics()
     empty = torch.zeros(2, 2, dtype=torch.bool)
-    assert metrics.update(empty, empty, 1) == 1.0
-    assert metrics.result()["overall_iou"] == 0.0  # no union at all
+    assert metrics.update(empty, empty, 1) == 0.0  # as the standard evaluation scripts count it
+    assert metrics.update(masks((2, 2), (0, 0)), empty, 1) == 0.0
+    metrics.update(masks((2, 2), (1, 1)), masks((2, 2), (1, 1)), 1)
+    result = metrics.result()
+    assert result["overall_iou"] == 0.5 and result["mean_iou"] == pytest.approx(1 / 3)
+    assert result["empty_targets"] == 2 and result["by_length"]["1-2"]["empty_targets"] == 2
+    assert "2 of the 3 ground-truth masks are empty" in format_table(result)
+    assert "empty" not in format_table(SegmentationMetrics().result())
 
 
 def test_buckets_per_dataset_and_shape_mismatch():

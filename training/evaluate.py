@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 
 import torch
 import torch.distributed as dist
@@ -24,10 +25,13 @@ def evaluate(model: torch.nn.Module, dataset: ReferDataset, device: torch.device
              amp: str = "off", workers: int = 0, limit: int | None = None, progress=None) -> dict:
     """Metrics of ``model`` on ``dataset`` (built with ``originals=True``); predictions are the pixel
     logits > 0 mapped back to each image's original size. Under torch.distributed every process
-    evaluates its share and the totals are summed. ``limit`` caps the number of samples."""
+    evaluates its share and the totals are summed. ``limit`` evaluates a fixed random subset of that
+    many samples, the same in every call (the split's first samples would be its first images)."""
     was_training = model.training
     model.eval()
-    indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    indices = list(range(len(dataset)))
+    if limit is not None and limit < len(dataset):
+        indices = sorted(random.Random(0).sample(indices, limit))
     if dist.is_initialized():
         indices = indices[dist.get_rank()::dist.get_world_size()]
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate)

@@ -221,7 +221,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
                 file.write(json.dumps(record) + "\n")
 
     def run_evaluation(limit: int | None) -> dict:
-        return evaluate(model, val_set, device, config.eval_batch_size, amp, workers=0, limit=limit)
+        return evaluate(model, val_set, device, config.eval_batch_size, amp, workers=config.workers, limit=limit)
 
     images_per_step = config.batch_size * config.accumulate * processes.world
     bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and main), unit="step",

@@ -1,6 +1,7 @@
 """Training runs on a small synthetic dataset: outputs, resume, DDP, divergence and bad input."""
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import signal
@@ -11,11 +12,13 @@ import types
 import pytest
 import torch
 
-from restr_fast import Predictor, get_config
+from restr_fast import Predictor, build_model, get_config
 from restr_fast.cli import main
 from restr_fast.data.synthetic import generate
-from restr_fast.training import (StepBatchSampler, TrainConfig, TrainingDiverged, load_checkpoint,
+from restr_fast.training import (StepBatchSampler, TrainConfig, TrainingDiverged, evaluate, load_checkpoint,
                                  model_from_checkpoint, train)
+from restr_fast.data import ReferDataset, sentences_of
+from restr_fast.text import Vocabulary
 from restr_fast.training.checkpoint import rng_state, set_rng_state
 
 MODEL = dict(image_size=32, vision_dim=32, vision_depth=1, vision_heads=2, word_dim=16, text_depth=1, text_heads=2,
@@ -184,12 +187,32 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data-root", str(data_root),
                  "--dataset", "synthetic", "--split", "testB", "--device", "cpu", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result) == {"overall_iou", "mean_iou", "precision", "samples", "by_length"}
+    assert set(result) == {"overall_iou", "mean_iou", "precision", "samples", "empty_targets", "by_length",
+                           "wordless_left_out"}
+    assert result["empty_targets"] == 0 and result["wordless_left_out"] == 0
     assert set(result["precision"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
     assert "| all |" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--data-root", str(data_root),
                  "--dataset", "synthetic"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_evaluation_limit_takes_a_fixed_random_subset(data_root, monkeypatch):
+    chosen = []
+
+    class RecordedSubset(torch.utils.data.Subset):
+        def __init__(self, dataset, indices):
+            chosen.append(list(indices))
+            super().__init__(dataset, indices)
+    monkeypatch.setattr(importlib.import_module("restr_fast.training.evaluate"), "Subset", RecordedSubset)
+    model = build_model(get_config("restr-tiny", **MODEL))
+    vocabulary = Vocabulary.from_sentences(sentences_of(data_root, "synthetic", "unc", "train"))
+    dataset = ReferDataset(data_root, "synthetic", "unc", "val", vocabulary, 32, originals=True)
+    results = [evaluate(model, dataset, torch.device("cpu"), batch_size=4, limit=5) for _ in range(2)]
+    assert results[0] == results[1] and results[0]["samples"] == 5
+    assert chosen[0] == chosen[1] and len(set(chosen[0])) == 5 and chosen[0] != list(range(5))
+    evaluate(model, dataset, torch.device("cpu"), batch_size=4, limit=len(dataset) + 1)
+    assert chosen[-1] == list(range(len(dataset)))
 
 
 def run_two_processes(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
