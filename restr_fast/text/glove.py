@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,7 +39,11 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, dim: int | None = None,
     if not path.is_file():
         raise FileNotFoundError(f"GloVe file not found: {path}; pass a local GloVe text file "
                                 f"(e.g. glove.840B.300d.txt) or an .npy matrix with its word list")
-    entries = _read_npy(path, words_path, dim) if path.suffix == ".npy" else _read_text(path, dim)
+
+    def wanted(word: str) -> bool:
+        return word in vocabulary or word.lower() in vocabulary
+
+    entries = _read_npy(path, words_path, dim) if path.suffix == ".npy" else _read_text(path, dim, wanted)
 
     exact: dict[int, np.ndarray] = {}
     folded: dict[int, np.ndarray] = {}
@@ -69,8 +73,9 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, dim: int | None = None,
     return torch.from_numpy(table)
 
 
-def _read_text(path: Path, dim: int | None) -> Iterator[tuple[str, np.ndarray]]:
-    """(word, vector) per line; words may contain spaces (the vector is the last ``dim`` fields)."""
+def _read_text(path: Path, dim: int | None, wanted: Callable[[str], bool]) -> Iterator[tuple[str, np.ndarray]]:
+    """(word, vector) per line of a ``wanted`` word (the others' numbers are never parsed: most of a
+    GloVe file); words may contain spaces (the vector is the last ``dim`` fields)."""
     with open(path, encoding="utf-8", errors="strict") as lines:
         try:
             for number, line in enumerate(lines, start=1):
@@ -84,11 +89,14 @@ def _read_text(path: Path, dim: int | None) -> Iterator[tuple[str, np.ndarray]]:
                 if len(fields) < dim + 1:
                     raise ValueError(f"{path}, line {number}: expected a word and {dim} numbers, "
                                      f"got {len(fields)} fields")
+                word = " ".join(fields[:-dim])
+                if not wanted(word):
+                    continue
                 try:
                     vector = np.asarray(fields[-dim:], dtype=np.float32)
                 except ValueError as error:
                     raise ValueError(f"{path}, line {number}: {error}") from error
-                yield " ".join(fields[:-dim]), vector
+                yield word, vector
         except UnicodeDecodeError as error:
             raise ValueError(f"{path} is not a UTF-8 GloVe text file: {error}") from error
 

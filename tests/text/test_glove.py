@@ -76,6 +76,8 @@ def test_bad_glove_files_are_named(tmp_path, vocabulary):
     (tmp_path / "nan.txt").write_text("the 1 2 3\nred 1 x 3\n")
     with pytest.raises(ValueError, match="nan.txt, line 2"):
         load_glove(tmp_path / "nan.txt", vocabulary)
+    (tmp_path / "unused.txt").write_text("the 1 2 3\nzebra 1 x 3\n")  # only the vocabulary's numbers are parsed
+    assert load_glove(tmp_path / "unused.txt", vocabulary)[vocabulary.index("the")].tolist() == [1, 2, 3]
     (tmp_path / "dim.txt").write_text("the 1 2 3\n")
     with pytest.raises(ValueError, match="expected a word and 300 numbers"):
         load_glove(tmp_path / "dim.txt", vocabulary, dim=300)
