@@ -177,6 +177,8 @@ class ReferDataset(Dataset):
     def __init__(self, data_root: str | Path, dataset: str, split_by: str, split: str, vocabulary: Vocabulary,
                  image_size: int, image_root: str | Path | None = None, max_words: int = MAX_WORDS,
                  originals: bool = False, sentences: str | None = None) -> None:
+        if sentences is not None and not tokenize(sentences):
+            raise ValueError(f"the replacement sentence {sentences!r} has no words: give at least one word")
         self.annotations = ReferAnnotations(data_root, dataset, split_by)
         samples = self.annotations.samples(split)
         self.samples = [s for s in samples if tokenize(s.sentence)]

@@ -106,6 +106,8 @@ def test_samples_are_ref_sentence_pairs(refer_root, vocabulary):
     assert item["tokens"].tolist()[:17] == [0] * 17 and item["words"] == 3
     test = dataset(refer_root, vocabulary, "testA")
     assert len(test) == 1 and test.wordless == 1  # the sentence "..." has no words and is left out
+    with pytest.raises(ValueError, match="replacement sentence '!' has no words"):
+        dataset(refer_root, vocabulary, "testA", sentences="!")
 
 
 def test_masks_polygon_multipolygon_rle_and_rle_list(refer_root, vocabulary):
