@@ -12,20 +12,24 @@ import torch
 
 from .compute import PARTS, count_macs, count_parameters
 from .config import PRESETS, get_config
+from .devices import parse_device, resolve_device
 from .models import build_model
 from .text import Vocabulary
 
 
 def _forward(args: argparse.Namespace) -> None:
     """Run one forward pass of a randomly initialised model on a random image and a sentence."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     overrides = {} if args.image_size is None else {"image_size": args.image_size}
     config = get_config(args.config, **overrides)
     vocabulary = Vocabulary.from_sentences([args.text])
-    model = build_model(config, vocab_size=max(len(vocabulary), config.vocab_size)).to(args.device).eval()
+    model = build_model(config, vocab_size=max(len(vocabulary), config.vocab_size)).to(device).eval()
     size = config.image_size
-    images = torch.rand(args.batch_size, config.in_chans, size, size, device=args.device) * 2 - 1
-    tokens = vocabulary.encode(args.text, config.max_words).expand(args.batch_size, -1).to(args.device)
+    images = torch.rand(args.batch_size, config.in_chans, size, size, device=device) * 2 - 1
+    tokens = vocabulary.encode(args.text, config.max_words).expand(args.batch_size, -1).to(device)
 
     with torch.no_grad():
         start = time.perf_counter()
@@ -46,7 +50,7 @@ def _forward(args: argparse.Namespace) -> None:
     print(f"{'total':<16}{count_parameters(model) / 1e6:>12.3f}{macs['total'] / 1e9:>14.3f}")
     print(f"sentence: {args.text!r} -> {vocabulary.decode(tokens[0].tolist())}")
     print(f"pixel_logits {tuple(output.pixel_logits.shape)}, patch_logits {tuple(output.patch_logits.shape)}; "
-          f"forward of batch {args.batch_size} on {args.device}: {seconds * 1e3:.1f} ms (a first call: "
+          f"forward of batch {args.batch_size} on {device}: {seconds * 1e3:.1f} ms (a first call: "
           f"one-time setup included; the benchmarks/ suite times warm calls)")
 
 
@@ -76,6 +80,11 @@ def _train(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     if args.resume:  # the run's own settings; flags given now override them
+        fixed = [flag for flag, given in (("--config", args.config is not None), ("--img-size", args.img_size is not None))
+                 if given]
+        if fixed:
+            raise ValueError(f"--resume continues the run as it was configured: {' and '.join(fixed)} cannot "
+                             f"change it; start a new run in another --out instead")
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: {out / 'config.yaml'} not found; is {out} a run folder?")
         try:
@@ -85,7 +94,7 @@ def _train(args: argparse.Namespace) -> None:
             raise ValueError(f"--resume: {out / 'config.yaml'} is not a run config written by restr-fast train: "
                              f"{error!r}") from error
     else:
-        preset, model_overrides, train_values = _resolve_config(args.config)
+        preset, model_overrides, train_values = _resolve_config(args.config or "restr-b16")
         if args.img_size is not None:
             model_overrides["image_size"] = args.img_size
         model_config = get_config(preset, **model_overrides)
@@ -102,6 +111,8 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError(str(error)) from error
     if metrics:
         print(f"{config.val_split} overall IoU {100 * metrics['overall_iou']:.2f}; run folder {out}")
+    elif metrics is None:
+        print(f"the run in {out} is complete ({config.steps} steps): nothing to resume")
     else:
         print(f"stopped before the end; continue with --resume; run folder {out}")
 
@@ -121,13 +132,18 @@ def _resolve_config(name: str):
 def _evaluate(args: argparse.Namespace) -> None:
     from .data import ReferDataset
     from .metrics import format_table
-    from .training import evaluate, load_checkpoint, model_from_checkpoint
+    from .predictor import load_model
+    from .training import evaluate
     from .training.distributed import setup, teardown
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.json:
+        _check_output(args.json, ".json", "--json")
     processes = setup(args.device)  # under torchrun: one shard of the split per process
     try:
         device = processes.device
-        model, vocabulary = model_from_checkpoint(load_checkpoint(args.checkpoint))
+        model, vocabulary = load_model(args.checkpoint)
         model.to(device)
         dataset = ReferDataset(args.data_root, args.dataset, args.split_by, args.split, vocabulary,
                                model.config.image_size, image_root=args.image_root,
@@ -155,6 +171,10 @@ def _predict(args: argparse.Namespace) -> None:
 
     from .predictor import Predictor, overlay, to_rgb_image
 
+    for number in range(1, len(args.text) + 1):  # where the results go, checked before any work
+        _check_output(_numbered(args.out, number, len(args.text)), ".png", "--out")
+        if args.overlay:
+            _check_output(_numbered(args.overlay, number, len(args.text)), IMAGE_SUFFIXES, "--overlay")
     image = to_rgb_image(args.image)  # read once; bad files fail before the model loads
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast)
     predictions = predictor.predict(image, list(args.text))
@@ -170,6 +190,19 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{text!r}: {100 * mask.mean():.1f} % of the {image.width}x{image.height} image -> {', '.join(written)}")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _check_output(path: str | Path, suffixes: str | tuple[str, ...], flag: str) -> None:
+    """A ValueError unless ``path`` is a file to write with one of ``suffixes`` in an existing folder."""
+    path = Path(path)
+    suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
+    if path.suffix.lower() not in suffixes or path.is_dir():
+        raise ValueError(f"{flag} {path}: expected a file name ending in {' or '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
+
+
 def _numbered(path: str, number: int, count: int) -> Path:
     """``path`` itself for a single sentence, else ``stem_<number>.suffix``."""
     path = Path(path)
@@ -178,12 +211,13 @@ def _numbered(path: str, number: int, count: int) -> Path:
 
 def _demo(args: argparse.Namespace) -> None:
     from .training.demo import run_demo
+    resolve_device(args.device)  # before anything is written
     run_demo(args.out, steps=args.steps, images=args.images, device=args.device, seed=args.seed)
 
 
 def _doctor(args: argparse.Namespace) -> None:
     from .diagnostics import doctor
-    print(doctor(args.device))
+    print(doctor(None if args.device is None else parse_device(args.device)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(run=_synth)
 
     train = commands.add_parser("train", help="train a model (the paper's recipe by default)")
-    train.add_argument("--config", default="restr-b16",
-                       help="a preset, a YAML file, or the name of one under training/configs/ (e.g. refcoco)")
+    train.add_argument("--config", help="a preset, a YAML file, or the name of one under training/configs/ "
+                                        "(e.g. refcoco); default: restr-b16")
     train.add_argument("--out", required=True, help="run folder (config, vocabulary, log, checkpoints)")
     train.add_argument("--data-root", dest="data_root")
     train.add_argument("--dataset")
@@ -236,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split")
-    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--checkpoint", required=True, help="a model folder, a run folder or a .pt checkpoint")
     evaluate.add_argument("--data-root", required=True)
     evaluate.add_argument("--dataset", required=True)
     evaluate.add_argument("--split-by", default="unc")

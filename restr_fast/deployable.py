@@ -54,9 +54,10 @@ def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabular
         tmp.mkdir()
         weights = {name: tensor.detach().to("cpu", copy=True).contiguous()
                    for name, tensor in model.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS, metadata={"format": FORMAT})
         header = {"format": FORMAT, "version": VERSION, "model": model.config.to_dict()}
         (tmp / CONFIG).write_text(json.dumps(header, indent=2) + "\n")
+        save_file(weights, tmp / WEIGHTS, metadata={"format": FORMAT})
+        os.chmod(tmp / WEIGHTS, (tmp / CONFIG).stat().st_mode & 0o777)  # safetensors writes 0600, not the umask's mode
         vocabulary.save(tmp / VOCABULARY)
         if directory.exists():
             directory.rename(old)

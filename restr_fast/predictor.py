@@ -19,12 +19,13 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .config import ReSTRConfig
 from .cuda_graphs import CUDAGraphed
 from .data.transforms import Letterbox, letterbox_image, load_image, to_rgb, unletterbox
 from .deployable import CONFIG, FILES, VOCABULARY, WEIGHTS, is_model_folder, load_model_folder, save_model_folder
+from .devices import resolve_device
 from .models import ReSTR, build_model
 from .text import Vocabulary
 
@@ -193,11 +194,12 @@ def _rebuilt(model: ReSTR, config: ReSTRConfig) -> ReSTR:
 
 def to_rgb_image(image: ImageLike) -> Image.Image:
     """An RGB PIL image from a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) tensor
-    (uint8, or float in [0, 1]), C = 1, 3 or 4."""
+    (uint8, or float in [0, 1]), C = 1, 3 or 4. Files and PIL images are turned upright by their
+    EXIF orientation, as image viewers show them."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return load_image(image, upright=True)
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
             raise ValueError(f"an image tensor must have shape (3, H, W), got {tuple(image.shape)}")
@@ -256,19 +258,6 @@ def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     return model.eval(), vocabulary
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto``: CUDA when a GPU is present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but this machine has no usable CUDA GPU: use auto or cpu")
-    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

@@ -18,6 +18,13 @@ def test_bad_arguments_give_one_line_errors(capsys):
     assert "error: text '...' has no words" in capsys.readouterr().err
     assert main(["forward", "--image-size", "100"]) == 2
     assert "not a multiple of patch_size" in capsys.readouterr().err
+    assert main(["forward", "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    for command in (["forward"], ["doctor"], ["demo", "--out", "never-written"]):
+        assert main(command + ["--device", "foo"]) == 2
+        error = capsys.readouterr().err
+        assert "error: unknown device 'foo': use auto, cpu, cuda or cuda:N" in error and error.count("\n") == 1
+    assert not Path("never-written").exists()
 
 
 def test_console_script_is_installed():

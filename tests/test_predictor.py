@@ -83,6 +83,12 @@ def test_every_image_type_gives_the_same_prediction(predictor, tmp_path):
     tensor = torch.from_numpy(image).permute(2, 0, 1)  # (3, H, W)
     for same in (str(path), path, Image.open(path), tensor, tensor.float() / 255):
         assert_same(predictor.predict(same, SENTENCES[1]), expected)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored pixels are shown turned 90 degrees clockwise
+    turned = tmp_path / "turned.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(image))).save(turned, exif=exif)  # stored counter-clockwise
+    for upright in (turned, Image.open(turned)):  # predicted on the photo as viewers show it
+        assert_same(predictor.predict(upright, SENTENCES[1]), expected)
 
 
 def test_a_list_of_pairs_equals_the_pairs_one_by_one(model, vocabulary):
@@ -146,6 +152,8 @@ def test_save_and_from_checkpoint_give_identical_predictions(predictor, model, v
     expected = predictor.predict(image, SENTENCES[0])
     folder = predictor.save(tmp_path / "model")
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "vocab.txt"}
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the weights readable like the other files (umask's mode)
     predictor.save(folder)  # an existing model folder is replaced
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
     loaded = Predictor.from_checkpoint(folder, device="cpu", fast=False)
@@ -201,6 +209,8 @@ def test_grayscale_rgba_16_bit_and_palette_images_are_converted(predictor, tmp_p
 def test_bad_images_are_clear_errors(predictor, tmp_path):
     with pytest.raises(FileNotFoundError, match="image not found: .*missing.png"):
         predictor.predict(tmp_path / "missing.png", "the red circle")
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        predictor.predict(tmp_path, "the red circle")
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         predictor.predict(tmp_path / "broken.png", "the red circle")
@@ -302,6 +312,10 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
         (["--image", str(tmp_path / "absent.jpg")], "image not found"),
         (["--text", "   "], "has no words"),
         (["--checkpoint", str(tmp_path / "nowhere")], "checkpoint not found"),
+        (["--out", str(tmp_path / "no-folder" / "m.png")], "does not exist; create it first"),
+        (["--out", str(tmp_path / "mask")], "expected a file name ending in .png"),
+        (["--out", str(tmp_path / "mask.png"), "--overlay", str(tmp_path / "overlay")], "--overlay"),
+        (["--device", "foo"], "unknown device 'foo'"),
     ):
         values = dict(zip(common[1::2], common[2::2]))
         values.update({"--text": SENTENCES[0], "--out": str(tmp_path / "x.png")}, **dict(zip(arguments[::2], arguments[1::2])))

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..devices import parse_device
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -29,7 +31,7 @@ def setup(device: str = "auto") -> Processes:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     elif device == "cuda":
         device = f"cuda:{local_rank}"
-    target = torch.device(device)
+    target = parse_device(device)
     if target.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")

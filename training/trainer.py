@@ -10,7 +10,10 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
+import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +27,7 @@ from tqdm import tqdm
 from ..config import ReSTRConfig
 from ..data import ReferDataset, collate, sentences_of
 from ..deployable import save_model_folder
+from ..devices import parse_device
 from ..losses import loss_terms
 from ..models import build_model
 from ..text import Vocabulary, load_glove
@@ -75,6 +79,19 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._check_types()
+        for name in ("lr", "weight_decay", "vision_lr_scale", "warmup_fraction", "power"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.lr <= 0 or self.power <= 0:
+            raise ValueError(f"lr and power must be > 0, got lr {self.lr} and power {self.power}")
+        if self.weight_decay < 0 or self.vision_lr_scale < 0:
+            raise ValueError(f"weight_decay and vision_lr_scale must be >= 0, got {self.weight_decay} and "
+                             f"{self.vision_lr_scale}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.eval_samples is not None and self.eval_samples < 1:
+            raise ValueError(f"eval_samples must be >= 1 (or unset for the whole split), got {self.eval_samples}")
         for name in ("steps", "batch_size", "accumulate", "log_every", "eval_every", "checkpoint_every",
                      "eval_batch_size") + (("stop_after",) if self.stop_after is not None else ()):
             if getattr(self, name) < 1:
@@ -83,6 +100,30 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        parse_device(self.device)
+
+    def _check_types(self) -> None:
+        """Every setting of its annotated type (YAML gives text for what it cannot read as a number,
+        e.g. ``1e-3``: numbers written so are read as numbers)."""
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            allowed = typing.get_args(hints[field.name]) or (hints[field.name],)
+            if value is None and type(None) in allowed:
+                continue
+            if str in allowed and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, field.name, value)
+            if float in allowed and not isinstance(value, bool):
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    pass
+                setattr(self, field.name, value)
+            if not any(isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+                       for kind in allowed if kind is not type(None)):
+                names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+                raise ValueError(f"{field.name} must be {names}, got {value!r}")
 
 
 def load_run_config(path: str | Path) -> tuple[str | ReSTRConfig, dict[str, Any], dict[str, Any]]:
@@ -134,9 +175,10 @@ class StepBatchSampler(Sampler[list[int]]):
         return self._order[offset]
 
 
-def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resume: bool = False) -> dict:
+def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resume: bool = False) -> dict | None:
     """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
-    evaluation's metrics. Raises ValueError/FileNotFoundError for bad input before any training
+    evaluation's metrics ({} when stopped early by ``stop_after``; None when resuming a run that had
+    already reached ``config.steps``: nothing is done). Raises ValueError/FileNotFoundError for bad input before any training
     step, and :class:`TrainingDiverged` when the loss stops being finite."""
     out = Path(out)
     latest = out / "checkpoints" / "latest.pt"
@@ -152,11 +194,13 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
 
 
 def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bool,
-           processes: distributed.Processes) -> dict:
+           processes: distributed.Processes) -> dict | None:
     device, main = processes.device, processes.is_main
     amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     torch.manual_seed(config.seed)
     state = load_checkpoint(out / "checkpoints" / "latest.pt") if resume else None
+    if state is not None and state["step"] >= config.steps:
+        return None  # complete
 
     # vocabulary, data (checked before anything is trained or written)
     if state is not None:
@@ -245,7 +289,9 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        with warnings.catch_warnings():  # fp16: the schedule advances on the steps GradScaler skips too
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            scheduler.step()
         step += 1
         window["steps"] += 1
         bar.update(1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MEAN = STD = 0.5  # the paper's normalisation, per channel
 
@@ -24,15 +24,19 @@ class Letterbox:
     resized_width: int
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image from a file; grayscale, RGBA, palette and 16-bit images are converted."""
+def load_image(path: str | Path, upright: bool = False) -> Image.Image:
+    """An RGB PIL image from a file; grayscale, RGBA, palette and 16-bit images are converted.
+    With ``upright``, turned by its EXIF orientation as image viewers show it (datasets' masks are
+    drawn on the stored pixels, so they leave it off)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return to_rgb(image)
+            return to_rgb(ImageOps.exif_transpose(image) if upright else image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
 

@@ -4,13 +4,16 @@ import functools
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from restr_fast import Predictor, build_model, get_config
 from restr_fast.cli import main
@@ -181,11 +184,22 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert "continue with --resume" in capsys.readouterr().out
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert "val overall IoU" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert f"the run in {run} is complete (4 steps): nothing to resume" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--img-size", "64"]) == 2
+    assert "--img-size cannot change it" in capsys.readouterr().err
     assert main(args) == 2  # the folder holds a run
     assert "already holds a run" in capsys.readouterr().err
+    evaluate = ["evaluate", "--data-root", str(data_root), "--dataset", "synthetic", "--split", "testB", "--device", "cpu"]
+    for wrong, message in ((["--json", str(tmp_path / "nowhere" / "m.json")], "does not exist; create it first"),
+                           (["--limit", "0"], "--limit must be >= 1"), (["--device", "foo"], "unknown device 'foo'")):
+        assert main(evaluate + ["--checkpoint", str(run)] + wrong) == 2
+        assert message in capsys.readouterr().err
     out = tmp_path / "metrics.json"
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data-root", str(data_root),
-                 "--dataset", "synthetic", "--split", "testB", "--device", "cpu", "--json", str(out)]) == 0
+    for checkpoint in (run, run / "model"):  # a run folder and a model folder, as predict takes them
+        assert main(evaluate + ["--checkpoint", str(checkpoint), "--limit", "3"]) == 0
+        assert "| all | 3 |" in capsys.readouterr().out
+    assert main(evaluate + ["--checkpoint", str(run / "checkpoints" / "best.pt"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"overall_iou", "mean_iou", "precision", "samples", "empty_targets", "by_length",
                            "wordless_left_out"}
@@ -304,6 +318,27 @@ def test_ddp_ranks_stop_together_when_one_rank_diverges(data_root, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for rank in (0, 1):
         assert f"rank {rank} stopped: the loss became nan by step 5" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("steps: ten", "steps must be int, got 'ten'"),
+    ("power: -1", "lr and power must be > 0"),
+    ("warmup_fraction: 2.0", "warmup_fraction must be in [0, 1)"),
+    ("lr: .nan", "lr must be a finite number"),
+    ("grad_checkpointing: 1", "grad_checkpointing must be bool"),
+    ("device: foo", "unknown device 'foo'"),
+])
+def test_run_config_settings_are_checked(setting, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**yaml.safe_load(setting))
+
+
+def test_run_config_reads_yaml_text_numbers_and_paths():
+    values = yaml.safe_load("lr: 1e-3\nweight_decay: 0")  # YAML 1.1: '1e-3' is a string, 0 an int
+    assert isinstance(values["lr"], str)
+    config = TrainConfig(**values)
+    assert config.lr == 1e-3 and isinstance(config.weight_decay, float)
+    assert TrainConfig(data_root=Path("data")).data_root == "data"  # paths as the Python API may give them
 
 
 def test_cli_names_a_broken_run_config(tmp_path, capsys):

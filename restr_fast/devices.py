@@ -1,0 +1,25 @@
+"""Device names as users write them: ``auto``, ``cpu``, ``cuda``, ``cuda:N``."""
+from __future__ import annotations
+
+import torch
+
+
+def parse_device(device: str | torch.device) -> torch.device | None:
+    """``device`` as a torch device (None for ``auto``); a ValueError naming the choices otherwise."""
+    if device == "auto":
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from error
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The device to run on: ``auto`` is CUDA when a GPU is present, else the CPU; a CUDA device
+    on a machine without a usable GPU is a ValueError."""
+    target = parse_device(device)
+    if target is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {target} asked for, but this machine has no usable CUDA GPU: use auto or cpu")
+    return target
