@@ -91,6 +91,9 @@ def format_table(result: dict, title: str = "") -> str:
     lines = ([f"**{title}**", ""] if title else []) + [header, "|---" * (4 + len(THRESHOLDS)) + "|"]
     rows = [("all", result)] + [(f"{k} words", v) for k, v in result.get("by_length", {}).items()]
     for name, values in rows:
+        if not values["samples"]:  # nothing measured: no figures
+            lines.append(f"| {name} | 0 |" + " – |" * (2 + len(THRESHOLDS)))
+            continue
         precision = " | ".join(f"{100 * values['precision'][f'{t}']:.2f}" for t in THRESHOLDS)
         lines.append(f"| {name} | {values['samples']} | {100 * values['overall_iou']:.2f} | "
                      f"{100 * values['mean_iou']:.2f} | {precision} |")

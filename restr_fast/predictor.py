@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple, Sequence, Union
 
@@ -27,7 +28,7 @@ from .data.transforms import Letterbox, letterbox_image, load_image, to_rgb, unl
 from .deployable import CONFIG, FILES, VOCABULARY, WEIGHTS, is_model_folder, load_model_folder, save_model_folder
 from .devices import resolve_device
 from .models import ReSTR, build_model
-from .text import Vocabulary
+from .text import PAD_INDEX, UNK_INDEX, Vocabulary
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -117,7 +118,8 @@ class Predictor:
                 converted to RGB), an (H, W, 3) uint8 array, or a (3, H, W) tensor (uint8, or float in
                 [0, 1]); or a list of them.
             text: a sentence, or a list of sentences. Sentences longer than ``max_words`` (20) words keep
-                their first words, with a warning; unknown words read as ``<unk>``.
+                their first words, with a warning; unknown words read as ``<unk>`` (a warning when
+                all of a sentence's words are unknown).
 
         Returns:
             One :class:`Prediction` for an image and a sentence. With lists, a list of predictions, one
@@ -136,6 +138,10 @@ class Predictor:
         images = images if images is not None else [image] * count
         texts = texts if texts is not None else [text] * count
         tokens = torch.stack([self.vocabulary.encode(t, self.config.max_words) for t in texts])  # (count, L)
+        unknown_only = ((tokens == UNK_INDEX) | (tokens == PAD_INDEX)).all(dim=1).tolist()  # (count,)
+        for text_ in dict.fromkeys(t for t, unknown in zip(texts, unknown_only) if unknown):
+            warnings.warn(f"no word of {text_!r} is in the model's vocabulary: it reads as <unk> only, so the "
+                          f"mask cannot follow the sentence", stacklevel=2)
         predictions = []
         for start in range(0, count, self.max_batch):
             stop = min(start + self.max_batch, count)

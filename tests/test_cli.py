@@ -25,6 +25,8 @@ def test_bad_arguments_give_one_line_errors(capsys):
         error = capsys.readouterr().err
         assert "error: unknown device 'foo': use auto, cpu, cuda or cuda:N" in error and error.count("\n") == 1
     assert not Path("never-written").exists()
+    assert main(["synth", "--out", "never-written", "--images", "9"]) == 2
+    assert "images must be >= 10" in capsys.readouterr().err and not Path("never-written").exists()
 
 
 def test_console_script_is_installed():

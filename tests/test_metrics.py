@@ -38,6 +38,7 @@ def test_metrics_equal_a_hand_computation():
     assert all(0.0 <= v <= 1.0 for v in (result["overall_iou"], result["mean_iou"], *result["precision"].values()))
     table = format_table(result, "val")
     assert "| all | 3 | 64.71 | 69.44 |" in table
+    assert "| 4-5 words | 0 | – | – | – | – | – | – | – |" in table  # an empty bucket shows no figures
 
 
 def test_precision_counts_an_iou_equal_to_the_threshold():

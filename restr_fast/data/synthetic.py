@@ -117,7 +117,10 @@ def _background(width: int, height: int, rng: random.Random) -> Image.Image:
 
 
 def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str = "synthetic") -> dict:
-    """Write ``images`` images with their refs; returns counts per split."""
+    """Write ``images`` images with their refs; returns counts per split. Every tenth image goes to
+    ``val``, so at least 10 are needed; the test splits share another tenth."""
+    if images < 10:
+        raise ValueError(f"images must be >= 10 (every tenth image goes to the val split), got {images}")
     rng = random.Random(seed)
     data_root = Path(data_root)
     image_dir = data_root / "images" / name
@@ -132,7 +135,7 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
         shapes: list[Shape] = []
         while len(shapes) < 2:
             shapes = _place(width, height, rng.choice((2, 2, 3, 3, 4)), rng)
-        split = {0: "val", 5: "test"}.get(image_id % 10, "train")  # 80 / 10 / 10 %, every split non-empty
+        split = {0: "val", 5: "test"}.get(image_id % 10, "train")  # 80 / 10 / 10 %
         if split == "test":
             split = "testA" if len(shapes) == 2 else "testB"
         file_name = f"{name}_{image_id:06d}.png"
