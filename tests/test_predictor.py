@@ -246,9 +246,10 @@ def test_text_errors_truncation_and_unknown_words(predictor, vocabulary):
     tokens = vocabulary.encode("the zebra café ünïcödé")
     assert tokens[-3:].tolist() == [UNK_INDEX] * 3
     assert_same(predictor.predict(image, "the zebra café ünïcödé"), predictor.predict(image, "the qwerty asdf zxcv"))
-    with pytest.warns(UserWarning, match="no word of 'qwerty asdf zxcv' is in the model's vocabulary") as warned:
+    with pytest.warns(UserWarning, match="is in the model's vocabulary") as warned:
         assert_same(predictor.predict(image, "qwerty asdf zxcv"), predictor.predict(image, "zebra café ünïcödé"))
-    assert len(warned) == 2
+    assert [str(w.message).split(" is in")[0] for w in warned] == ["no word of 'qwerty asdf zxcv'",
+                                                                     "no word of 'zebra café ünïcödé'"]
 
 
 def test_checkpoints_of_another_model_are_clear_errors(predictor, model, vocabulary, tmp_path):
