@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,7 @@ import torch
 
 from .compute import PARTS, count_macs, count_parameters
 from .config import PRESETS, get_config
-from .devices import parse_device, resolve_device
+from .devices import resolve_device
 from .models import build_model
 from .text import Vocabulary
 
@@ -72,6 +73,10 @@ TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
 }
 
 
+# what a resumed run keeps from its config.yaml: the model, its data and its sample order
+RESUME_FIXED = ("config", "img_size", "dataset", "split_by", "vocabulary", "glove", "vit_weights", "seed")
+
+
 def _train(args: argparse.Namespace) -> None:
     import yaml
 
@@ -79,11 +84,10 @@ def _train(args: argparse.Namespace) -> None:
     from .training import TrainConfig, TrainingDiverged, train
 
     out = Path(args.out)
-    if args.resume:  # the run's own settings; flags given now override them
-        fixed = [flag for flag, given in (("--config", args.config is not None), ("--img-size", args.img_size is not None))
-                 if given]
+    if args.resume:  # the run's own settings; flags given now override those a resumed run can change
+        fixed = [f"--{name.replace('_', '-')}" for name in RESUME_FIXED if getattr(args, name) is not None]
         if fixed:
-            raise ValueError(f"--resume continues the run as it was configured: {' and '.join(fixed)} cannot "
+            raise ValueError(f"--resume continues the run as it was configured: {', '.join(fixed)} cannot "
                              f"change it; start a new run in another --out instead")
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: {out / 'config.yaml'} not found; is {out} a run folder?")
@@ -104,7 +108,10 @@ def _train(args: argparse.Namespace) -> None:
             train_values[field] = value
     if not train_values.get("data_root"):
         raise ValueError("--data-root is required (the folder with <dataset>/refs(<split_by>).p)")
-    config = TrainConfig(**train_values)
+    try:
+        config = TrainConfig(**train_values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{out / 'config.yaml'}: {error}" if args.resume else str(error)) from error
     try:
         metrics = train(model_config, config, out, resume=args.resume)
     except TrainingDiverged as error:
@@ -139,7 +146,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.json:
-        _check_output(args.json, ".json", "--json")
+        _check_output(args.json, "--json")
     processes = setup(args.device)  # under torchrun: one shard of the split per process
     try:
         device = processes.device
@@ -172,9 +179,9 @@ def _predict(args: argparse.Namespace) -> None:
     from .predictor import Predictor, overlay, to_rgb_image
 
     for number in range(1, len(args.text) + 1):  # where the results go, checked before any work
-        _check_output(_numbered(args.out, number, len(args.text)), ".png", "--out")
+        _check_output(_numbered(args.out, number, len(args.text)), "--out", IMAGE_SUFFIXES)
         if args.overlay:
-            _check_output(_numbered(args.overlay, number, len(args.text)), IMAGE_SUFFIXES, "--overlay")
+            _check_output(_numbered(args.overlay, number, len(args.text)), "--overlay", IMAGE_SUFFIXES)
     image = to_rgb_image(args.image)  # read once; bad files fail before the model loads
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast)
     predictions = predictor.predict(image, list(args.text))
@@ -193,12 +200,13 @@ def _predict(args: argparse.Namespace) -> None:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _check_output(path: str | Path, suffixes: str | tuple[str, ...], flag: str) -> None:
-    """A ValueError unless ``path`` is a file to write with one of ``suffixes`` in an existing folder."""
+def _check_output(path: str | Path, flag: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """A ValueError unless ``path`` is a file to write (with one of ``suffixes``) in an existing folder."""
     path = Path(path)
-    suffixes = (suffixes,) if isinstance(suffixes, str) else suffixes
-    if path.suffix.lower() not in suffixes or path.is_dir():
-        raise ValueError(f"{flag} {path}: expected a file name ending in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: give a file name")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: expected a file name ending in {', '.join(suffixes)}")
     if not path.parent.is_dir():
         raise ValueError(f"{flag} {path}: the folder {path.parent} does not exist; create it first")
 
@@ -217,7 +225,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _doctor(args: argparse.Namespace) -> None:
     from .diagnostics import doctor
-    print(doctor(None if args.device is None else parse_device(args.device)))
+    print(doctor(args.device))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,11 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"restr-fast {args.command}: error: {error}", file=sys.stderr)
-        return 2
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # one line, as errors
+        print(f"restr-fast {args.command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            args.run(args)
+        except (ValueError, TypeError, FileNotFoundError) as error:
+            print(f"restr-fast {args.command}: error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

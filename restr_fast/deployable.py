@@ -41,9 +41,9 @@ def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabular
     error (never deleted). Returns the folder.
     """
     directory = Path(directory)
-    if len(vocabulary) > model.config.vocab_size:
-        raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model only "
-                         f"{model.config.vocab_size} embedding rows")
+    if len(vocabulary) != model.config.vocab_size:
+        raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model {model.config.vocab_size} "
+                         f"embedding rows: build the model with vocab_size=len(vocabulary)")
     if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_model_folder(directory))):
         raise ValueError(f"{directory} exists and is not a restr_fast model folder: choose another path "
                          f"(it is never overwritten)")

@@ -7,6 +7,7 @@ import platform
 import torch
 
 from .attention import backend_status
+from .devices import resolve_device
 from .version import __version__
 
 PACKAGES = ("triton", "xformers", "timm")
@@ -20,9 +21,7 @@ def doctor(device: torch.device | str | None = None) -> str:
 
     Importing xformers is left to the CUDA probe: on a CPU-only machine it is never imported.
     """
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"cannot probe {device}: torch sees no CUDA GPU on this machine")
+    device = resolve_device("auto" if device is None else device)
     lines = [f"restr-fast {__version__}", f"python {platform.python_version()}",
              f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})"]
     lines += [f"{name} {_version(name)}" for name in PACKAGES]

@@ -20,7 +20,7 @@ from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .config import ReSTRConfig
 from .cuda_graphs import CUDAGraphed
@@ -114,7 +114,8 @@ class Predictor:
         """Masks of the regions ``text`` refers to in ``image``.
 
         Args:
-            image: a path, a PIL image (any mode: grayscale, RGBA, 16-bit and palette images are
+            image: a path (turned upright by its EXIF orientation, as viewers show the photo), a
+                PIL image (as it is; any mode: grayscale, RGBA, 16-bit and palette images are
                 converted to RGB), an (H, W, 3) uint8 array, or a (3, H, W) tensor (uint8, or float in
                 [0, 1]); or a list of them.
             text: a sentence, or a list of sentences. Sentences longer than ``max_words`` (20) words keep
@@ -200,12 +201,12 @@ def _rebuilt(model: ReSTR, config: ReSTRConfig) -> ReSTR:
 
 def to_rgb_image(image: ImageLike) -> Image.Image:
     """An RGB PIL image from a path, a PIL image, an (H, W[, C]) uint8 array or a (C, H, W) tensor
-    (uint8, or float in [0, 1]), C = 1, 3 or 4. Files and PIL images are turned upright by their
-    EXIF orientation, as image viewers show them."""
+    (uint8, or float in [0, 1]), C = 1, 3 or 4. Files are turned upright by their EXIF orientation,
+    as image viewers show them; a PIL image is taken as it is."""
     if isinstance(image, (str, os.PathLike)):
         return load_image(image, upright=True)
     if isinstance(image, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(image))
+        return to_rgb(image)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
             raise ValueError(f"an image tensor must have shape (3, H, W), got {tuple(image.shape)}")

@@ -18,6 +18,9 @@ def test_bad_arguments_give_one_line_errors(capsys):
     assert "error: text '...' has no words" in capsys.readouterr().err
     assert main(["forward", "--image-size", "100"]) == 2
     assert "not a multiple of patch_size" in capsys.readouterr().err
+    assert main(["forward", "--text", " ".join(["word"] * 25)]) == 0  # warnings print as one line too
+    error = capsys.readouterr().err
+    assert error.startswith("restr-fast forward: warning: sentence of 25 words truncated") and error.count("\n") == 1
     assert main(["forward", "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
     for command in (["forward"], ["doctor"], ["demo", "--out", "never-written"]):

@@ -87,8 +87,9 @@ def test_every_image_type_gives_the_same_prediction(predictor, tmp_path):
     exif[0x0112] = 6  # Orientation: the stored pixels are shown turned 90 degrees clockwise
     turned = tmp_path / "turned.png"
     Image.fromarray(np.ascontiguousarray(np.rot90(image))).save(turned, exif=exif)  # stored counter-clockwise
-    for upright in (turned, Image.open(turned)):  # predicted on the photo as viewers show it
-        assert_same(predictor.predict(upright, SENTENCES[1]), expected)
+    assert_same(predictor.predict(turned, SENTENCES[1]), expected)  # a file: on the photo as viewers show it
+    stored = predictor.predict(Image.open(turned), SENTENCES[1])  # a PIL image: as it is
+    assert tuple(stored.mask.shape) == (70, 40)
 
 
 def test_a_list_of_pairs_equals_the_pairs_one_by_one(model, vocabulary):
@@ -179,6 +180,10 @@ def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path)
     with pytest.raises(ValueError, match="notes exists and is not a restr_fast model folder"):
         predictor.save(tmp_path / "notes")
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    wider = Predictor(build_model("restr-tiny", vocab_size=len(predictor.vocabulary) + 5), predictor.vocabulary)
+    with pytest.raises(ValueError, match="but the model .* embedding rows: build the model with vocab_size"):
+        wider.save(tmp_path / "wider")  # a folder that could not be loaded
+    assert not (tmp_path / "wider").exists()
 
 
 def to_mode(image, mode):
@@ -317,7 +322,8 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
         (["--text", "   "], "has no words"),
         (["--checkpoint", str(tmp_path / "nowhere")], "checkpoint not found"),
         (["--out", str(tmp_path / "no-folder" / "m.png")], "does not exist; create it first"),
-        (["--out", str(tmp_path / "mask")], "expected a file name ending in .png"),
+        (["--out", str(tmp_path / "mask")], "expected a file name ending in .png, .jpg"),
+        (["--out", str(tmp_path)], "is a folder: give a file name"),
         (["--out", str(tmp_path / "mask.png"), "--overlay", str(tmp_path / "overlay")], "--overlay"),
         (["--device", "foo"], "unknown device 'foo'"),
     ):

@@ -31,13 +31,14 @@ def run_demo(out: str | Path, steps: int | None = None, images: int = 3000, devi
         raise ValueError(f"{out / 'run'} already exists: choose another --out (nothing is overwritten)")
     torch.set_flush_denormal(True)
     data_root = out / "data"
+    preset, model_overrides, recipe = load_run_config(RECIPE)
+    recipe.update(data_root=str(data_root), device=device, seed=seed, **({"steps": steps} if steps is not None else {}))
+    config = TrainConfig(**recipe)  # settings checked before anything is written
     print(f"1/4 writing {images} synthetic images to {data_root}")
     generate(data_root, images=images, seed=seed, name=DATASET)
 
-    preset, model_overrides, recipe = load_run_config(RECIPE)
     print(f"2/4 training {preset} (recipe: {RECIPE.name})")
-    recipe.update(data_root=str(data_root), device=device, seed=seed, **({"steps": steps} if steps else {}))
-    train(get_config(preset, **model_overrides), TrainConfig(**recipe), out / "run")
+    train(get_config(preset, **model_overrides), config, out / "run")
 
     print("3/4 evaluating the best checkpoint on the validation split, with the sentences and without")
     device_ = distributed.setup(device).device

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..devices import parse_device
+from ..devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,8 @@ def setup(device: str = "auto") -> Processes:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     elif device == "cuda":
         device = f"cuda:{local_rank}"
-    target = parse_device(device)
+    target = resolve_device(device)
     if target.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
         torch.cuda.set_device(target)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")

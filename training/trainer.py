@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
 import typing
@@ -83,13 +84,13 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "vision_lr_scale", "warmup_fraction", "power"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.lr <= 0 or self.power <= 0:
-            raise ValueError(f"lr and power must be > 0, got lr {self.lr} and power {self.power}")
+        if self.lr <= 0 or self.power < 0:
+            raise ValueError(f"lr must be > 0 and power >= 0, got lr {self.lr} and power {self.power}")
         if self.weight_decay < 0 or self.vision_lr_scale < 0:
             raise ValueError(f"weight_decay and vision_lr_scale must be >= 0, got {self.weight_decay} and "
                              f"{self.vision_lr_scale}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
         if self.eval_samples is not None and self.eval_samples < 1:
             raise ValueError(f"eval_samples must be >= 1 (or unset for the whole split), got {self.eval_samples}")
         for name in ("steps", "batch_size", "accumulate", "log_every", "eval_every", "checkpoint_every",
@@ -103,27 +104,33 @@ class TrainConfig:
         parse_device(self.device)
 
     def _check_types(self) -> None:
-        """Every setting of its annotated type (YAML gives text for what it cannot read as a number,
-        e.g. ``1e-3``: numbers written so are read as numbers)."""
+        """Every setting of its annotated type, in that type: numbers YAML reads as text (``1e-3``)
+        and numpy numbers are numbers, paths and torch devices are text."""
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             allowed = typing.get_args(hints[field.name]) or (hints[field.name],)
             if value is None and type(None) in allowed:
                 continue
-            if str in allowed and isinstance(value, os.PathLike):
-                value = os.fspath(value)
-                setattr(self, field.name, value)
-            if float in allowed and not isinstance(value, bool):
-                try:
-                    value = float(value)
-                except (TypeError, ValueError):
-                    pass
-                setattr(self, field.name, value)
-            if not any(isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-                       for kind in allowed if kind is not type(None)):
-                names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
-                raise ValueError(f"{field.name} must be {names}, got {value!r}")
+            setattr(self, field.name, _as_setting(field.name, value, [k for k in allowed if k is not type(None)]))
+
+
+def _as_setting(name: str, value: Any, kinds: list[type]) -> Any:
+    """``value`` as the first of ``kinds`` (int, float, bool or str) it can stand for; else a ValueError."""
+    for kind in kinds:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if kind is float and not isinstance(value, bool) and isinstance(value, (numbers.Real, str)):
+            try:
+                return float(value)
+            except (ValueError, OverflowError):
+                pass
+        if kind is str and isinstance(value, (str, os.PathLike, torch.device)):
+            return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    hint = " (YAML reads off, on, yes and no as true or false: quote them)" if isinstance(value, bool) else ""
+    raise ValueError(f"{name} must be {' or '.join(kind.__name__ for kind in kinds)}, got {value!r}{hint}")
 
 
 def load_run_config(path: str | Path) -> tuple[str | ReSTRConfig, dict[str, Any], dict[str, Any]]:

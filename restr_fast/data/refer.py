@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,9 @@ class ReferAnnotations:
         height, width = image["height"], image["width"]
         segmentation = ann.get("segmentation")
         try:
-            if isinstance(segmentation, list) and segmentation and all(isinstance(s, dict) for s in segmentation):
+            if isinstance(segmentation, list) and any(isinstance(s, dict) for s in segmentation):
+                if not all(isinstance(s, dict) for s in segmentation):
+                    raise TypeError("a list that mixes RLEs and polygons")
                 rle = coco_mask.merge([_rle(s, height, width) for s in segmentation])  # [RLE, ...]
             elif isinstance(segmentation, list):  # polygons [[x0, y0, x1, y1, ...], ...]
                 polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
@@ -179,6 +182,9 @@ class ReferDataset(Dataset):
                  originals: bool = False, sentences: str | None = None) -> None:
         if sentences is not None and not tokenize(sentences):
             raise ValueError(f"the replacement sentence {sentences!r} has no words: give at least one word")
+        if sentences is not None and all(word not in vocabulary for word in tokenize(sentences)):
+            warnings.warn(f"no word of the replacement sentence {sentences!r} is in the vocabulary: every "
+                          f"sample reads as <unk> only", stacklevel=2)
         self.annotations = ReferAnnotations(data_root, dataset, split_by)
         samples = self.annotations.samples(split)
         self.samples = [s for s in samples if tokenize(s.sentence)]

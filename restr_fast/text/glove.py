@@ -24,9 +24,9 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, dim: int | None = None,
         dim: expected vector size; inferred from the file when None.
         missing: rows of words without a vector (and of ``<go>``, ``<eos>``): ``random`` (normal,
             with the per-dimension std of the found vectors, seeded by ``seed``) or ``mean`` (the
-            mean found vector). ``<unk>`` always starts at the mean vector: a vocabulary of every
-            training word never shows it in training, so it keeps its first value for the unseen
-            words of evaluation.
+            mean found vector). ``<unk>`` starts at the mean vector unless the file has one: a
+            vocabulary of every training word never shows it in training, so it keeps its first
+            value for the unseen words of evaluation.
         words_path: the word list of an ``.npy`` matrix, one word per line; default: the ``.npy``
             path with suffix ``.txt``.
 

@@ -31,7 +31,8 @@ def rle_of(mask, compressed=True):
 
 @pytest.fixture(scope="module")
 def refer_root(tmp_path_factory):
-    """refclef-like dataset 'tiny': four images (different sizes, one grayscale), polygon,
+    """refclef-like dataset 'tiny': four images (different sizes, one grayscale, one with an EXIF
+    orientation), polygon,
     multi-polygon, compressed and uncompressed RLE masks, a list of RLEs (as ReferIt stores
     them), splits train/val/testA."""
     root = tmp_path_factory.mktemp("refer")
@@ -44,7 +45,10 @@ def refer_root(tmp_path_factory):
     for image_id, (h, w) in sizes.items():
         pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         image = Image.fromarray(pixels).convert("L") if image_id == 3 else Image.fromarray(pixels)
-        image.save(image_dir / f"{image_id}.png")
+        exif = Image.Exif()
+        if image_id == 1:  # an EXIF orientation, which datasets ignore: masks are drawn on the stored pixels
+            exif[0x0112] = 6
+        image.save(image_dir / f"{image_id}.png", exif=exif)
         images.append({"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w})
     # 1: a polygon rectangle; 2: two rectangles (multi-polygon); 3: compressed RLE; 4: uncompressed RLE
     annotations.append({"id": 11, "image_id": 1, "category_id": 1, "segmentation": [[10, 5, 40, 5, 40, 25, 10, 25]]})
@@ -100,14 +104,17 @@ def dataset(refer_root, vocabulary, split, **kwargs):
 def test_samples_are_ref_sentence_pairs(refer_root, vocabulary):
     train = dataset(refer_root, vocabulary, "train")
     assert [s.sentence for s in train.samples] == ["left box", "the wide one", "two parts"]
-    item = train[1]
+    item = train[1]  # image 1, stored 40 x 60 with an EXIF orientation that would show it 60 x 40
     assert item["image"].shape == (3, SIZE, SIZE) and item["mask"].shape == (1, SIZE, SIZE)
+    assert dataset(refer_root, vocabulary, "train", originals=True)[1]["original_mask"].shape == (40, 60)
     assert item["tokens"].tolist()[-3:] == [vocabulary.index(w) for w in ("the", "wide", "one")]
     assert item["tokens"].tolist()[:17] == [0] * 17 and item["words"] == 3
     test = dataset(refer_root, vocabulary, "testA")
     assert len(test) == 1 and test.wordless == 1  # the sentence "..." has no words and is left out
     with pytest.raises(ValueError, match="replacement sentence '!' has no words"):
         dataset(refer_root, vocabulary, "testA", sentences="!")
+    with pytest.warns(UserWarning, match="no word of the replacement sentence 'zebra' is in the vocabulary"):
+        dataset(refer_root, vocabulary, "testA", sentences="zebra")
 
 
 def test_masks_polygon_multipolygon_rle_and_rle_list(refer_root, vocabulary):

@@ -11,6 +11,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -186,8 +187,8 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert "val overall IoU" in capsys.readouterr().out
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert f"the run in {run} is complete (4 steps): nothing to resume" in capsys.readouterr().out
-    assert main(["train", "--out", str(run), "--resume", "--img-size", "64"]) == 2
-    assert "--img-size cannot change it" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--img-size", "64", "--seed", "3"]) == 2
+    assert "--img-size, --seed cannot change it" in capsys.readouterr().err
     assert main(args) == 2  # the folder holds a run
     assert "already holds a run" in capsys.readouterr().err
     evaluate = ["evaluate", "--data-root", str(data_root), "--dataset", "synthetic", "--split", "testB", "--device", "cpu"]
@@ -322,8 +323,11 @@ def test_ddp_ranks_stop_together_when_one_rank_diverges(data_root, tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ("steps: ten", "steps must be int, got 'ten'"),
-    ("power: -1", "lr and power must be > 0"),
-    ("warmup_fraction: 2.0", "warmup_fraction must be in [0, 1)"),
+    ("power: -1", "lr must be > 0 and power >= 0"),
+    ("lr: 0", "lr must be > 0 and power >= 0"),
+    ("warmup_fraction: 1.5", "warmup_fraction must be in [0, 1]"),
+    ("amp: off", "amp must be str, got False (YAML reads off, on, yes and no as true or false: quote them)"),
+    ("lr: 1e999999", "lr must be a finite number"),
     ("lr: .nan", "lr must be a finite number"),
     ("grad_checkpointing: 1", "grad_checkpointing must be bool"),
     ("device: foo", "unknown device 'foo'"),
@@ -339,6 +343,8 @@ def test_run_config_reads_yaml_text_numbers_and_paths():
     config = TrainConfig(**values)
     assert config.lr == 1e-3 and isinstance(config.weight_decay, float)
     assert TrainConfig(data_root=Path("data")).data_root == "data"  # paths as the Python API may give them
+    edges = TrainConfig(power=0, warmup_fraction=1.0, weight_decay=0, steps=np.int64(5), device=torch.device("cpu"))
+    assert edges.steps == 5 and type(edges.steps) is int and edges.device == "cpu"  # numpy ints, torch devices
 
 
 def test_cli_names_a_broken_run_config(tmp_path, capsys):
