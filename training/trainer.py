@@ -185,8 +185,8 @@ class StepBatchSampler(Sampler[list[int]]):
 def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resume: bool = False) -> dict | None:
     """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
     evaluation's metrics ({} when stopped early by ``stop_after``; None when resuming a run that had
-    already reached ``config.steps``: nothing is done). Raises ValueError/FileNotFoundError for bad input before any training
-    step, and :class:`TrainingDiverged` when the loss stops being finite."""
+    already reached ``config.steps``: nothing is done). Raises ValueError/FileNotFoundError for bad
+    input before any training step, and :class:`TrainingDiverged` when the loss stops being finite."""
     out = Path(out)
     latest = out / "checkpoints" / "latest.pt"
     if resume and not latest.is_file():
