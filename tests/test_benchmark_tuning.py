@@ -32,6 +32,9 @@ def test_each_variant_is_timed_alone_and_a_failing_one_is_named(capsys):
     assert results[1] == ("tile 32", {"small": 2.0, "large": 4.0})
     assert results[2][0] == "tile 0: ValueError: too many registers" and results[2][1]["small"] == float("inf")
     assert module.tile == 16
+    progress = capsys.readouterr().out.splitlines()
+    assert progress[0] == "defaults: {'small': 1.0, 'large': 2.0}" and len(progress) == 4
+    assert progress[2].startswith("tile 0: ValueError: too many registers: ")
 
     print_fastest_first("title", results)
     lines = capsys.readouterr().out.splitlines()
