@@ -24,7 +24,7 @@ from .tuning import Variant, print_fastest_first, time_variants
 seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
 
-FORWARD_ELEMENTS = [4096, 16384]  # per block (default 8192)
+FORWARD_ELEMENTS = [2048, 8192]  # per block (default 4096)
 BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
 PROGRAMS_PER_SM = [2, 8, 16]  # of the backward (default 4)
 CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
@@ -44,8 +44,8 @@ def variants() -> list[Variant]:
     found += [(f"backward blocks of {elements} elements",
                [(seed_mask_kernels, "_backward_blocks", lambda d, e=elements: _blocks(d, None, elements=e))])
               for elements in BACKWARD_ELEMENTS]
-    found += [("forward with 4 warps", [(seed_mask_kernels, "_forward_blocks", _with_warps(forward, 4))]),
-              ("backward with 4 warps", [(seed_mask_kernels, "_backward_blocks", _with_warps(backward, 4))])]
+    found += [("forward with 8 warps", [(seed_mask_kernels, "_forward_blocks", _with_warps(forward, 8))]),
+              ("backward with 8 warps", [(seed_mask_kernels, "_backward_blocks", _with_warps(backward, 8))])]
     found += [(f"backward with {k} programs per SM",
                [(seed_mask_kernels, "_rows_per_program",
                  functools.partial(seed_mask_kernels._rows_per_program, programs_per_sm=k))])

@@ -156,20 +156,24 @@ def _seed_mask_bwd_sum_kernel(
 
 def _blocks(d: int, widest: int | None, elements: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_D, num_warps): a whole row per block, about ``elements`` in the widest tile
-    (``widest``: the prefix's width when it is copied too), eight warps for rows of 1K and more."""
+    (``widest``: the prefix's width when it is copied too), four warps for rows up to 1K and eight
+    above: on an H200 at D = 768 (B = 8, bf16), four warps instead of eight took the backward from
+    48.7 to 26.5 us at N = 900 and from 149 to 79 us at N = 3600, and the forward 7 % less."""
     block_d = next_power_of_2(d)
     block_widest = max(block_d, next_power_of_2(widest or 1))
-    return max(1, min(64, elements // block_widest)), block_d, 8 if block_widest >= 1024 else 4
+    return max(1, min(64, elements // block_widest)), block_d, 8 if block_widest > 1024 else 4
 
 
 def _forward_blocks(d: int, dp: int) -> tuple[int, int, int]:
-    """The forward kernel's blocks: 8K elements in the widest tile (patches or prefix)."""
-    return _blocks(d, dp, elements=8192)
+    """The forward kernel's blocks: 4K elements in the widest tile (patches or prefix); with 8K at
+    four warps ptxas spilled."""
+    return _blocks(d, dp, elements=4096)
 
 
 def _backward_blocks(d: int) -> tuple[int, int, int]:
     """The backward kernel's blocks: it holds three tiles (patches, their gradient and grad masked)
-    and takes 4K elements: with 8K it needed 168 registers a thread, one 8-warp program per SM."""
+    and takes 4K elements: with 8K at eight warps it needed 168 registers a thread, one program per
+    SM."""
     return _blocks(d, None, elements=4096)
 
 
