@@ -1,15 +1,11 @@
 """The coarse-to-fine decoder alone, forward + backward, bf16 autocast, batch 8: eager PyTorch (the
 published order), eager PyTorch with each Linear moved before its upsampling (``eager-commuted``),
-``torch.compile`` of the eager decoder, the fused Triton decoder (``fast``), and the same with its
-block products computed by :mod:`restr_fast.kernels.upsample_matmul` instead of cuBLAS
-(``fast-fused-products``, an alternative not yet switched on).
+``torch.compile`` of the eager decoder, and the fused Triton decoder (``fast``).
 
 Cost on an H200 (DESIGN.md section 2): eager about 22 ms per call at 480/16, so each case takes
 a few seconds; each compile warm-up about 20-40 s, so the compile rows of 480/8 and 640/16 are
 ``costly``: they run after every other benchmark, where a short time budget skips them first.
 """
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,11 +15,9 @@ from restr_fast.models.decoder import Decoder, upsample2x
 
 from .conftest import requires_gpu, skip_unless_time
 
-decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
-
 B = 8
 SIZES = {"480/16": (480, 16), "480/8": (480, 8), "640/16": (640, 16)}
-IMPLS = ("eager", "eager-commuted", "compile", "fast", "fast-fused-products")  # the baseline first in each case
+IMPLS = ("eager", "eager-commuted", "compile", "fast")  # the baseline first in each case
 
 
 def commuted(decoder: Decoder):
@@ -56,10 +50,8 @@ CASES = [pytest.param(case, impl, id=f"{impl}-{case}",
 @pytest.mark.kernels
 @pytest.mark.benchmark(group="decoder")
 @pytest.mark.parametrize("case, impl", CASES)
-def test_decoder(benchmark, measure, monkeypatch, case, impl):
+def test_decoder(benchmark, measure, case, impl):
     skip_unless_time(60 if impl == "compile" else 10)
-    if impl == "fast-fused-products":  # forward and backward
-        monkeypatch.setattr(decoder_kernels, "FUSED_PRODUCTS", True)
     config, decoder, forward = decoder_for(impl, case)
     grid = config.image_size // config.patch_size
     x = torch.randn(B, grid, grid, 2 * config.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -4,15 +4,13 @@
 The launchers in :mod:`restr_fast.kernels.decoder` choose tiles from static analysis (ptxas's
 registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilation.py``). This
 replaces one choice at a time (the backward's tile and warps, its strip height, the forward's
-tile and warps; the products of :mod:`restr_fast.kernels.upsample_matmul` instead of cuBLAS,
-with their tiles), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in
+tile and warps), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in
 the ``decoder`` benchmark group) with each, and prints them fastest first, the defaults marked,
 so that a GPU session can confirm or replace them. Needs a CUDA GPU.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import statistics
 from typing import Callable
@@ -23,14 +21,12 @@ from .profile_step import workload
 from .tuning import Variant, print_fastest_first, time_variants
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
-upsample_matmul = importlib.import_module("restr_fast.kernels.upsample_matmul")
 
 # one dimension at a time, around the defaults
 BACKWARD_TILES = [(16, 64, 4), (32, 32, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (8, 64, 4)]
 STRIP_ROWS = [8, 16, 24, 48]
 FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]
-PRODUCT_OUT_CHANNELS = [64, 256]  # BLOCK_N of the fused products (default: up to 128)
-WEIGHT_GRAD_PIXELS = [4, 64]  # pixels a weight-gradient program sums, per output channel (default: 16)
+
 
 def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
@@ -40,15 +36,6 @@ def variants() -> list[Variant]:
               for rows in STRIP_ROWS]
     found += [(f"forward {p}x{c}, {w} warps", [(decoder_kernels, "_row_blocks", lambda channels, t=(p, c, w): t)])
               for p, c, w in FORWARD_TILES]
-    fused = (decoder_kernels, "FUSED_PRODUCTS", True)
-    found.append(("fused products (upsample_matmul kernels instead of cuBLAS)", [fused]))
-    found += [(f"fused products, {n} output channels a tile",
-               [fused, (upsample_matmul, "_blocks", functools.partial(upsample_matmul._blocks, max_out_channels=n))])
-              for n in PRODUCT_OUT_CHANNELS]
-    found += [(f"fused products, weight-gradient groups of {k} x C_out pixels",
-               [fused, (upsample_matmul, "_rows_per_program",
-                        functools.partial(upsample_matmul._rows_per_program, pixels_per_channel=k))])
-              for k in WEIGHT_GRAD_PIXELS]
     return found
 
 

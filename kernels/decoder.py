@@ -16,9 +16,9 @@ Why this variant: the decoder is memory-bound (DESIGN.md section 2), and this on
 bytes: the published order (upsample, then Linear) reads and writes 4x larger maps at every block,
 and storing the upsampled maps for the backward costs about 6x the memory of the inputs per block.
 Between blocks, ``leaky_relu(up(t_k))`` is still written once for cuBLAS's product with the next
-weight (and again for that weight's gradient); :mod:`.upsample_matmul` reads it from registers
-instead, about half a block's bytes, with Triton's matrix products: ``FUSED_PRODUCTS`` picks them,
-off until a GPU measures them faster (``python -m benchmarks.tune_decoder``).
+weight (and again for that weight's gradient). Triton matrix products that computed it in
+registers instead, saving about half a block's bytes, were slower on an H200 (forward + backward at
+480/16, batch 8, bf16: 2.89 against 2.35 ms), so cuBLAS does the products.
 
 The backward kernel gathers instead of scattering (no atomics, deterministic): each program
 owns a strip of low-resolution rows and walks down the output rows that read them, summing the
@@ -43,7 +43,6 @@ from .bilinear import leaky_relu, scales, source_rows, tent, upsampled_row
 from .jit_helpers import fp32
 from .op_registry import eager_autograd, launcher, register_triton_op
 from .sizes import cdiv, next_power_of_2
-from .upsample_matmul import upsample_act_matmul, upsample_act_weight_grad
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -315,23 +314,9 @@ def _upsample_act_linear_fake(t, weight, negative_slope):
     return t.new_empty(_upsampled_shape(t, weight.shape[0]))
 
 
-FUSED_PRODUCTS = False  # switch on once a GPU measures them faster: python -m benchmarks.tune_decoder
-
-
-def _fused_products(dtype: torch.dtype) -> bool:
-    """Whether a block's product and its weight's gradient read leaky_relu(up(t)) from registers
-    (:mod:`.upsample_matmul`) rather than from memory, written for cuBLAS: with FUSED_PRODUCTS,
-    for fp16 and bf16 on a GPU. Not in fp32, where ``tl.dot`` is a loop of FMAs (178-255 registers
-    a thread on sm_90, and the weight gradient spills), nor under the interpreter, whose bf16
-    ``tl.dot`` multiplies bit patterns (triton-lang/triton#11584)."""
-    return FUSED_PRODUCTS and dtype in (torch.float16, torch.bfloat16) and not op_registry.INTERPRETED
-
-
 def _upsample_act_linear(t: torch.Tensor, weight: torch.Tensor, negative_slope: float) -> torch.Tensor:
     """leaky_relu(up(t)) W^T: the activation of one block and the product of the next, keeping
     only t (B, h, w, C) for the backward; W: (C_out, C) -> (B, 2h, 2w, C_out)."""
-    if _fused_products(t.dtype):
-        return upsample_act_matmul(t, weight, negative_slope)
     return torch.matmul(_upsample_act(t, negative_slope), weight.t())
 
 
@@ -359,17 +344,12 @@ def _head_backward(t: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
     return grad_t, grad_weight
 
 
-def _upsample_act_weight_grad_fake(t, grad_out, negative_slope):
-    return t.new_empty((grad_out.shape[-1], t.shape[-1]), dtype=torch.float32)
-
-
 _OPS = {  # name: (implementation, fake)
     "upsample_act": (_upsample_act, _upsample_act_fake),
     "upsample_act_backward": (_upsample_act_backward, _upsample_act_backward_fake),
     "upsample_act_linear": (_upsample_act_linear, _upsample_act_linear_fake),
     "upsample_act_head": (_head, _head_fake),
     "upsample_act_head_backward": (_head_backward, _head_backward_fake),
-    "upsample_act_weight_grad": (upsample_act_weight_grad, _upsample_act_weight_grad_fake),
 }
 _registered = {name: register_triton_op(f"restr_fast::{name}", fake=fake)(impl) for name, (impl, fake) in _OPS.items()}
 _EAGER = SimpleNamespace(**{name: impl for name, (impl, _) in _OPS.items()})  # the same, called directly
@@ -389,12 +369,9 @@ def _upsample_act_autograd(ctx, grad_y, ops=torch.ops.restr_fast):
 def _upsample_act_linear_autograd(ctx, grad_out, ops=torch.ops.restr_fast):
     t, weight = ctx.saved_tensors
     grad_out = grad_out.contiguous()
-    if _fused_products(t.dtype):
-        grad_weight = ops.upsample_act_weight_grad(t, grad_out, ctx.negative_slope).to(weight.dtype)
-    else:
-        y = ops.upsample_act(t, ctx.negative_slope)  # recomputed (B, 2h, 2w, C)
-        grad_weight = grad_out.flatten(0, 2).t() @ y.flatten(0, 2)  # (C_out, C)
-        del y
+    y = ops.upsample_act(t, ctx.negative_slope)  # recomputed (B, 2h, 2w, C)
+    grad_weight = grad_out.flatten(0, 2).t() @ y.flatten(0, 2)  # (C_out, C)
+    del y
     grad_y = torch.matmul(grad_out, weight)  # (B, 2h, 2w, C)
     grad_t = ops.upsample_act_backward(t, grad_y, ctx.negative_slope)
     return grad_t, grad_weight, None

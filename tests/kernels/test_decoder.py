@@ -3,16 +3,13 @@ import importlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from restr_fast import get_config
 from restr_fast.kernels import fused_decoder, op_registry, upsample_linear_act
 from restr_fast.kernels.decoder import decoder_reference, upsample_linear_act_reference
-from restr_fast.kernels.upsample_matmul import upsample_act_matmul, upsample_act_weight_grad
-from restr_fast.models.decoder import Decoder, upsample2x
+from restr_fast.models.decoder import Decoder
 
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
-upsample_matmul = importlib.import_module("restr_fast.kernels.upsample_matmul")
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SLOPE = 0.01
@@ -62,19 +59,8 @@ def test_block_matches_the_reference_fp32(B, h, w, C, C_out, with_bias, assert_w
 DECODER_CASES = [(8, 12, 3, 5), (16, 16, 2, 3), (8, 20, 1, 4), (16, 12, 4, 1)]
 
 
-@pytest.fixture(params=["cublas", "fused"])
-def products(request, monkeypatch):
-    """Both ways a block's product reads leaky_relu(up(t)): written to memory for cuBLAS, or
-    computed in registers by the upsample-matmul kernels (forced here in fp32 under the interpreter
-    too). Compiled graphs do not guard on the choice: they are dropped before and after."""
-    monkeypatch.setattr(decoder_module, "_fused_products", lambda dtype: request.param == "fused")
-    torch.compiler.reset()
-    yield request.param
-    torch.compiler.reset()
-
-
 @pytest.mark.parametrize("patch, dim, h, w", DECODER_CASES)
-def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, products, assert_within_rule):
+def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, assert_within_rule):
     config = get_config("restr-tiny", patch_size=patch, image_size=4 * patch, dim=dim)
     torch.manual_seed(patch + dim)
     reference = Decoder(config).to(DEVICE)
@@ -153,66 +139,6 @@ def test_kernels_in_low_precision(dtype, B, h, w, C, assert_within_rule):
             assert_within_rule(ours, theirs, exact, (1e-3 + truncation) * exact.abs().max().item(), f"{case}: {name}")
 
 
-# the interpreter's bf16 tl.dot multiplies bit patterns (triton-lang/triton#11584): bf16 on a GPU only
-PRODUCT_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
-
-
-@pytest.mark.parametrize("dtype", PRODUCT_DTYPES)
-def test_upsample_matmul_over_many_tiles(dtype, assert_within_rule):
-    """The product kernel alone, with two column tiles, two output-channel tiles and two input-channel
-    steps, each with a ragged end; the activation rounds to the input dtype, as cuBLAS's operand."""
-    t, weight = rand(2, 3, 37, 70, seed=21), rand(130, 70, seed=22, scale=70 ** -0.5)
-
-    def unfused(t, weight):
-        return torch.matmul(F.leaky_relu(upsample2x(t), SLOPE), weight.t())
-    exact = unfused(t.double(), weight.double())
-    ours = upsample_act_matmul(t.to(dtype), weight.to(dtype), SLOPE)
-    assert ours.shape == (2, 6, 74, 130) and ours.dtype == dtype
-    assert_within_rule(ours, unfused(t.to(dtype), weight.to(dtype)), exact, 1e-5, "product")
-
-
-@pytest.mark.parametrize("dtype", PRODUCT_DTYPES)
-@pytest.mark.parametrize("rows_per_program", [1, 5, 100])
-def test_upsample_matmul_weight_grad_over_many_tiles_and_row_groups(monkeypatch, rows_per_program, dtype,
-                                                                     assert_within_rule):
-    """The weight gradient alone: groups of output rows (one, a ragged five, all), each summing three
-    column steps (the last ragged) into a partial sum, by two output- and two input-channel tiles;
-    fp32 partial sums whatever the inputs' dtype."""
-    monkeypatch.setattr(upsample_matmul, "_rows_per_program", lambda rows, width, out_channels, tiles: rows_per_program)
-    t, grad_out = rand(2, 3, 37, 70, seed=23, dtype=dtype), rand(2, 6, 74, 130, seed=24, dtype=dtype)
-
-    def unfused(t, grad_out):
-        return grad_out.flatten(0, 2).t() @ F.leaky_relu(upsample2x(t), SLOPE).flatten(0, 2)
-    exact = unfused(t.double(), grad_out.double())
-    ours = upsample_act_weight_grad(t, grad_out, SLOPE)
-    assert ours.shape == (130, 70) and ours.dtype == torch.float32
-    assert_within_rule(ours, unfused(t, grad_out), exact, 1e-5 * 888 ** 0.5, "weight gradient")
-
-
-def test_upsample_matmul_takes_any_strides():
-    """Channels-first storage seen channels-last (channel stride > 1), a column-sliced weight, a
-    gradient with padded pixels: the kernels' unit-channel-stride assumption is met by copies."""
-    t = rand(1, 9, 2, 3, seed=25).permute(0, 2, 3, 1)  # (1, 2, 3, 9), channel stride 6
-    weight = rand(5, 12, seed=26)[:, :9]
-    grad_out = rand(1, 4, 6, 7, seed=27)[..., :5]
-    y = F.leaky_relu(upsample2x(t.double()), SLOPE)  # fp32 results against float64, at fp32's tolerance
-    torch.testing.assert_close(upsample_act_matmul(t, weight, SLOPE), (y @ weight.double().t()).float())
-    torch.testing.assert_close(upsample_act_weight_grad(t, grad_out, SLOPE),
-                               (grad_out.double().flatten(0, 2).t() @ y.flatten(0, 2)).float())
-
-
-@pytest.mark.parametrize("switch, dtype, interpreted, fused", [
-    (True, torch.bfloat16, False, True), (True, torch.float16, False, True),
-    (True, torch.float32, False, False),  # tl.dot on fp32 is a loop of FMAs: cuBLAS
-    (True, torch.bfloat16, True, False),  # the interpreter's bf16 tl.dot is wrong
-    (False, torch.bfloat16, False, False),
-])
-def test_fused_products_only_where_they_work(monkeypatch, switch, dtype, interpreted, fused):
-    monkeypatch.setattr(decoder_module, "FUSED_PRODUCTS", switch)
-    monkeypatch.setattr(op_registry, "INTERPRETED", interpreted)
-    assert decoder_module._fused_products(dtype) is fused
-
-
 def test_channels_first_views_and_strided_inputs():
     x = rand(2, 10, 3, 5, seed=1).permute(0, 2, 3, 1)  # channels-last view of a channels-first tensor
     weight = rand(5, 10, seed=2)
@@ -230,7 +156,7 @@ def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     torch.testing.assert_close(upsample_linear_act(x, weights[0]), upsample_linear_act_reference(x, weights[0]))
 
 
-def test_compiled_function_traces_through_the_ops_without_graph_breaks(products):
+def test_compiled_function_traces_through_the_ops_without_graph_breaks():
     weights, head_weight, head_bias = decoder_weights((16, 8), seed=2)
     x, grad = rand(2, 3, 5, 16, seed=3), rand(2, 1, 12, 20, seed=4)
 
@@ -275,7 +201,7 @@ def test_mixed_devices_are_named():
 
 @requires_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_whole_decoder_at_real_size_on_gpu(dtype, products, assert_within_rule):
+def test_low_precision_whole_decoder_at_real_size_on_gpu(dtype, assert_within_rule):
     """B = 8, a 30 x 30 grid of 1536 channels, four blocks to 480 x 480 (restr-b16)."""
     channels = (1536, 768, 384, 192)
     weights, head_weight, head_bias = decoder_weights(channels, seed=11)

@@ -44,10 +44,6 @@ KERNELS = [
     *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
        dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), 4, elements)
       for head in (False, True) for j, c, elements in ((16, 64, HALF), (32, 32, HALF), (16, 32, ("fp32",)))],
-    # bf16 and fp16 only: fp32 takes cuBLAS (decoder._fused_products)
-    ("upsample_matmul", "_upsample_act_matmul_kernel", "T W OUT", dict(BLOCK_P=64, BLOCK_N=128, BLOCK_K=64), 8, HALF),
-    ("upsample_matmul", "_upsample_act_weight_grad_kernel", "T GO PARTIAL:fp32",
-     dict(BLOCK_P=32, BLOCK_N=128, BLOCK_K=64), 8, HALF),
 ]
 FLOAT_TYPES = ("fp32", "fp64")
 REGISTERS_PER_SM = 65536  # sm_90
@@ -154,8 +150,7 @@ def test_kernel_neither_spills_nor_starves_the_sm(compilation_results, index):
 def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
     """KERNELS above must describe real launches: the paper's sizes (D = 768, decoder channels
     1536 ... 96) outside the interpreter."""
-    decoder, seed_mask, upsample_matmul = (importlib.import_module(f"restr_fast.kernels.{name}")
-                                           for name in ("decoder", "seed_mask", "upsample_matmul"))
+    decoder, seed_mask = (importlib.import_module(f"restr_fast.kernels.{name}") for name in ("decoder", "seed_mask"))
     monkeypatch.setattr(op_registry, "INTERPRETED", False)
     launched = {(name, element, tuple(sorted(c.items()))): warps
                 for _, name, _, c, warps, elements in KERNELS for element in elements}
@@ -183,8 +178,3 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
             assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c)
             assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=True, BLOCK_J=block_j, BLOCK_C=block_c,
                         stride_gw=1)
-    for channels in (768, 384, 192):  # the blocks after the first read up(t) of these
-        for kernel, columns in (("_upsample_act_matmul_kernel", upsample_matmul.PRODUCT_COLUMNS),
-                                ("_upsample_act_weight_grad_kernel", upsample_matmul.WEIGHT_GRAD_COLUMNS)):
-            block_p, block_n, block_k, warps = upsample_matmul._blocks(channels, channels // 2, columns)
-            assert_case(kernel, warps, HALF, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k)

@@ -34,7 +34,7 @@ torch.utils._triton.has_triton = lambda: True  # Dynamo then traces Triton launc
 op_registry = importlib.import_module("restr_fast.kernels.op_registry")
 assert not op_registry.INTERPRETED
 op_registry.kernel_can_run = lambda tensor: True  # CPU tensors take the kernels' path
-modules = {name: importlib.import_module(f"restr_fast.kernels.{name}") for name in ("seed_mask", "decoder", "upsample_matmul")}
+modules = {name: importlib.import_module(f"restr_fast.kernels.{name}") for name in ("seed_mask", "decoder")}
 launches = []
 for module in modules.values():
     for name, kernel in vars(module).items():
@@ -69,17 +69,9 @@ def seed_mask_out(wrap=eager):  # inference, into the right part of a buffer
             patches, classifier, torch.empty(2, 7, 128)[..., 32:])
 
 
-def decoder_train(wrap=eager, dtype=torch.float32):
+def decoder_train(wrap=eager):
     op = wrap(lambda x, w1, w2, head: fused_decoder(x, [w1, w2], head))
-    forward_backward(op(*leaves((2, 3, 5, 48), (24, 48), (12, 24), (1, 12), dtype=dtype)))
-
-
-def fused_products_decoder_train(wrap=eager):
-    modules["decoder"].FUSED_PRODUCTS = True
-    try:
-        decoder_train(wrap, torch.bfloat16)
-    finally:
-        modules["decoder"].FUSED_PRODUCTS = False
+    forward_backward(op(*leaves((2, 3, 5, 48), (24, 48), (12, 24), (1, 12))))
 """
 
 EAGER_PROBE = PRELUDE + r"""
@@ -93,8 +85,7 @@ def block_train():
 
 
 cases = {"seed_mask_train": seed_mask_train, "seed_mask_inference": seed_mask_inference,
-         "seed_mask_out": seed_mask_out, "decoder_train": decoder_train, "block_train": block_train,
-         "fused_products_decoder_train": fused_products_decoder_train}
+         "seed_mask_out": seed_mask_out, "decoder_train": decoder_train, "block_train": block_train}
 report = {}
 for case, run in cases.items():
     launches.clear()
@@ -125,8 +116,8 @@ def record_kernels(graph_module, inputs):
 
 backend = aot_autograd(fw_compiler=record_kernels, bw_compiler=record_kernels)
 report = {}
-for case, run in {"seed_mask_train": seed_mask_train, "seed_mask_out": seed_mask_out, "decoder_train": decoder_train,
-                  "fused_products_decoder_train": fused_products_decoder_train}.items():
+for case, run in {"seed_mask_train": seed_mask_train, "seed_mask_out": seed_mask_out,
+                  "decoder_train": decoder_train}.items():
     launches.clear()
     written.clear()
     run(lambda fn: torch.compile(fn, backend=backend, fullgraph=True))
@@ -141,8 +132,6 @@ WRITTEN = {
     "_seed_mask_bwd_sum_kernel": ["GRAD_BIAS", "GRAD_C"],
     "_upsample_act_fwd_kernel": ["Y"],
     "_upsample_act_head_fwd_kernel": ["OUT"],
-    "_upsample_act_matmul_kernel": ["OUT"],
-    "_upsample_act_weight_grad_kernel": ["PARTIAL"],
 }
 HEAD_BACKWARD, BLOCK_BACKWARD = ["_upsample_act_bwd_kernel", ["GT", "WEIGHT_PARTIAL"]], ["_upsample_act_bwd_kernel", ["GT"]]
 
@@ -154,9 +143,6 @@ EXPECTED_LAUNCHES = {
     "decoder_train": ["_upsample_act_bwd_kernel", "_upsample_act_bwd_kernel", "_upsample_act_fwd_kernel",
                       "_upsample_act_fwd_kernel", "_upsample_act_head_fwd_kernel"],
     "block_train": ["_upsample_act_bwd_kernel", "_upsample_act_fwd_kernel"],
-    "fused_products_decoder_train": ["_upsample_act_bwd_kernel", "_upsample_act_bwd_kernel",
-                                     "_upsample_act_head_fwd_kernel", "_upsample_act_matmul_kernel",
-                                     "_upsample_act_weight_grad_kernel"],
 }
 
 
@@ -182,8 +168,5 @@ def test_compile_traces_every_op_and_copies_no_input():
     assert report["decoder_train"]["written"] == sorted(
         [HEAD_BACKWARD, BLOCK_BACKWARD, *([name, WRITTEN[name]] for name in (
             "_upsample_act_fwd_kernel", "_upsample_act_fwd_kernel", "_upsample_act_head_fwd_kernel"))])
-    assert report["fused_products_decoder_train"]["written"] == sorted(
-        [HEAD_BACKWARD, BLOCK_BACKWARD, *([name, WRITTEN[name]] for name in (
-            "_upsample_act_head_fwd_kernel", "_upsample_act_matmul_kernel", "_upsample_act_weight_grad_kernel"))])
     for case, result in report.items():  # the compiled graphs launch what eager calls launch
         assert result["launches"] == EXPECTED_LAUNCHES[case], case

@@ -22,8 +22,6 @@ VARIANTS = variants()
 def test_variant_matches_the_reference_fp32(monkeypatch, label, replacements, assert_within_rule):
     for module, name, replacement in replacements:
         monkeypatch.setattr(module, name, replacement)
-        if name == "FUSED_PRODUCTS":  # on a GPU in bf16; forced here in fp32 under the interpreter
-            monkeypatch.setattr(decoder_module, "_fused_products", lambda dtype: True)
     generator = torch.Generator().manual_seed(len(label))
     x = torch.randn(1, 3, 5, 40, generator=generator)
     weights = [torch.randn(20, 40, generator=generator) * 40 ** -0.5, torch.randn(10, 20, generator=generator) * 20 ** -0.5]
