@@ -146,7 +146,8 @@ def measure(benchmark, baseline_times):
 
     Each round calls ``fn`` as often as fits about ``round_s`` seconds, between two synchronised
     timer reads, so small kernels are timed without the launch-and-sync overhead. Peak memory is
-    measured in a separate call. ``extra_info`` gets the median per call, the peak memory, GB/s
+    measured in a separate call, after unreferenced tensors are collected; it includes what was
+    live before the call (``live_before_gb``). ``extra_info`` gets the median per call, the peak memory, GB/s
     or TFLOP/s, and the ratio to each baseline measured earlier in the run for the same case.
 
     ``graph_calls`` (calls like ``fn`` on separate inputs) adds the GPU's own time per call, from a
@@ -163,6 +164,8 @@ def measure(benchmark, baseline_times):
         single = synchronized_timer() - start
         calls = max(1, min(1000, math.ceil(round_s / max(single, 1e-7))))
 
+        release_memory()  # garbage left by earlier cases (reference cycles) must not count in this one's peak
+        live_before = torch.cuda.memory_allocated() if GPU else None
         peak = peak_memory(fn)
         benchmark._timer = synchronized_timer  # pytest-benchmark reads its timer from this attribute
         benchmark.pedantic(fn, rounds=rounds, iterations=calls, warmup_rounds=1)
@@ -172,6 +175,7 @@ def measure(benchmark, baseline_times):
         info.update(impl=impl, case=case, median_ms=median * 1e3, calls_per_round=calls)
         if peak is not None:
             info["peak_memory_gb"] = peak / 1e9
+            info["live_before_gb"] = live_before / 1e9  # part of the peak: inputs, weights, what earlier cases kept
         if bytes_moved is not None:
             info["gb_per_s"] = bytes_moved / median / 1e9
         if flop is not None:

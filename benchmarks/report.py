@@ -20,6 +20,7 @@ COLUMNS = [  # (extra_info key, header, format)
     ("median_ms", "median ms", "{:.3f}"),
     ("images_per_s", "img/s", "{:.1f}"),
     ("peak_memory_gb", "peak GB", "{:.2f}"),
+    ("live_before_gb", "live GB before", "{:.2f}"),
     ("gb_per_s", "GB/s", "{:.0f}"),
     ("tflop_per_s", "TFLOP/s", "{:.3f}"),
     ("gpu_ms", "GPU ms (graph)", "{:.4f}"),
