@@ -27,9 +27,9 @@ def replaced(replacements: Sequence[Replacement]) -> Iterator[None]:
 
 
 def time_variants(variants: Sequence[Variant], measure: Callable[[], Times]) -> list[tuple[str, Times]]:
-    """(label, times) of the defaults, then of each variant, each also printed as it is measured. A
-    variant a kernel cannot take (registers, shared memory) gets infinite times and the error in
-    its label."""
+    """(label, times) of the defaults, of each variant, and of the defaults again, each also printed
+    as it is measured. A variant a kernel cannot take (registers, shared memory) gets infinite
+    times and the error in its label."""
     results = [("defaults", measure())]
     print(f"defaults: {results[0][1]}", flush=True)
     for label, replacements in variants:
@@ -40,6 +40,8 @@ def time_variants(variants: Sequence[Variant], measure: Callable[[], Times]) -> 
                 failed = {case: math.inf for case in results[0][1]}
                 results.append((f"{label}: {type(error).__name__}: {str(error)[:120]}", failed))
         print(f"{results[-1][0]}: {results[-1][1]}", flush=True)  # kept if a time bound cuts the run
+    results.append(("defaults, measured again last", measure()))  # shows the drift over the run
+    print(f"{results[-1][0]}: {results[-1][1]}", flush=True)
     return results
 
 

@@ -31,13 +31,16 @@ def test_each_variant_is_timed_alone_and_a_failing_one_is_named(capsys):
     assert results[0] == ("defaults", {"small": 1.0, "large": 2.0})
     assert results[1] == ("tile 32", {"small": 2.0, "large": 4.0})
     assert results[2][0] == "tile 0: ValueError: too many registers" and results[2][1]["small"] == float("inf")
+    assert results[3][0] == "tile 8" and results[4] == ("defaults, measured again last", results[0][1])
     assert module.tile == 16
     progress = capsys.readouterr().out.splitlines()
-    assert progress[0] == "defaults: {'small': 1.0, 'large': 2.0}" and len(progress) == 4
+    assert progress[0] == "defaults: {'small': 1.0, 'large': 2.0}" and len(progress) == 5
     assert progress[2].startswith("tile 0: ValueError: too many registers: ")
 
     print_fastest_first("title", results)
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == ["title", "| variant | small | large | vs defaults |", "| --- | --- | --- | --- |"]
-    assert [line.split(" | ")[0] for line in lines[3:]] == ["| tile 8", "| defaults", "| tile 32", "| tile 0: ValueError: too many registers"]
-    assert lines[3].endswith("| 2.00x |") and lines[5].endswith("| 0.50x |") and lines[6].endswith("| 0.00x |")
+    assert [line.split(" | ")[0] for line in lines[3:]] == [
+        "| tile 8", "| defaults", "| defaults, measured again last", "| tile 32", "| tile 0: ValueError: too many registers"]
+    assert lines[3].endswith("| 2.00x |") and lines[5].endswith("| 1.00x |") and lines[6].endswith("| 0.50x |")
+    assert lines[7].endswith("| 0.00x |")

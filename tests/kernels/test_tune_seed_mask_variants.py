@@ -69,7 +69,7 @@ def test_the_tool_times_every_variant_in_every_case(monkeypatch, capsys):
     monkeypatch.setattr(tune_seed_mask, "graphed_gpu_seconds", run_calls)
     monkeypatch.setattr(tune_seed_mask, "measure_copy_bandwidth", lambda: 3e12)
     tune_seed_mask.main()
-    assert calls_timed == [2] * (4 * (1 + len(VARIANTS)))
+    assert calls_timed == [2] * (4 * (2 + len(VARIANTS)))  # the defaults first and last
     table = capsys.readouterr().out
     for label in ["defaults", *(label for label, _ in VARIANTS)]:
         assert f"| {label} |" in table
