@@ -31,7 +31,7 @@ def commuted(decoder: Decoder):
 
 def decoder_for(impl: str, case: str):
     size, patch = SIZES[case]
-    config = get_config("restr-b16", image_size=size, patch_size=patch, fast=impl.startswith("fast"))
+    config = get_config("restr-b16", image_size=size, patch_size=patch, fast=impl == "fast")
     torch.manual_seed(0)
     decoder = Decoder(config).cuda()
     if impl == "compile":

@@ -17,8 +17,9 @@ bytes: the published order (upsample, then Linear) reads and writes 4x larger ma
 and storing the upsampled maps for the backward costs about 6x the memory of the inputs per block.
 Between blocks, ``leaky_relu(up(t_k))`` is still written once for cuBLAS's product with the next
 weight (and again for that weight's gradient). Triton matrix products that computed it in
-registers instead, saving about half a block's bytes, were slower on an H200 (forward + backward at
-480/16, batch 8, bf16: 2.89 against 2.35 ms), so cuBLAS does the products.
+registers instead, saving about half a block's bytes, were slower on an H200 (forward + backward,
+batch 8, bf16: 5.32 against 3.44 ms at 480/8, 4.83 against 3.46 ms at 640/16), so cuBLAS does the
+products.
 
 The backward kernel gathers instead of scattering (no atomics, deterministic): each program
 owns a strip of low-resolution rows and walks down the output rows that read them, summing the

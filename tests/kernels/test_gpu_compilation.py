@@ -80,8 +80,9 @@ def compile_case(case):
         return dict(result=f"{type(error).__name__}: {error}")
     if "cubin" not in compiled.asm:
         return dict(result=f"no cubin: {sorted(compiled.asm)}")
-    # the ptxas triton.compile used, whose PTX version it wrote: Triton's own, or TRITON_PTXAS_PATH's
-    # (torch's inductor sets it to the newer ptxas CUDA-13 builds of torch carry)
+    # the ptxas triton.compile used, whose PTX version it wrote: TRITON_PTXAS_PATH's, else Triton's
+    # own (inductor sets the variable where the torch wheel has torch/bin/ptxas, as the CUDA-13
+    # build on the GPU machine does: a newer ptxas than Triton 3.6's)
     ptxas = triton.knobs.nvidia.ptxas.path
     with tempfile.TemporaryDirectory() as folder:
         source = os.path.join(folder, "kernel.ptx")

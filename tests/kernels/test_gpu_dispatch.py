@@ -44,8 +44,8 @@ for module in modules.values():
 from restr_fast.kernels import fused_decoder, seed_mask, upsample_linear_act
 
 
-def leaves(*shapes, dtype=torch.float32):
-    return [torch.randn(*shape, dtype=dtype).requires_grad_() for shape in shapes]
+def leaves(*shapes):
+    return [torch.randn(*shape).requires_grad_() for shape in shapes]
 
 
 def forward_backward(outputs):
