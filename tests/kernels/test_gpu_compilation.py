@@ -81,8 +81,8 @@ def compile_case(case):
     if "cubin" not in compiled.asm:
         return dict(result=f"no cubin: {sorted(compiled.asm)}")
     # the ptxas triton.compile used, whose PTX version it wrote: TRITON_PTXAS_PATH's, else Triton's
-    # own (inductor sets the variable where the torch wheel has torch/bin/ptxas, as the CUDA-13
-    # build on the GPU machine does: a newer ptxas than Triton 3.6's)
+    # own. The variable may name a newer one (inductor sets it where the torch wheel has
+    # torch/bin/ptxas): on the GPU machine, CUDA 13's, whose PTX Triton 3.6's ptxas (12.8) rejects.
     ptxas = triton.knobs.nvidia.ptxas.path
     with tempfile.TemporaryDirectory() as folder:
         source = os.path.join(folder, "kernel.ptx")
