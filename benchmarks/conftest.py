@@ -147,8 +147,9 @@ def measure(benchmark, baseline_times):
     Each round calls ``fn`` as often as fits about ``round_s`` seconds, between two synchronised
     timer reads, so small kernels are timed without the launch-and-sync overhead. Peak memory is
     measured in a separate call, after unreferenced tensors are collected; it includes what was
-    live before the call (``live_before_gb``). ``extra_info`` gets the median per call, the peak memory, GB/s
-    or TFLOP/s, and the ratio to each baseline measured earlier in the run for the same case.
+    live before the call (``live_before_gb``). ``extra_info`` gets the median per call, the peak
+    memory, GB/s or TFLOP/s, and the ratio to each baseline measured earlier in the run for the
+    same case.
 
     ``graph_calls`` (calls like ``fn`` on separate inputs) adds the GPU's own time per call, from a
     CUDA graph of them (:func:`graphed_gpu_seconds`): ``gpu_ms``, ``gpu_gb_per_s`` and

@@ -41,6 +41,7 @@ def test_each_variant_is_timed_alone_and_a_failing_one_is_named(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == ["title", "| variant | small | large | vs defaults |", "| --- | --- | --- | --- |"]
     assert [line.split(" | ")[0] for line in lines[3:]] == [
-        "| tile 8", "| defaults", "| defaults, measured again last", "| tile 32", "| tile 0: ValueError: too many registers"]
+        "| tile 8", "| defaults", "| defaults, measured again last", "| tile 32",
+        "| tile 0: ValueError: too many registers"]
     assert lines[3].endswith("| 2.00x |") and lines[5].endswith("| 1.00x |") and lines[6].endswith("| 0.50x |")
     assert lines[7].endswith("| 0.00x |")
