@@ -2,6 +2,11 @@
 published order), eager PyTorch with each Linear moved before its upsampling (``eager-commuted``),
 ``torch.compile`` of the eager decoder, and the fused Triton decoder (``fast``).
 
+Two times per case, as in the ``seed_mask`` group: the wall-clock time per call (``median ms``,
+what the targets are checked against) and the GPU's own time per call, replayed from a CUDA graph
+of one call (``gpu_ms``; one call's maps are far larger than the L2 cache). Where the two differ,
+the CPU's dispatch and launches, or something else on the machine, held the GPU up.
+
 Cost on an H200 (DESIGN.md section 2): eager about 22 ms per call at 480/16, so each case takes
 a few seconds; each compile warm-up about 20-40 s, so the compile rows of 480/8 and 640/16 are
 ``costly``: they run after every other benchmark, where a short time budget skips them first.
@@ -66,5 +71,5 @@ def test_decoder(benchmark, measure, case, impl):
     # the commuted and fused paths do about a quarter of them
     macs = sum(B * (grid << k) ** 2 * 4 * c * (c // 2) for k, c in enumerate(config.decoder_channels[:-1]))
     macs += B * config.image_size ** 2 * config.decoder_channels[-1]
-    measure(step, impl=impl, case=case, flop=6 * macs, rounds=10, round_s=0.05)
+    measure(step, impl=impl, case=case, flop=6 * macs, rounds=10, round_s=0.05, graph_calls=[step])
     benchmark.extra_info["image_size"], benchmark.extra_info["patch_size"] = config.image_size, config.patch_size
