@@ -123,9 +123,11 @@ def _upsample_act_bwd_kernel(
     recomputing up(t) at (o, p) for the activation's slope. Those are p in [2j - 1, 2j + 2]: with
     1/scale = 2 + 1/(w - 1), p reads j iff 2j - 2 + (j - 1)/(w - 1) < p < 2j + 2 + (j + 1)/(w - 1)
     (the one exception, p = 2w - 1 for j = w - 2, has weight 0 but for fp32 rounding of the scale:
-    at most an ulp, left out). Output row o then adds to input rows y0(o) and y1(o) = y0(o) + 1
-    only, and y0 grows by at most one per row: two accumulator rows suffice, and a row is stored
-    once the walk has left it.
+    at most an ulp, left out). Output columns p <= 2j read input columns j - 1 and j, the others
+    j and j + 1 (p = 2w - 1 but for that ulp, left out of its recomputed up(t) too), so each
+    recomputed value interpolates two columns. Output row o then adds to input rows y0(o) and
+    y1(o) = y0(o) + 1 only, and y0 grows by at most one per row: two accumulator rows suffice,
+    and a row is stored once the walk has left it.
 
     With HEAD, grad_y is the head's grad_logits GY (B, 2h, 2w) times its weight vector (C,), and
     WEIGHT_PARTIAL gets this program's share of the head weight's gradient,
@@ -149,9 +151,11 @@ def _upsample_act_bwd_kernel(
     ok_m = ok & (j >= 1)[:, None]
     ok_p = ok & (j + 1 < w)[:, None]
     fj = j.to(tl.float32)
-    if HEAD:
-        head_weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HEAD:  # grad_y = grad_logits * the head weight, which multiplies whole rows as they are stored
+        row_weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         weight_acc = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
+    else:
+        row_weight = 1.0
 
     # output rows reading input row i lie in [2i - 1, 2i + 2] (as for columns below); the walk
     # goes one row further (2i + 3), where fp32 rounding of the scale can leave an ulp of weight
@@ -162,7 +166,7 @@ def _upsample_act_bwd_kernel(
     for o in range(o_first, tl.minimum(2 * end + 2, 2 * h)):
         y0, y1, ly = source_rows(o, scale_h, h)
         if y0 > row:  # no later output row reads `row`
-            _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0, j, cols, ok, stride_gth, stride_gtw)
+            _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0 * row_weight, j, cols, ok, stride_gth, stride_gtw)
             acc_0 = acc_1
             acc_1 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
             row = y0
@@ -177,27 +181,37 @@ def _upsample_act_bwd_kernel(
             + ly * tl.load(row1 + column_p, mask=ok_p, other=0.0).to(tl.float32)
         g_row = g_image + tl.cast(o, tl.int64) * stride_gh
         row_owned = (o // 2 >= first) & (o // 2 < end)
-        grad_row = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)  # sum over p of reads(p, j) * grad_u(o, p)
+        # grad_row: sum over the output columns p of reads(p, j) * leaky_relu'(u) * grad_u(o, p)
         for e in tl.static_range(4):
             p = 2 * j - 1 + e  # output column
             src = p.to(tl.float32) * scale_w
             reads = tent(src - fj)  # how much output column p reads input column j
-            u = tent(src - (fj - 1.0))[:, None] * v_m + reads[:, None] * v_0 + tent(src - (fj + 1.0))[:, None] * v_p
+            # p <= 2j reads input columns j - 1 and j, p > 2j columns j and j + 1 (see above)
+            if e < 2:
+                u = tent(src - (fj - 1.0))[:, None] * v_m + reads[:, None] * v_0
+            else:
+                u = reads[:, None] * v_0 + tent(src - (fj + 1.0))[:, None] * v_p
             tap_ok = j_ok & (p >= 0) & (p < 2 * w) & (reads > 0)
+            positive = u > 0
             if HEAD:
-                g_pixel = tl.load(g_row + p * stride_gw, mask=tap_ok, other=0.0).to(tl.float32)[:, None]
-                g = g_pixel * head_weight
+                g_pixel = tl.load(g_row + p * stride_gw, mask=tap_ok, other=0.0).to(tl.float32)
+                term = (g_pixel * reads)[:, None] * tl.where(positive, 1.0, negative_slope)
                 if e == 1 or e == 2:  # p // 2 == j: a pixel this program owns if row_owned
-                    weight_acc += tl.where((tap_ok & row_owned)[:, None], g_pixel * leaky_relu(u, negative_slope), 0.0)
+                    owned = tl.where(tap_ok & row_owned, g_pixel, 0.0)
+                    weight_acc += owned[:, None] * leaky_relu(u, negative_slope)
             else:
                 g = tl.load(g_row + (p * stride_gw)[:, None] + cols[None, :], mask=tap_ok[:, None] & col_ok[None, :],
                             other=0.0).to(tl.float32)
-            grad_row += reads[:, None] * tl.where(u > 0, g, g * negative_slope)
+                term = reads[:, None] * tl.where(positive, g, g * negative_slope)
+            if e == 0:
+                grad_row = term
+            else:
+                grad_row += term
         same = y1 == y0  # the last input row: both of the output row's weights go to it
         acc_0 += tl.where(same, 1.0, 1.0 - ly) * grad_row
         acc_1 += tl.where(same, 0.0, ly) * grad_row
-    _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0, j, cols, ok, stride_gth, stride_gtw)
-    _store_grad_row(GT + b * stride_gtb, row + 1, first, end, acc_1, j, cols, ok, stride_gth, stride_gtw)
+    _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0 * row_weight, j, cols, ok, stride_gth, stride_gtw)
+    _store_grad_row(GT + b * stride_gtb, row + 1, first, end, acc_1 * row_weight, j, cols, ok, stride_gth, stride_gtw)
     if HEAD:
         program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         tl.store(WEIGHT_PARTIAL + program.to(tl.int64) * C + cols, tl.sum(weight_acc, axis=0), mask=col_ok)
@@ -215,21 +229,27 @@ def _tile(channels: int, gpu_channels: int, gpu_elements: int) -> tuple[int, int
     return max(16, gpu_elements * scale // block_c), block_c
 
 
+def _channel_tile(channels: int) -> int:
+    """Channels a tile on a GPU: 64, or 32 where that divides the channel count and 64 does not
+    (96: three full tiles rather than two with a quarter of the lanes idle)."""
+    return 32 if channels % 64 and not channels % 32 else 64
+
+
 def _row_blocks(channels: int) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps) of the forward kernels: up to 64 channels, about 2K elements
-    per tile, 8 elements per thread (32 registers for the block kernel, 40 with the head)."""
-    return (*_tile(channels, 64, 2048), 8)
+    """(BLOCK_P, BLOCK_C, num_warps) of the forward kernels: about 2K elements per tile, 8 per
+    thread (32 registers for the block kernel, 40 with the head). For the head's 96 channels, 64 x 32
+    tiles take three quarters of the instructions per pixel of 32 x 64 (sm_90 SASS)."""
+    return (*_tile(channels, _channel_tile(channels), 2048), 8)
 
 
 def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """(BLOCK_J, BLOCK_C, num_warps) of the backward kernel: tiles of 1K elements, 8 per thread
-    (about 110-130 registers on sm_90), 64 channels wide, or 32 where that divides the channel
-    count and 64 does not (96: three full tiles rather than two with a quarter of the lanes idle).
+    (about 110-130 registers on sm_90), as many channels wide as :func:`_channel_tile` says.
     Half that tile takes 15 % more instructions per element. In fp32, half the tile, 16 x 32: at
     1K elements fp32 operands take 151-157 registers, 12 resident warps per SM, against 72-95."""
     if dtype == torch.float32:
         return (*_tile(channels, 32, 512), 4)
-    return (*_tile(channels, 32 if channels % 64 and not channels % 32 else 64, 1024), 4)
+    return (*_tile(channels, _channel_tile(channels), 1024), 4)
 
 
 def _strip_rows(h: int) -> int:
@@ -491,16 +511,16 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     slope = float(negative_slope)
     t = F.linear(x, weights[0].to(x.dtype))  # (B, h, w, C/2), low resolution; autocast may change its dtype
     # the rest in t's dtype, as autocast would run them
-    weights = [weight.to(t.dtype) for weight in weights]
+    later_weights = [weight.to(t.dtype) for weight in weights[1:]]
     head_weight = head_weight.to(t.dtype)
     head_bias = None if head_bias is None else head_bias.to(t.dtype)
     if not op_registry.kernel_can_run(x) or t.numel() == 0:
-        for weight in weights[1:]:
+        for weight in later_weights:
             t = F.linear(F.leaky_relu(upsample2x(t), slope), weight)
         logits = F.linear(F.leaky_relu(upsample2x(t), slope), head_weight[None], head_bias)
         return logits.permute(0, 3, 1, 2)
     t = t.contiguous()
-    for weight in weights[1:]:
+    for weight in later_weights:
         t = _call("upsample_act_linear", t, weight, slope)  # (B, 2h, 2w, C_k)
     return _call("upsample_act_head", t, head_weight, head_bias, slope).unsqueeze(1)
 

@@ -110,6 +110,29 @@ def test_backward_split_into_strips_and_tiles(monkeypatch, strip_rows, assert_wi
         assert_within_rule(ours, theirs, exact, 1e-5 * 12, f"grad {name}")
 
 
+
+def test_the_gpu_tiles(monkeypatch, assert_within_rule):
+    """The tiles and strips the launchers choose on a GPU (the interpreter's are 16x larger), at
+    the head's 96 channels of the presets (64 x 32 forward tiles, 32 channels a backward tile)
+    behind a block of 192, with column tiles cut short by the map's edge."""
+    monkeypatch.setattr(op_registry, "INTERPRETED", False)  # the launchers' GPU choices
+    monkeypatch.setattr(op_registry, "kernel_can_run", lambda tensor: True)  # CPU tensors still take the kernels
+    assert decoder_module._row_blocks(96)[:2] == (64, 32) and decoder_module._backward_blocks(96, torch.float32)[1] == 32
+    weights, head_weight, head_bias = decoder_weights((384, 192), seed=8)
+    x, grad = rand(1, 2, 19, 384, seed=9), rand(1, 1, 8, 76, seed=10)
+    tensors = [x, *weights, head_weight, head_bias]
+
+    def run(fn):
+        return lambda x, w0, w1, hw, hb: fn(x, [w0, w1], hw, hb, SLOPE)
+    exact_out, exact_grads = grads_of(run(decoder_reference), [t.double() for t in tensors], grad.double())
+    torch_out, torch_grads = grads_of(run(decoder_reference), tensors, grad)
+    our_out, our_grads = grads_of(run(fused_decoder), tensors, grad)
+    assert_within_rule(our_out, torch_out, exact_out, 1e-5, "output")
+    names = ("x", "weight 0", "weight 1", "head weight", "head bias")
+    for name, ours, theirs, exact in zip(names, our_grads, torch_grads, exact_grads):
+        assert_within_rule(ours, theirs, exact, 1e-5 * 12, f"grad {name}")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B, h, w, C", [(2, 5, 7, 24), (1, 3, 1, 96), (1, 1, 6, 5)])
 def test_kernels_in_low_precision(dtype, B, h, w, C, assert_within_rule):

@@ -38,8 +38,9 @@ KERNELS = [
      dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 4, ANY),
     ("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32 GRAD_C GRAD_BIAS:fp32",
      dict(HAS_BIAS=True, BLOCK_S=16, BLOCK_D=128), 4, ANY),
-    ("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=32, BLOCK_C=64), 8, ANY),
-    ("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=32, BLOCK_C=64), 8, ANY),
+    *[("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=p, BLOCK_C=c), 8, ANY) for p, c in ((32, 64), (64, 32))],
+    *[("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=p, BLOCK_C=c), 8, ANY)
+      for p, c in ((32, 64), (64, 32))],
     # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
     *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
        dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), 4, elements)
