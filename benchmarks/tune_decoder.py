@@ -22,11 +22,12 @@ from .tuning import Variant, print_fastest_first, time_variants
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 
-# one dimension at a time, around the defaults (forward 32x64 with 8 warps, 64x32 for the head's 96
-# channels; strips of 24 rows on a GPU); forward 32x64 everywhere is the head's tile before 64x32
+# one dimension at a time, around the defaults (forward: 32 column pairs x 64 channels with 8 warps,
+# 64 x 32 for the head's 96 channels; strips of 24 rows on a GPU); forward 32x64 everywhere puts
+# the head's 96 channels in two tiles of 64, a quarter of the second one's lanes idle
 BACKWARD_TILES = [(16, 64, 4), (32, 32, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (8, 64, 4)]
 STRIP_ROWS = [8, 16, 48]
-FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]
+FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]  # (column pairs, channels, warps)
 
 
 def variants() -> list[Variant]:
@@ -35,8 +36,8 @@ def variants() -> list[Variant]:
              for j, c, w in BACKWARD_TILES]
     found += [(f"strips of {rows} rows", [(decoder_kernels, "_strip_rows", lambda h, rows=rows: rows)])
               for rows in STRIP_ROWS]
-    found += [(f"forward {p}x{c}, {w} warps", [(decoder_kernels, "_row_blocks", lambda channels, t=(p, c, w): t)])
-              for p, c, w in FORWARD_TILES]
+    found += [(f"forward {q}x{c}, {w} warps", [(decoder_kernels, "_row_blocks", lambda channels, t=(q, c, w): t)])
+              for q, c, w in FORWARD_TILES]
     return found
 
 

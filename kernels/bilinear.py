@@ -21,20 +21,27 @@ def source_rows(o, scale, size):
 
 
 @triton.jit
-def upsampled_row(T_IMAGE, o, p, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw):
-    """fp32 (BLOCK_P, BLOCK_C) tile of up(t) at output row ``o`` (scalar), output columns ``p``."""
+def upsampled_pair(T_IMAGE, o, q, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw):
+    """fp32 (BLOCK_Q, BLOCK_C) tiles of up(t) at output row ``o`` (scalar) and output columns
+    2q - 1 and 2q, for pairs q in [0, w]: both read input columns q - 1 and q (clamped to the map),
+    so a pair loads four input values instead of eight. Weights as PyTorch computes them, src -
+    floor(src), but at column 2w - 1, whose source fp32 rounding can put an ulp below w - 1 (PyTorch
+    then gives column w - 2 that ulp of weight; here it is left out); interpolated along rows first,
+    then along columns (PyTorch: the reverse; the same to within rounding).
+    """
     y0, y1, ly = source_rows(o, scale_h, h)
-    x0, x1, lx = source_rows(p, scale_w, w)
     row0 = T_IMAGE + y0.to(tl.int64) * stride_th
     row1 = T_IMAGE + y1.to(tl.int64) * stride_th
-    c0 = (x0 * stride_tw)[:, None] + cols[None, :]
-    c1 = (x1 * stride_tw)[:, None] + cols[None, :]
-    t00 = tl.load(row0 + c0, mask=ok, other=0.0).to(tl.float32)
-    t01 = tl.load(row0 + c1, mask=ok, other=0.0).to(tl.float32)
-    t10 = tl.load(row1 + c0, mask=ok, other=0.0).to(tl.float32)
-    t11 = tl.load(row1 + c1, mask=ok, other=0.0).to(tl.float32)
-    lx = lx[:, None]
-    return (1.0 - ly) * ((1.0 - lx) * t00 + lx * t01) + ly * ((1.0 - lx) * t10 + lx * t11)
+    left = (tl.maximum(q - 1, 0) * stride_tw)[:, None] + cols[None, :]
+    right = (tl.minimum(q, w - 1) * stride_tw)[:, None] + cols[None, :]
+    v_left = (1.0 - ly) * tl.load(row0 + left, mask=ok, other=0.0).to(tl.float32) \
+        + ly * tl.load(row1 + left, mask=ok, other=0.0).to(tl.float32)
+    v_right = (1.0 - ly) * tl.load(row0 + right, mask=ok, other=0.0).to(tl.float32) \
+        + ly * tl.load(row1 + right, mask=ok, other=0.0).to(tl.float32)
+    fq = (q - 1).to(tl.float32)  # the left input column; -1 for q = 0: output column 0 reads input column 0 alone
+    lx_odd = ((2 * q - 1).to(tl.float32) * scale_w - fq)[:, None]
+    lx_even = ((2 * q).to(tl.float32) * scale_w - fq)[:, None]
+    return (1.0 - lx_odd) * v_left + lx_odd * v_right, (1.0 - lx_even) * v_left + lx_even * v_right
 
 
 @triton.jit

@@ -40,7 +40,7 @@ import triton.language as tl
 from restr_fast.models.decoder import upsample2x
 
 from . import op_registry
-from .bilinear import leaky_relu, scales, source_rows, tent, upsampled_row
+from .bilinear import leaky_relu, scales, source_rows, tent, upsampled_pair
 from .jit_helpers import fp32
 from .op_registry import eager_autograd, launcher, register_triton_op
 from .sizes import cdiv, next_power_of_2
@@ -51,7 +51,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # --------------------------------------------------------------------------------------------
 # Triton kernels. Maps are channels-last (B, h, w, C) with unit channel stride. Every program
 # handles whole rows: the row and its source rows are scalars, so per-lane work is only over
-# columns and channels (tiles of BLOCK_P or BLOCK_J columns by BLOCK_C channels). Offsets of
+# columns and channels (tiles of BLOCK_Q column pairs or BLOCK_J columns by BLOCK_C channels). Offsets of
 # rows are int64, those inside a row int32.
 # --------------------------------------------------------------------------------------------
 
@@ -59,46 +59,55 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _upsample_act_fwd_kernel(
     T, Y, C, h, w, scale_h, scale_w, negative_slope,
     stride_tb, stride_th, stride_tw, stride_yb, stride_yh, stride_yw,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Y[b, o, p] = leaky_relu(up(T)[b, o, p]); programs: (B * 2h rows, column tiles, channel tiles)."""
+    """Y[b, o, p] = leaky_relu(up(T)[b, o, p]); programs: (B * 2h rows, tiles of column pairs
+    (2q - 1, 2q), channel tiles)."""
     scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     b = tl.program_id(0) // (2 * h)
     o = tl.program_id(0) % (2 * h)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = (p < 2 * w)[:, None] & (cols < C)[None, :]
-    u = upsampled_row(T + b.to(tl.int64) * stride_tb, o, p, cols, ok, h, w, scale_h, scale_w, stride_th, stride_tw)
+    col_ok = (cols < C)[None, :]
+    u_odd, u_even = upsampled_pair(T + b.to(tl.int64) * stride_tb, o, q, cols, (q <= w)[:, None] & col_ok,
+                                   h, w, scale_h, scale_w, stride_th, stride_tw)
     y_row = Y + b.to(tl.int64) * stride_yb + o.to(tl.int64) * stride_yh
-    tl.store(y_row + (p * stride_yw)[:, None] + cols[None, :],
-             leaky_relu(u, negative_slope).to(Y.dtype.element_ty), mask=ok)
+    odd = y_row + ((2 * q - 1) * stride_yw)[:, None] + cols[None, :]
+    tl.store(odd, leaky_relu(u_odd, negative_slope).to(Y.dtype.element_ty), mask=((q >= 1) & (q <= w))[:, None] & col_ok)
+    tl.store(odd + stride_yw, leaky_relu(u_even, negative_slope).to(Y.dtype.element_ty), mask=(q < w)[:, None] & col_ok)
 
 
 @triton.jit
 def _upsample_act_head_fwd_kernel(
     T, WEIGHT, BIAS, OUT, C, h, w, scale_h, scale_w, negative_slope,
     stride_tb, stride_th, stride_tw,
-    HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """OUT[b, o, p] = leaky_relu(up(T)[b, o, p]) . WEIGHT + BIAS, OUT contiguous (B, 2h, 2w);
-    programs: (B * 2h rows, column tiles)."""
+    programs: (B * 2h rows, tiles of column pairs (2q - 1, 2q))."""
     scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     b = tl.program_id(0) // (2 * h)
     o = tl.program_id(0) % (2 * h)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < 2 * w
+    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_ok = (q <= w)[:, None]
     t_image = T + b.to(tl.int64) * stride_tb
-    acc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    acc_odd = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    acc_even = tl.zeros([BLOCK_Q], dtype=tl.float32)
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         col_ok = cols < C
-        u = upsampled_row(t_image, o, p, cols, p_ok[:, None] & col_ok[None, :], h, w, scale_h, scale_w,
-                          stride_th, stride_tw)
-        weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)
-        acc += tl.sum(leaky_relu(u, negative_slope) * weight[None, :], axis=1)
+        u_odd, u_even = upsampled_pair(t_image, o, q, cols, q_ok & col_ok[None, :], h, w, scale_h, scale_w,
+                                       stride_th, stride_tw)
+        weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        acc_odd += tl.sum(leaky_relu(u_odd, negative_slope) * weight, axis=1)
+        acc_even += tl.sum(leaky_relu(u_even, negative_slope) * weight, axis=1)
     if HAS_BIAS:
-        acc += tl.load(BIAS).to(tl.float32)
-    tl.store(OUT + tl.program_id(0).to(tl.int64) * (2 * w) + p, acc.to(OUT.dtype.element_ty), mask=p_ok)
+        bias = tl.load(BIAS).to(tl.float32)
+        acc_odd += bias
+        acc_even += bias
+    odd = OUT + tl.program_id(0).to(tl.int64) * (2 * w) + 2 * q - 1
+    tl.store(odd, acc_odd.to(OUT.dtype.element_ty), mask=(q >= 1) & (q <= w))
+    tl.store(odd + 1, acc_even.to(OUT.dtype.element_ty), mask=q < w)
 
 
 @triton.jit
@@ -236,9 +245,11 @@ def _channel_tile(channels: int) -> int:
 
 
 def _row_blocks(channels: int) -> tuple[int, int, int]:
-    """(BLOCK_P, BLOCK_C, num_warps) of the forward kernels: about 2K elements per tile, 8 per
-    thread (32 registers for the block kernel, 40 with the head). For the head's 96 channels, 64 x 32
-    tiles take three quarters of the instructions per pixel of 32 x 64 (sm_90 SASS)."""
+    """(BLOCK_Q, BLOCK_C, num_warps) of the forward kernels: column pairs by channels, 2K in a
+    tile, 8 per thread (16 outputs), at 32 registers for the block kernel and 48 with the head
+    (sm_90). Per output element the block kernel takes 18 instructions and the head 14 per channel
+    (96 channels in 64 x 32 tiles), where tiles of single columns took 31 and 28 (sm_90 SASS, bf16:
+    instructions times threads over outputs)."""
     return (*_tile(channels, _channel_tile(channels), 2048), 8)
 
 
@@ -260,11 +271,11 @@ def _strip_rows(h: int) -> int:
 
 def _launch_upsample_act(t: torch.Tensor, y: torch.Tensor, negative_slope: float) -> None:
     B, h, w, C = t.shape
-    block_p, block_c, warps = _row_blocks(C)
-    launcher(_upsample_act_fwd_kernel)[(B * 2 * h, cdiv(2 * w, block_p), cdiv(C, block_c))](
+    block_q, block_c, warps = _row_blocks(C)
+    launcher(_upsample_act_fwd_kernel)[(B * 2 * h, cdiv(w + 1, block_q), cdiv(C, block_c))](
         t, y, C, h, w, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+        BLOCK_Q=block_q, BLOCK_C=block_c, num_warps=warps,
     )
 
 
@@ -293,11 +304,11 @@ def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weig
 def _launch_head(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
                  negative_slope: float) -> None:
     B, h, w, C = t.shape
-    block_p, block_c, warps = _row_blocks(C)
-    launcher(_upsample_act_head_fwd_kernel)[(B * 2 * h, cdiv(2 * w, block_p))](
+    block_q, block_c, warps = _row_blocks(C)
+    launcher(_upsample_act_head_fwd_kernel)[(B * 2 * h, cdiv(w + 1, block_q))](
         t, weight, weight if bias is None else bias, out, C, h, w, *scales(h, w), negative_slope,
         t.stride(0), t.stride(1), t.stride(2),
-        HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+        HAS_BIAS=bias is not None, BLOCK_Q=block_q, BLOCK_C=block_c, num_warps=warps,
     )
 
 

@@ -38,9 +38,9 @@ KERNELS = [
      dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 4, ANY),
     ("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32 GRAD_C GRAD_BIAS:fp32",
      dict(HAS_BIAS=True, BLOCK_S=16, BLOCK_D=128), 4, ANY),
-    *[("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_P=p, BLOCK_C=c), 8, ANY) for p, c in ((32, 64), (64, 32))],
-    *[("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_P=p, BLOCK_C=c), 8, ANY)
-      for p, c in ((32, 64), (64, 32))],
+    *[("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=q, BLOCK_C=c), 8, ANY) for q, c in ((32, 64), (64, 32))],
+    *[("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_Q=q, BLOCK_C=c), 8, ANY)
+      for q, c in ((32, 64), (64, 32))],
     # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
     *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
        dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), 4, elements)
@@ -172,9 +172,9 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
     assert_case("_seed_mask_bwd_sum_kernel", seed_mask.SUM_WARPS, HAS_BIAS=True, BLOCK_S=seed_mask.SUM_BLOCK_SPLITS,
                 BLOCK_D=seed_mask.SUM_BLOCK_D)
     for channels in (1536, 768, 384, 192, 96):
-        block_p, block_c, warps = decoder._row_blocks(channels)
-        assert_case("_upsample_act_fwd_kernel", warps, BLOCK_P=block_p, BLOCK_C=block_c)
-        assert_case("_upsample_act_head_fwd_kernel", warps, HAS_BIAS=True, BLOCK_P=block_p, BLOCK_C=block_c)
+        block_q, block_c, warps = decoder._row_blocks(channels)
+        assert_case("_upsample_act_fwd_kernel", warps, BLOCK_Q=block_q, BLOCK_C=block_c)
+        assert_case("_upsample_act_head_fwd_kernel", warps, HAS_BIAS=True, BLOCK_Q=block_q, BLOCK_C=block_c)
         for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
             block_j, block_c, warps = decoder._backward_blocks(channels, dtype)
             assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c)
