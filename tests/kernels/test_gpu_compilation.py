@@ -11,12 +11,15 @@ thread: two 4-warp programs, 8 warps, per SM; with channel counts not a multiple
 spilled.)
 
 The compilation runs in a subprocess without ``TRITON_INTERPRET``, under which the kernels would
-be interpreted functions that cannot be compiled."""
+be interpreted functions that cannot be compiled, through ``benchmarks/kernel_sass.py``
+(``python -m benchmarks.kernel_sass`` prints the launched kernels' figures and SASS instruction
+counts)."""
 import importlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,50 +54,21 @@ REGISTERS_PER_SM = 65536  # sm_90
 REGISTER_GRANULE = 8  # registers a thread are allocated in steps of 8 (256 a warp)
 MIN_RESIDENT_WARPS = 16
 
+ROOT = Path(__file__).resolve().parents[2]  # where benchmarks/ is (not an installed package)
 COMPILE_ALL = r"""
-import concurrent.futures, importlib, json, os, re, subprocess, sys, tempfile
+import concurrent.futures, json, os, sys
 
-FLOAT_ARGUMENTS = {"scale", "scale_h", "scale_w", "negative_slope"}
+from benchmarks.kernel_sass import compile_for_sm90, ptxas_figures
 
 
 def compile_case(case):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    module, name, pointers, constexprs, num_warps, element, float_type = case
-    kernel = getattr(importlib.import_module(f"restr_fast.kernels.{module}"), name)
-    types, divisible = {}, {}
-    pointer_types = dict((pointer.split(":") + [element])[:2] for pointer in pointers.split())
-    for index, arg in enumerate(kernel.arg_names):  # pointers, floats, and i32 sizes and strides
-        if arg in constexprs:
-            types[arg] = "constexpr"
-        elif arg in pointer_types:
-            types[arg] = f"*{pointer_types[arg]}"
-        else:
-            types[arg] = float_type if arg in FLOAT_ARGUMENTS else "i32"
-        if arg not in constexprs and (arg in pointer_types or arg.startswith("stride") or arg in ("C", "C_out", "D", "DP")):
-            divisible[(index,)] = [["tt.divisibility", 16]]
     try:
-        compiled = triton.compile(ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=divisible),
-                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+        compiled = compile_for_sm90(*case)
     except Exception as error:
         return dict(result=f"{type(error).__name__}: {error}")
     if "cubin" not in compiled.asm:
         return dict(result=f"no cubin: {sorted(compiled.asm)}")
-    # the ptxas triton.compile used, whose PTX version it wrote: TRITON_PTXAS_PATH's, else Triton's
-    # own. The variable may name a newer one (inductor sets it where the torch wheel has
-    # torch/bin/ptxas): on the GPU machine, CUDA 13's, whose PTX Triton 3.6's ptxas (12.8) rejects.
-    ptxas = triton.knobs.nvidia.ptxas.path
-    with tempfile.TemporaryDirectory() as folder:
-        source = os.path.join(folder, "kernel.ptx")
-        with open(source, "w") as file:
-            file.write(compiled.asm["ptx"])
-        report = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", source, "-o", os.path.join(folder, "kernel.cubin")],
-                                capture_output=True, text=True).stderr
-    registers = re.search(r"Used (\d+) registers", report)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    return dict(result="cubin", registers=int(registers.group(1)) if registers else None,
-                spill_bytes=sum(map(int, spills.groups())) if spills else None, report=report[-500:])
+    return dict(result="cubin", **ptxas_figures(compiled.asm["ptx"]))
 
 
 if __name__ == "__main__":
@@ -113,11 +87,11 @@ IDS = ["-".join([name, element, *(k if v is True else f"{k}={v}" for k, v in c.i
 def compilation_results():
     """The outcome of compiling every case, in one subprocess: "cubin" and ptxas's figures, or the error."""
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_ALL, json.dumps(CASES)], env=environment,
+    done = subprocess.run([sys.executable, "-c", COMPILE_ALL, json.dumps(CASES)], env=environment, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        if "No module named" in last or "ptxas" in last.lower():
+        if "No module named 'triton" in last or "ptxas" in last.lower():
             pytest.skip(f"Triton cannot compile for CUDA on this machine: {last}")
         pytest.fail(f"the compiling subprocess failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,0 +1,169 @@
+"""Registers and SASS instructions of the Triton kernels as the launchers run them on an H100 or
+H200 (sm_90), on any machine: ``python -m benchmarks.kernel_sass``.
+
+Triton's CUDA backend, its ptxas and its nvdisasm run without a GPU, so a session without one can
+still see what a kernel change does to the code the GPU would run. For each kernel, at the tiles
+its launcher chooses for the paper's sizes (bf16; D = 768, decoder channels 1536 ... 96), this
+prints ptxas's registers a thread and spill bytes, and the SASS instructions of the kernel and of
+its innermost loop's body, per tile element a thread holds. These are static counts, not times:
+what a compute-bound kernel's time follows, once the GPU confirms it is compute-bound.
+
+``tests/kernels/test_gpu_compilation.py`` compiles the kernels through :func:`compile_for_sm90` and
+:func:`ptxas_figures` as well. Run without ``TRITON_INTERPRET=1``: under it the kernels are
+interpreted functions, which cannot be compiled.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+
+FLOAT_ARGUMENTS = {"scale", "scale_h", "scale_w", "negative_slope"}
+DIVISIBLE_SIZES = ("C", "C_out", "D", "DP")  # channel counts Triton sees divisible by 16 at the presets' sizes
+
+
+def compile_for_sm90(module: str, name: str, pointers: str, constexprs: dict, num_warps: int,
+                     element: str = "bf16", float_type: str = "fp32"):
+    """``restr_fast.kernels.<module>.<name>`` compiled for sm_90 with ``triton.compile``.
+
+    ``pointers``: the pointer arguments, space-separated, each to ``element`` ("bf16", "fp16",
+    "fp32") or to the type after a colon ("GRAD_C_PARTIAL:fp32"); other arguments are i32 sizes and
+    strides, or ``float_type`` for the float ones. Pointers, strides and channel counts are typed
+    as divisible by 16, as Triton specialises them at the presets' sizes (which lets loads be
+    vectorised).
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(importlib.import_module(f"restr_fast.kernels.{module}"), name)
+    types, divisible = {}, {}
+    pointer_types = dict((pointer.split(":") + [element])[:2] for pointer in pointers.split())
+    for index, arg in enumerate(kernel.arg_names):
+        if arg in constexprs:
+            types[arg] = "constexpr"
+        elif arg in pointer_types:
+            types[arg] = f"*{pointer_types[arg]}"
+        else:
+            types[arg] = float_type if arg in FLOAT_ARGUMENTS else "i32"
+        if arg not in constexprs and (arg in pointer_types or arg.startswith("stride") or arg in DIVISIBLE_SIZES):
+            divisible[(index,)] = [["tt.divisibility", 16]]
+    return triton.compile(ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=divisible),
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+
+
+def ptxas_figures(ptx: str) -> dict:
+    """ptxas's registers a thread and spill bytes (None where its report has none) for ``ptx``,
+    and the report's tail.
+
+    It runs the ptxas ``triton.compile`` used, whose PTX version it wrote: TRITON_PTXAS_PATH's,
+    else Triton's own. The variable may name a newer one (inductor sets it where the torch wheel
+    has torch/bin/ptxas): on the GPU machine, CUDA 13's, whose PTX Triton 3.6's ptxas (12.8) rejects.
+    """
+    import triton
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        with open(source, "w") as file:
+            file.write(ptx)
+        report = subprocess.run([triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name=sm_90a", source,
+                                 "-o", os.path.join(folder, "kernel.cubin")], capture_output=True, text=True).stderr
+    registers = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    return dict(registers=int(registers.group(1)) if registers else None,
+                spill_bytes=sum(map(int, spills.groups())) if spills else None, report=report[-500:])
+
+
+def sass_instructions(cubin: bytes) -> tuple[list[str], list[tuple[int, int]]]:
+    """The SASS instructions of ``cubin`` (nvdisasm), and the (first, last) indices of each loop:
+    a branch back to an earlier label."""
+    import triton
+
+    knob = getattr(triton.knobs.nvidia, "nvdisasm", None)
+    nvdisasm = knob.path if knob is not None else os.path.join(os.path.dirname(triton.__file__),
+                                                                "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        with open(path, "wb") as file:
+            file.write(cubin)
+        listing = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
+    instructions, labels, loops = [], {}, []
+    for line in listing.splitlines():
+        if label := re.match(r"^\s*\.(L_x_\d+):", line):
+            labels[label.group(1)] = len(instructions)
+        elif instruction := re.match(r"^\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;", line):
+            instructions.append(instruction.group(1))
+            target = re.search(r"\bBRA\b.*?\.(L_x_\d+)", instruction.group(1))
+            if target and labels.get(target.group(1), len(instructions)) < len(instructions) - 1:
+                loops.append((labels[target.group(1)], len(instructions) - 1))
+    return instructions, loops
+
+
+def launched_kernels() -> list[tuple[str, str, str, dict, int, int]]:
+    """(module, kernel, pointers, constexprs, num_warps, tile elements) as the launchers run them on
+    a GPU at the paper's sizes, in bf16: D = 768 for seed_mask, each decoder channel count once."""
+    op_registry = importlib.import_module("restr_fast.kernels.op_registry")
+    interpreted, op_registry.INTERPRETED = op_registry.INTERPRETED, False  # the launchers' GPU tiles
+    try:
+        import torch
+        seed_mask = importlib.import_module("restr_fast.kernels.seed_mask")
+        decoder = importlib.import_module("restr_fast.kernels.decoder")
+        found = []
+        block_n, block_d, warps = seed_mask._forward_blocks(768, 0)
+        found.append(("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
+                      dict(HAS_BIAS=False, HAS_PREFIX=False, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=1),
+                      warps, block_n * block_d))
+        block_n, block_d, warps = seed_mask._backward_blocks(768)
+        found.append(("seed_mask", "_seed_mask_bwd_kernel",
+                      "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
+                      dict(HAS_BIAS=False, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True,
+                           BLOCK_N=block_n, BLOCK_D=block_d), warps, block_n * block_d))
+        tiles = []  # (kernel, (block, channels, warps)), each once
+        for channels in (1536, 768, 384, 192, 96):
+            for name, blocks in (("_upsample_act_fwd_kernel", decoder._row_blocks(channels)),
+                                 ("_upsample_act_head_fwd_kernel", decoder._row_blocks(channels)),
+                                 ("_upsample_act_bwd_kernel", decoder._backward_blocks(channels, torch.bfloat16))):
+                if (name, blocks) not in tiles:
+                    tiles.append((name, blocks))
+        for name, (block, block_c, warps) in tiles:
+            if name == "_upsample_act_fwd_kernel":
+                found.append(("decoder", name, "T Y", dict(BLOCK_Q=block, BLOCK_C=block_c), warps, block * block_c))
+            elif name == "_upsample_act_head_fwd_kernel":
+                found.append(("decoder", name, "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_Q=block, BLOCK_C=block_c),
+                              warps, block * block_c))
+            else:
+                for head in (False, True):
+                    found.append(("decoder", name, "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
+                                  dict(HEAD=head, BLOCK_J=block, BLOCK_C=block_c, **({"stride_gw": 1} if head else {})),
+                                  warps, block * block_c))
+        return found
+    finally:
+        op_registry.INTERPRETED = interpreted
+
+
+def main() -> None:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("kernel_sass compiles the kernels for a GPU: run it without TRITON_INTERPRET=1")
+    print("sm_90 (H100/H200), bf16, tiles as the launchers choose them on a GPU. Per element: the loop body's"
+          " instructions (else the whole kernel's) over the tile elements a thread holds; the decoder's forward"
+          " tiles are of column pairs, two outputs an element")
+    print("| kernel | constexprs | warps | registers | spill bytes | instructions | loop body | per element | most frequent in the loop |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for module, name, pointers, constexprs, warps, elements in launched_kernels():
+        compiled = compile_for_sm90(module, name, pointers, constexprs, warps)
+        figures = ptxas_figures(compiled.asm["ptx"])
+        instructions, loops = sass_instructions(compiled.asm["cubin"])
+        body = instructions[slice(*max(loops, key=lambda loop: loop[1] - loop[0], default=(0, len(instructions))))]
+        per_thread = elements / (32 * warps)
+        opcodes = Counter(re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0] for instruction in body)
+        settings = ", ".join(f"{key}={value}" for key, value in constexprs.items())
+        print(f"| {name} | {settings} | {warps} | {figures['registers']} | {figures['spill_bytes']} | "
+              f"{len(instructions)} | {len(body) if loops else ''} | {len(body) / per_thread:.1f} | "
+              f"{', '.join(f'{op} {count}' for op, count in opcodes.most_common(5))} |")
+
+
+if __name__ == "__main__":
+    main()
