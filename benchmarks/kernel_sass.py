@@ -5,7 +5,7 @@ Triton's CUDA backend, its ptxas and its nvdisasm run without a GPU, so a sessio
 still see what a kernel change does to the code the GPU would run. For each kernel, at the tiles
 its launcher chooses for the paper's sizes (bf16; D = 768, decoder channels 1536 ... 96), this
 prints ptxas's registers a thread and spill bytes, and the SASS instructions of the kernel and of
-its innermost loop's body, per tile element a thread holds. These are static counts, not times:
+its innermost loop's body, per output a thread computes. These are static counts, not times:
 what a compute-bound kernel's time follows, once the GPU confirms it is compute-bound.
 
 ``tests/kernels/test_gpu_compilation.py`` compiles the kernels through :func:`compile_for_sm90` and
@@ -102,9 +102,11 @@ def sass_instructions(cubin: bytes) -> tuple[list[str], list[tuple[int, int]]]:
     return instructions, loops
 
 
-def launched_kernels() -> list[tuple[str, str, str, dict, int, int]]:
-    """(module, kernel, pointers, constexprs, num_warps, tile elements) as the launchers run them on
-    a GPU at the paper's sizes, in bf16: D = 768 for seed_mask, each decoder channel count once."""
+def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
+    """(module, kernel, pointers, constexprs, num_warps, tile elements, outputs per element and
+    loop iteration) as the launchers run them on a GPU at the paper's sizes, in bf16: D = 768 for
+    seed_mask, each decoder channel count once. The decoder's forward tiles hold column pairs (two
+    outputs an element), its backward walks pairs of output rows (two an iteration)."""
     op_registry = importlib.import_module("restr_fast.kernels.op_registry")
     interpreted, op_registry.INTERPRETED = op_registry.INTERPRETED, False  # the launchers' GPU tiles
     try:
@@ -115,30 +117,27 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int]]:
         block_n, block_d, warps = seed_mask._forward_blocks(768, 0)
         found.append(("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
                       dict(HAS_BIAS=False, HAS_PREFIX=False, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=1),
-                      warps, block_n * block_d))
+                      warps, block_n * block_d, 1))
         block_n, block_d, warps = seed_mask._backward_blocks(768)
         found.append(("seed_mask", "_seed_mask_bwd_kernel",
                       "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
                       dict(HAS_BIAS=False, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True,
-                           BLOCK_N=block_n, BLOCK_D=block_d), warps, block_n * block_d))
-        tiles = []  # (kernel, (block, channels, warps)), each once
+                           BLOCK_N=block_n, BLOCK_D=block_d), warps, block_n * block_d, 1))
         for channels in (1536, 768, 384, 192, 96):
-            for name, blocks in (("_upsample_act_fwd_kernel", decoder._row_blocks(channels)),
-                                 ("_upsample_act_head_fwd_kernel", decoder._row_blocks(channels)),
-                                 ("_upsample_act_bwd_kernel", decoder._backward_blocks(channels, torch.bfloat16))):
-                if (name, blocks) not in tiles:
-                    tiles.append((name, blocks))
-        for name, (block, block_c, warps) in tiles:
-            if name == "_upsample_act_fwd_kernel":
-                found.append(("decoder", name, "T Y", dict(BLOCK_Q=block, BLOCK_C=block_c), warps, block * block_c))
-            elif name == "_upsample_act_head_fwd_kernel":
-                found.append(("decoder", name, "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_Q=block, BLOCK_C=block_c),
-                              warps, block * block_c))
-            else:
-                for head in (False, True):
-                    found.append(("decoder", name, "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
-                                  dict(HEAD=head, BLOCK_J=block, BLOCK_C=block_c, **({"stride_gw": 1} if head else {})),
-                                  warps, block * block_c))
+            block_q, block_c, warps = decoder._row_blocks(channels)
+            launches = [("_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=block_q, BLOCK_C=block_c), warps),
+                        ("_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT",
+                         dict(HAS_BIAS=True, BLOCK_Q=block_q, BLOCK_C=block_c), warps)]
+            block_j, block_c, warps = decoder._backward_blocks(channels, torch.bfloat16)
+            for head in (False, True):
+                launches.append(("_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
+                                 dict(HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, **({"stride_gw": 1} if head else {})),
+                                 warps))
+            for name, pointers, constexprs, warps in launches:
+                tile = next(value for key, value in constexprs.items() if key in ("BLOCK_Q", "BLOCK_J")) * constexprs["BLOCK_C"]
+                case = ("decoder", name, pointers, constexprs, warps, tile, 2)
+                if case not in found:
+                    found.append(case)
         return found
     finally:
         op_registry.INTERPRETED = interpreted
@@ -147,17 +146,18 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int]]:
 def main() -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_sass compiles the kernels for a GPU: run it without TRITON_INTERPRET=1")
-    print("sm_90 (H100/H200), bf16, tiles as the launchers choose them on a GPU. Per element: the loop body's"
-          " instructions (else the whole kernel's) over the tile elements a thread holds; the decoder's forward"
-          " tiles are of column pairs, two outputs an element")
-    print("| kernel | constexprs | warps | registers | spill bytes | instructions | loop body | per element | most frequent in the loop |")
+    print("sm_90 (H100/H200), bf16, tiles as the launchers choose them on a GPU. Per output: the loop body's"
+          " instructions (else the whole kernel's) over the outputs a thread computes in it: tile elements,"
+          " twice over for the decoder (forward: column pairs; backward: pairs of output rows, each output"
+          " counted per input column and channel)")
+    print("| kernel | constexprs | warps | registers | spill bytes | instructions | loop body | per output | most frequent in the loop |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for module, name, pointers, constexprs, warps, elements in launched_kernels():
+    for module, name, pointers, constexprs, warps, elements, outputs in launched_kernels():
         compiled = compile_for_sm90(module, name, pointers, constexprs, warps)
         figures = ptxas_figures(compiled.asm["ptx"])
         instructions, loops = sass_instructions(compiled.asm["cubin"])
         body = instructions[slice(*max(loops, key=lambda loop: loop[1] - loop[0], default=(0, len(instructions))))]
-        per_thread = elements / (32 * warps)
+        per_thread = outputs * elements / (32 * warps)
         opcodes = Counter(re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0] for instruction in body)
         settings = ", ".join(f"{key}={value}" for key, value in constexprs.items())
         print(f"| {name} | {settings} | {warps} | {figures['registers']} | {figures['spill_bytes']} | "

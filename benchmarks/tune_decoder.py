@@ -22,10 +22,11 @@ from .tuning import Variant, print_fastest_first, time_variants
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 
-# one dimension at a time, around the defaults (forward: 32 column pairs x 64 channels with 8 warps,
-# 64 x 32 for the head's 96 channels; strips of 24 rows on a GPU); forward 32x64 everywhere puts
-# the head's 96 channels in two tiles of 64, a quarter of the second one's lanes idle
-BACKWARD_TILES = [(16, 64, 4), (32, 32, 4), (16, 32, 4), (16, 64, 8), (32, 64, 8), (8, 64, 4)]
+# one dimension at a time, around the defaults (backward 16x64 with 8 warps; forward 32 column
+# pairs x 64 channels with 8 warps, 64 x 32 for the head's 96 channels; strips of 24 rows on a
+# GPU); forward 32x64 everywhere puts the head's 96 channels in two tiles of 64, a quarter of the
+# second one's lanes idle
+BACKWARD_TILES = [(16, 64, 4), (32, 32, 8), (16, 32, 4), (32, 64, 8), (8, 64, 4)]
 STRIP_ROWS = [8, 16, 48]
 FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]  # (column pairs, channels, warps)
 

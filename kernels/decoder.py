@@ -22,9 +22,10 @@ batch 8, bf16: 5.32 against 3.44 ms at 480/8, 4.83 against 3.46 ms at 640/16), s
 products.
 
 The backward kernel gathers instead of scattering (no atomics, deterministic): each program
-owns a strip of low-resolution rows and walks down the output rows that read them, summing the
-gradients of the upsampled pixels with the same bilinear weights and recomputing the activation's
-pre-image from the two rows each output row reads.
+owns a strip of low-resolution rows and walks down the pairs of output rows that read them (both
+rows of a pair read the same two), summing the gradients of the upsampled pixels with the same
+bilinear weights and recomputing the activation's pre-image from those two rows. The forward
+kernels likewise work on pairs of output columns.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import triton.language as tl
 from restr_fast.models.decoder import upsample2x
 
 from . import op_registry
-from .bilinear import leaky_relu, scales, source_rows, tent, upsampled_pair
+from .bilinear import leaky_relu, scales, tent, upsampled_pair
 from .jit_helpers import fp32
 from .op_registry import eager_autograd, launcher, register_triton_op
 from .sizes import cdiv, next_power_of_2
@@ -115,7 +116,7 @@ def _store_grad_row(GT_IMAGE, row, first, end, acc, j, cols, ok, stride_gth, str
     """Store the finished gradient row ``row`` (scalar) if this program owns it: first <= row < end."""
     owned = (row >= first) & (row < end)
     offsets = (j * stride_gtw)[:, None] + cols[None, :]
-    tl.store(GT_IMAGE + row.to(tl.int64) * stride_gth + offsets, acc.to(GT_IMAGE.dtype.element_ty), mask=ok & owned)
+    tl.store(GT_IMAGE + tl.cast(row, tl.int64) * stride_gth + offsets, acc.to(GT_IMAGE.dtype.element_ty), mask=ok & owned)
 
 
 @triton.jit
@@ -126,17 +127,20 @@ def _upsample_act_bwd_kernel(
 ):
     """grad_t = up^T(grad_y * leaky_relu'(up(t))), without atomics.
 
-    Programs: (B * strips of ``rows_per_strip`` input rows, column tiles, channel tiles). A
-    program walks down the output rows o that read its strip. Per output row it first reduces
-    along the columns, for each input column j of its tile, over the output columns p that read j,
-    recomputing up(t) at (o, p) for the activation's slope. Those are p in [2j - 1, 2j + 2]: with
-    1/scale = 2 + 1/(w - 1), p reads j iff 2j - 2 + (j - 1)/(w - 1) < p < 2j + 2 + (j + 1)/(w - 1)
-    (the one exception, p = 2w - 1 for j = w - 2, has weight 0 but for fp32 rounding of the scale:
-    at most an ulp, left out). Output columns p <= 2j read input columns j - 1 and j, the others
-    j and j + 1 (p = 2w - 1 but for that ulp, left out of its recomputed up(t) too), so each
-    recomputed value interpolates two columns. Output row o then adds to input rows y0(o) and
-    y1(o) = y0(o) + 1 only, and y0 grows by at most one per row: two accumulator rows suffice,
-    and a row is stored once the walk has left it.
+    Programs: (B * strips of ``rows_per_strip`` input rows, column tiles, channel tiles). As in the
+    forward, output rows (and columns) come in pairs: 2q - 1 and 2q both read input rows q - 1 and
+    q (clamped to the map). A program walks the pairs q in [first, end] of its strip [first, end):
+    pair q adds to input rows q - 1 and q only, so two accumulator rows suffice, and after pair q
+    row q - 1 is complete and stored (if the strip owns it). A pair loads its two input rows once
+    for both output rows.
+
+    Per output row it first reduces along the columns, for each input column j of its tile, over
+    the output columns p that read j, recomputing up(t) at (o, p) for the activation's slope: p in
+    [2j - 1, 2j + 2], the pairs j and j + 1. Pair j reads input columns j - 1 and j, so each
+    recomputed value interpolates two columns. The weights are those of PyTorch's bilinear
+    upsampling, src - floor(src), but at the last row and column, 2h - 1 and 2w - 1, whose source
+    fp32 rounding can put an ulp below h - 1 or w - 1: PyTorch then gives row h - 2 or column w - 2
+    that ulp of weight, left out here (as in the forward kernels).
 
     With HEAD, grad_y is the head's grad_logits GY (B, 2h, 2w) times its weight vector (C,), and
     WEIGHT_PARTIAL gets this program's share of the head weight's gradient,
@@ -166,61 +170,58 @@ def _upsample_act_bwd_kernel(
     else:
         row_weight = 1.0
 
-    # output rows reading input row i lie in [2i - 1, 2i + 2] (as for columns below); the walk
-    # goes one row further (2i + 3), where fp32 rounding of the scale can leave an ulp of weight
-    o_first = tl.maximum(2 * first - 1, 0)
-    row = source_rows(o_first, scale_h, h)[0]  # the input row acc_0 collects; acc_1: row + 1
-    acc_0 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
-    acc_1 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
-    for o in range(o_first, tl.minimum(2 * end + 2, 2 * h)):
-        y0, y1, ly = source_rows(o, scale_h, h)
-        if y0 > row:  # no later output row reads `row`
-            _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0 * row_weight, j, cols, ok, stride_gth, stride_gtw)
-            acc_0 = acc_1
-            acc_1 = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
-            row = y0
-        # t interpolated between rows y0 and y1, at input columns j - 1, j, j + 1
-        row0 = t_image + y0.to(tl.int64) * stride_th
-        row1 = t_image + y1.to(tl.int64) * stride_th
-        v_m = (1.0 - ly) * tl.load(row0 + column_m, mask=ok_m, other=0.0).to(tl.float32) \
-            + ly * tl.load(row1 + column_m, mask=ok_m, other=0.0).to(tl.float32)
-        v_0 = (1.0 - ly) * tl.load(row0 + column_0, mask=ok, other=0.0).to(tl.float32) \
-            + ly * tl.load(row1 + column_0, mask=ok, other=0.0).to(tl.float32)
-        v_p = (1.0 - ly) * tl.load(row0 + column_p, mask=ok_p, other=0.0).to(tl.float32) \
-            + ly * tl.load(row1 + column_p, mask=ok_p, other=0.0).to(tl.float32)
-        g_row = g_image + tl.cast(o, tl.int64) * stride_gh
-        row_owned = (o // 2 >= first) & (o // 2 < end)
-        # grad_row: sum over the output columns p of reads(p, j) * leaky_relu'(u) * grad_u(o, p)
-        for e in tl.static_range(4):
-            p = 2 * j - 1 + e  # output column
-            src = p.to(tl.float32) * scale_w
-            reads = tent(src - fj)  # how much output column p reads input column j
-            # p <= 2j reads input columns j - 1 and j, p > 2j columns j and j + 1 (see above)
-            if e < 2:
-                u = tent(src - (fj - 1.0))[:, None] * v_m + reads[:, None] * v_0
-            else:
-                u = reads[:, None] * v_0 + tent(src - (fj + 1.0))[:, None] * v_p
-            tap_ok = j_ok & (p >= 0) & (p < 2 * w) & (reads > 0)
-            positive = u > 0
-            if HEAD:
-                g_pixel = tl.load(g_row + p * stride_gw, mask=tap_ok, other=0.0).to(tl.float32)
-                term = (g_pixel * reads)[:, None] * tl.where(positive, 1.0, negative_slope)
-                if e == 1 or e == 2:  # p // 2 == j: a pixel this program owns if row_owned
-                    owned = tl.where(tap_ok & row_owned, g_pixel, 0.0)
-                    weight_acc += owned[:, None] * leaky_relu(u, negative_slope)
-            else:
-                g = tl.load(g_row + (p * stride_gw)[:, None] + cols[None, :], mask=tap_ok[:, None] & col_ok[None, :],
-                            other=0.0).to(tl.float32)
-                term = reads[:, None] * tl.where(positive, g, g * negative_slope)
-            if e == 0:
-                grad_row = term
-            else:
-                grad_row += term
-        same = y1 == y0  # the last input row: both of the output row's weights go to it
-        acc_0 += tl.where(same, 1.0, 1.0 - ly) * grad_row
-        acc_1 += tl.where(same, 0.0, ly) * grad_row
-    _store_grad_row(GT + b * stride_gtb, row, first, end, acc_0 * row_weight, j, cols, ok, stride_gth, stride_gtw)
-    _store_grad_row(GT + b * stride_gtb, row + 1, first, end, acc_1 * row_weight, j, cols, ok, stride_gth, stride_gtw)
+    acc_upper = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)  # input row q - 1
+    acc_lower = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)  # input row q
+    for q in range(first, end + 1):
+        upper = t_image + tl.cast(tl.maximum(q - 1, 0), tl.int64) * stride_th
+        lower = t_image + tl.cast(tl.minimum(q, h - 1), tl.int64) * stride_th
+        upper_m = tl.load(upper + column_m, mask=ok_m, other=0.0).to(tl.float32)
+        upper_0 = tl.load(upper + column_0, mask=ok, other=0.0).to(tl.float32)
+        upper_p = tl.load(upper + column_p, mask=ok_p, other=0.0).to(tl.float32)
+        lower_m = tl.load(lower + column_m, mask=ok_m, other=0.0).to(tl.float32)
+        lower_0 = tl.load(lower + column_0, mask=ok, other=0.0).to(tl.float32)
+        lower_p = tl.load(lower + column_p, mask=ok_p, other=0.0).to(tl.float32)
+        for half in tl.static_range(2):
+            o = 2 * q - 1 + half  # output row
+            o_ok = (o >= 0) & (o < 2 * h)
+            ly = tl.cast(o, tl.float32) * scale_h - tl.cast(q - 1, tl.float32)  # the lower row's weight
+            # t interpolated between the pair's rows, at input columns j - 1, j, j + 1
+            v_m = (1.0 - ly) * upper_m + ly * lower_m
+            v_0 = (1.0 - ly) * upper_0 + ly * lower_0
+            v_p = (1.0 - ly) * upper_p + ly * lower_p
+            g_row = g_image + tl.cast(o, tl.int64) * stride_gh
+            owned = (q - 1 + half >= first) & (q - 1 + half < end)  # o // 2 in this strip
+            # grad_row: sum over the output columns p of reads(p, j) * leaky_relu'(u) * grad_u(o, p)
+            for e in tl.static_range(4):
+                p = 2 * j - 1 + e  # output column
+                src = p.to(tl.float32) * scale_w
+                reads = tent(src - fj)  # how much output column p reads input column j
+                if e < 2:  # pair j: input columns j - 1 and j
+                    u = tent(src - (fj - 1.0))[:, None] * v_m + reads[:, None] * v_0
+                else:  # pair j + 1: columns j and j + 1
+                    u = reads[:, None] * v_0 + tent(src - (fj + 1.0))[:, None] * v_p
+                tap_ok = j_ok & (p >= 0) & (p < 2 * w) & (reads > 0) & o_ok
+                positive = u > 0
+                if HEAD:
+                    g_pixel = tl.load(g_row + p * stride_gw, mask=tap_ok, other=0.0).to(tl.float32)
+                    term = (g_pixel * reads)[:, None] * tl.where(positive, 1.0, negative_slope)
+                    if e == 1 or e == 2:  # p // 2 == j: a pixel this program owns if the row is owned
+                        owned_g = tl.where(tap_ok & owned, g_pixel, 0.0)
+                        weight_acc += owned_g[:, None] * leaky_relu(u, negative_slope)
+                else:
+                    g = tl.load(g_row + (p * stride_gw)[:, None] + cols[None, :],
+                                mask=tap_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                    term = reads[:, None] * tl.where(positive, g, g * negative_slope)
+                if e == 0:
+                    grad_row = term
+                else:
+                    grad_row += term
+            acc_upper += (1.0 - ly) * grad_row
+            acc_lower += ly * grad_row
+        _store_grad_row(GT + b * stride_gtb, q - 1, first, end, acc_upper * row_weight, j, cols, ok,
+                        stride_gth, stride_gtw)
+        acc_upper = acc_lower
+        acc_lower = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)
     if HEAD:
         program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         tl.store(WEIGHT_PARTIAL + program.to(tl.int64) * C + cols, tl.sum(weight_acc, axis=0), mask=col_ok)
@@ -246,26 +247,27 @@ def _channel_tile(channels: int) -> int:
 
 def _row_blocks(channels: int) -> tuple[int, int, int]:
     """(BLOCK_Q, BLOCK_C, num_warps) of the forward kernels: column pairs by channels, 2K in a
-    tile, 8 per thread (16 outputs), at 32 registers for the block kernel and 48 with the head
-    (sm_90). Per output element the block kernel takes 18 instructions and the head 14 per channel
+    tile, 8 per thread (16 outputs), at 32-38 registers for the block kernel and 48 with the head
+    (sm_90, Triton 3.6 and 3.8). Per output element the block kernel takes 18 instructions and the head 14 per channel
     (96 channels in 64 x 32 tiles), where tiles of single columns took 31 and 28 (sm_90 SASS, bf16:
     instructions times threads over outputs)."""
     return (*_tile(channels, _channel_tile(channels), 2048), 8)
 
 
 def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_J, BLOCK_C, num_warps) of the backward kernel: tiles of 1K elements, 8 per thread
-    (about 110-130 registers on sm_90), as many channels wide as :func:`_channel_tile` says.
-    Half that tile takes 15 % more instructions per element. In fp32, half the tile, 16 x 32: at
-    1K elements fp32 operands take 151-157 registers, 12 resident warps per SM, against 72-95."""
+    """(BLOCK_J, BLOCK_C, num_warps) of the backward kernel: tiles of 1K elements, as many channels
+    wide as :func:`_channel_tile` says, 4 elements per thread (8 warps): a pair of output rows keeps
+    both input rows' tiles, and at 8 elements per thread the head's kernel took 158 registers in
+    bf16 with Triton 3.6 (12 resident warps per SM), against 80-117 at 4 with Triton 3.6 and 3.8.
+    In fp32, 16 x 32 with 4 warps (92-108 registers)."""
     if dtype == torch.float32:
         return (*_tile(channels, 32, 512), 4)
-    return (*_tile(channels, _channel_tile(channels), 1024), 4)
+    return (*_tile(channels, _channel_tile(channels), 1024), 8)
 
 
 def _strip_rows(h: int) -> int:
-    """Input rows per backward program: a strip re-walks about 5 output rows beyond its own
-    2 * rows (10 % for 24); under the interpreter, whole maps (fewer programs)."""
+    """Input rows per backward program: a strip walks one pair of output rows beyond its own
+    rows (4 % for 24); under the interpreter, whole maps (fewer programs)."""
     return h if op_registry.INTERPRETED else 24
 
 
@@ -285,10 +287,10 @@ def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weig
     the (B, 2h, 2w) gradient of the head's logits; then returns the head weight's gradient,
     fp32 (C,)."""
     B, h, w, C = t.shape
+    head = head_weight is not None
     block_j, block_c, warps = _backward_blocks(C, t.dtype)
     rows = _strip_rows(h)
     grid = (B * cdiv(h, rows), cdiv(w, block_j), cdiv(C, block_c))
-    head = head_weight is not None
     # absent inputs get read-only stand-ins (t), as torch.compile's mutation analysis wants them
     partial = t.new_empty((grid[0] * grid[1], C), dtype=torch.float32) if head else t
     launcher(_upsample_act_bwd_kernel)[grid](

@@ -28,9 +28,9 @@ def test_a_row_for_every_launched_kernel():
     kernels = launched_kernels()
     assert [row[0].strip() for row in rows] == [name for _, name, *_ in kernels]
     for row in rows:
-        name, _, warps, registers, spills, total, body, per_element, _ = (cell.strip() for cell in row)
+        name, _, warps, registers, spills, total, body, per_output, _ = (cell.strip() for cell in row)
         assert int(registers) > 0 and int(spills) == 0, row
-        assert 0 < int(body or total) <= int(total) and float(per_element) > 0, row
+        assert 0 < int(body or total) <= int(total) and float(per_output) > 0, row
     # the loops: the decoder's backward walks output rows, its head loops over channel tiles
     assert all(row[6].strip() for row in rows if row[0].strip() in ("_upsample_act_bwd_kernel",
                                                                     "_upsample_act_head_fwd_kernel"))
@@ -38,7 +38,7 @@ def test_a_row_for_every_launched_kernel():
 
 def test_the_kernels_are_those_the_launchers_choose():
     """One row per kernel and tile the launchers use on a GPU at the presets' sizes."""
-    found = {(name, tuple(sorted(constexprs.items()))) for _, name, _, constexprs, _, _ in launched_kernels()}
+    found = {(name, tuple(sorted(constexprs.items()))) for _, name, _, constexprs, *_ in launched_kernels()}
     names = {name for name, _ in found}
     assert names == {"_seed_mask_fwd_kernel", "_seed_mask_bwd_kernel", "_upsample_act_fwd_kernel",
                      "_upsample_act_head_fwd_kernel", "_upsample_act_bwd_kernel"}

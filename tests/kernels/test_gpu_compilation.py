@@ -46,8 +46,8 @@ KERNELS = [
       for q, c in ((32, 64), (64, 32))],
     # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
     *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
-       dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), 4, elements)
-      for head in (False, True) for j, c, elements in ((16, 64, HALF), (32, 32, HALF), (16, 32, ("fp32",)))],
+       dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), warps, elements)
+      for head in (False, True) for j, c, warps, elements in ((16, 64, 8, HALF), (32, 32, 8, HALF), (16, 32, 4, ("fp32",)))],
 ]
 FLOAT_TYPES = ("fp32", "fp64")
 REGISTERS_PER_SM = 65536  # sm_90
