@@ -5,7 +5,7 @@ Triton's CUDA backend, its ptxas and its nvdisasm run without a GPU, so a sessio
 still see what a kernel change does to the code the GPU would run. For each kernel, at the tiles
 its launcher chooses for the paper's sizes (bf16; D = 768, decoder channels 1536 ... 96), this
 prints ptxas's registers a thread and spill bytes, and the SASS instructions of the kernel and of
-its innermost loop's body, per output a thread computes. These are static counts, not times:
+its main loop's body (the longest; the whole kernel if it has none), per output a thread computes. These are static counts, not times:
 what a compute-bound kernel's time follows, once the GPU confirms it is compute-bound.
 
 ``tests/kernels/test_gpu_compilation.py`` compiles the kernels through :func:`compile_for_sm90` and
@@ -78,8 +78,8 @@ def ptxas_figures(ptx: str) -> dict:
 
 
 def sass_instructions(cubin: bytes) -> tuple[list[str], list[tuple[int, int]]]:
-    """The SASS instructions of ``cubin`` (nvdisasm), and the (first, last) indices of each loop:
-    a branch back to an earlier label."""
+    """The SASS instructions of ``cubin`` (nvdisasm), and the (first, end) indices of each loop's
+    body, from an earlier label to just past the branch back to it."""
     import triton
 
     knob = getattr(triton.knobs.nvidia, "nvdisasm", None)
@@ -98,7 +98,7 @@ def sass_instructions(cubin: bytes) -> tuple[list[str], list[tuple[int, int]]]:
             instructions.append(instruction.group(1))
             target = re.search(r"\bBRA\b.*?\.(L_x_\d+)", instruction.group(1))
             if target and labels.get(target.group(1), len(instructions)) < len(instructions) - 1:
-                loops.append((labels[target.group(1)], len(instructions) - 1))
+                loops.append((labels[target.group(1)], len(instructions)))
     return instructions, loops
 
 
@@ -116,7 +116,8 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
         found = []
         block_n, block_d, warps = seed_mask._forward_blocks(768, 0)
         found.append(("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
-                      dict(HAS_BIAS=False, HAS_PREFIX=False, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=1),
+                      dict(HAS_BIAS=False, HAS_PREFIX=False, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d,
+                           BLOCK_DP=1),
                       warps, block_n * block_d, 1))
         block_n, block_d, warps = seed_mask._backward_blocks(768)
         found.append(("seed_mask", "_seed_mask_bwd_kernel",
@@ -130,12 +131,11 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
                          dict(HAS_BIAS=True, BLOCK_Q=block_q, BLOCK_C=block_c), warps)]
             block_j, block_c, warps = decoder._backward_blocks(channels, torch.bfloat16)
             for head in (False, True):
-                launches.append(("_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
-                                 dict(HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, **({"stride_gw": 1} if head else {})),
-                                 warps))
+                constexprs = dict(HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, **({"stride_gw": 1} if head else {}))
+                launches.append(("_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32", constexprs, warps))
             for name, pointers, constexprs, warps in launches:
-                tile = next(value for key, value in constexprs.items() if key in ("BLOCK_Q", "BLOCK_J")) * constexprs["BLOCK_C"]
-                case = ("decoder", name, pointers, constexprs, warps, tile, 2)
+                columns = constexprs.get("BLOCK_Q", constexprs.get("BLOCK_J"))
+                case = ("decoder", name, pointers, constexprs, warps, columns * constexprs["BLOCK_C"], 2)
                 if case not in found:
                     found.append(case)
         return found
@@ -146,11 +146,13 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
 def main() -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_sass compiles the kernels for a GPU: run it without TRITON_INTERPRET=1")
-    print("sm_90 (H100/H200), bf16, tiles as the launchers choose them on a GPU. Per output: the loop body's"
-          " instructions (else the whole kernel's) over the outputs a thread computes in it: tile elements,"
-          " twice over for the decoder (forward: column pairs; backward: pairs of output rows, each output"
-          " counted per input column and channel)")
-    print("| kernel | constexprs | warps | registers | spill bytes | instructions | loop body | per output | most frequent in the loop |")
+    print("sm_90 (H100/H200), bf16, tiles as the launchers choose them on a GPU. Per output: the main loop's"
+          " instructions (else the whole kernel's) over the outputs a thread computes in one pass of it: its tile"
+          " elements, twice for the decoder's (forward: column pairs, the head's loop per output and channel;"
+          " backward: pairs of output rows, per output row, input column and channel). Masked lanes of partial"
+          " tiles count as work.")
+    print("| kernel | constexprs | warps | registers | spill bytes | instructions | loop body | per output |"
+          " most frequent in the loop |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for module, name, pointers, constexprs, warps, elements, outputs in launched_kernels():
         compiled = compile_for_sm90(module, name, pointers, constexprs, warps)

@@ -33,7 +33,8 @@ FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]  # (column 
 
 def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
-    found = [(f"backward {j}x{c}, {w} warps", [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
+    found = [(f"backward {j}x{c}, {w} warps",
+              [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
              for j, c, w in BACKWARD_TILES]
     found += [(f"strips of {rows} rows", [(decoder_kernels, "_strip_rows", lambda h, rows=rows: rows)])
               for rows in STRIP_ROWS]

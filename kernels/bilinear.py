@@ -12,8 +12,8 @@ def scales(h: int, w: int) -> tuple[float, float]:
 
 @triton.jit
 def source_rows(o, scale, size):
-    """The two input rows (or columns) upsampled output index ``o`` reads, and the weight of the
-    second, exactly as PyTorch's bilinear upsampling with align_corners=True computes them."""
+    """The two input rows upsampled output row ``o`` reads, and the weight of the second, exactly as
+    PyTorch's bilinear upsampling with align_corners=True computes them."""
     src = tl.cast(o, tl.float32) * scale
     i0 = tl.minimum(src.to(tl.int32), size - 1)  # floor: src >= 0
     i1 = tl.minimum(i0 + 1, size - 1)

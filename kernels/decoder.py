@@ -74,7 +74,8 @@ def _upsample_act_fwd_kernel(
                                    h, w, scale_h, scale_w, stride_th, stride_tw)
     y_row = Y + b.to(tl.int64) * stride_yb + o.to(tl.int64) * stride_yh
     odd = y_row + ((2 * q - 1) * stride_yw)[:, None] + cols[None, :]
-    tl.store(odd, leaky_relu(u_odd, negative_slope).to(Y.dtype.element_ty), mask=((q >= 1) & (q <= w))[:, None] & col_ok)
+    tl.store(odd, leaky_relu(u_odd, negative_slope).to(Y.dtype.element_ty),
+             mask=((q >= 1) & (q <= w))[:, None] & col_ok)
     tl.store(odd + stride_yw, leaky_relu(u_even, negative_slope).to(Y.dtype.element_ty), mask=(q < w)[:, None] & col_ok)
 
 
@@ -116,7 +117,8 @@ def _store_grad_row(GT_IMAGE, row, first, end, acc, j, cols, ok, stride_gth, str
     """Store the finished gradient row ``row`` (scalar) if this program owns it: first <= row < end."""
     owned = (row >= first) & (row < end)
     offsets = (j * stride_gtw)[:, None] + cols[None, :]
-    tl.store(GT_IMAGE + tl.cast(row, tl.int64) * stride_gth + offsets, acc.to(GT_IMAGE.dtype.element_ty), mask=ok & owned)
+    tl.store(GT_IMAGE + tl.cast(row, tl.int64) * stride_gth + offsets, acc.to(GT_IMAGE.dtype.element_ty),
+             mask=ok & owned)
 
 
 @triton.jit
@@ -140,7 +142,7 @@ def _upsample_act_bwd_kernel(
     recomputed value interpolates two columns. The weights are those of PyTorch's bilinear
     upsampling, src - floor(src), but at the last row and column, 2h - 1 and 2w - 1, whose source
     fp32 rounding can put an ulp below h - 1 or w - 1: PyTorch then gives row h - 2 or column w - 2
-    that ulp of weight, left out here (as in the forward kernels).
+    that ulp of weight, left out here (row h - 1, column w - 1 get the rest).
 
     With HEAD, grad_y is the head's grad_logits GY (B, 2h, 2w) times its weight vector (C,), and
     WEIGHT_PARTIAL gets this program's share of the head weight's gradient,
@@ -184,7 +186,8 @@ def _upsample_act_bwd_kernel(
         for half in tl.static_range(2):
             o = 2 * q - 1 + half  # output row
             o_ok = (o >= 0) & (o < 2 * h)
-            ly = tl.cast(o, tl.float32) * scale_h - tl.cast(q - 1, tl.float32)  # the lower row's weight
+            # the lower row's weight; pair h reads row h - 1 twice, which gets the whole weight
+            ly = tl.where(q < h, tl.cast(o, tl.float32) * scale_h - tl.cast(q - 1, tl.float32), 0.0)
             # t interpolated between the pair's rows, at input columns j - 1, j, j + 1
             v_m = (1.0 - ly) * upper_m + ly * lower_m
             v_0 = (1.0 - ly) * upper_0 + ly * lower_0
@@ -246,20 +249,18 @@ def _channel_tile(channels: int) -> int:
 
 
 def _row_blocks(channels: int) -> tuple[int, int, int]:
-    """(BLOCK_Q, BLOCK_C, num_warps) of the forward kernels: column pairs by channels, 2K in a
-    tile, 8 per thread (16 outputs), at 32-38 registers for the block kernel and 48 with the head
-    (sm_90, Triton 3.6 and 3.8). Per output element the block kernel takes 18 instructions and the head 14 per channel
-    (96 channels in 64 x 32 tiles), where tiles of single columns took 31 and 28 (sm_90 SASS, bf16:
-    instructions times threads over outputs)."""
+    """(BLOCK_Q, BLOCK_C, num_warps) of the forward kernels: column pairs by channels, 2K in a tile,
+    8 per thread (32-38 registers for the block kernel, 48 with the head on sm_90). A map of w
+    columns has w + 1 pairs, so where w is a multiple of BLOCK_Q the last column tile holds one
+    pair (640/16: the head's 320 columns in 6 tiles of 64 pairs)."""
     return (*_tile(channels, _channel_tile(channels), 2048), 8)
 
 
 def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """(BLOCK_J, BLOCK_C, num_warps) of the backward kernel: tiles of 1K elements, as many channels
-    wide as :func:`_channel_tile` says, 4 elements per thread (8 warps): a pair of output rows keeps
-    both input rows' tiles, and at 8 elements per thread the head's kernel took 158 registers in
-    bf16 with Triton 3.6 (12 resident warps per SM), against 80-117 at 4 with Triton 3.6 and 3.8.
-    In fp32, 16 x 32 with 4 warps (92-108 registers)."""
+    wide as :func:`_channel_tile` says, 4 per thread (8 warps): a pair of output rows holds both
+    input rows' tiles, about 80-120 registers on sm_90 with Triton 3.6 and 3.8, where 8 elements
+    per thread took 145-166 (12 resident warps per SM). In fp32, 16 x 32 with 4 warps."""
     if dtype == torch.float32:
         return (*_tile(channels, 32, 512), 4)
     return (*_tile(channels, _channel_tile(channels), 1024), 8)

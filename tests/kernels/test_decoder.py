@@ -88,15 +88,10 @@ def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, asse
                            1e-5 * patch * (h * w) ** 0.5, f"grad {name}")
 
 
-@pytest.mark.parametrize("strip_rows", [1, 4])
-def test_backward_split_into_strips_and_tiles(monkeypatch, strip_rows, assert_within_rule):
-    """On a GPU the backward runs as many programs: strips of input rows (each re-walking the
-    output rows at its edges), tiles of columns and of channels; the head weight's gradient is the
-    sum of their partial sums. Each output pixel must count once."""
-    monkeypatch.setattr(decoder_module, "_strip_rows", lambda h: strip_rows)
-    monkeypatch.setattr(decoder_module, "_tile", lambda channels, gpu_channels, gpu_elements: (16, 16))  # both kernels' tiles
-    weights, head_weight, head_bias = decoder_weights((80, 40), seed=3)  # head input: (1, 6, 18, 20)
-    x, grad = rand(1, 3, 9, 80, seed=4), rand(1, 1, 12, 36, seed=5)
+def assert_two_block_decoder_matches(channels, x, grad, seed, assert_within_rule):
+    """fused_decoder with two blocks of ``channels`` (C, C/2) against the reference: output and the
+    gradients of x, both block weights and the head's weight and bias."""
+    weights, head_weight, head_bias = decoder_weights(channels, seed=seed)
     tensors = [x, *weights, head_weight, head_bias]
 
     def run(fn):
@@ -109,28 +104,29 @@ def test_backward_split_into_strips_and_tiles(monkeypatch, strip_rows, assert_wi
     for name, ours, theirs, exact in zip(names, our_grads, torch_grads, exact_grads):
         assert_within_rule(ours, theirs, exact, 1e-5 * 12, f"grad {name}")
 
+
+@pytest.mark.parametrize("strip_rows", [1, 4])
+def test_backward_split_into_strips_and_tiles(monkeypatch, strip_rows, assert_within_rule):
+    """On a GPU the backward runs as many programs: strips of input rows (each walking one pair of
+    output rows beyond its edge), tiles of columns and of channels; the head weight's gradient is
+    the sum of their partial sums. Each output pixel must count once."""
+    monkeypatch.setattr(decoder_module, "_strip_rows", lambda h: strip_rows)
+    monkeypatch.setattr(decoder_module, "_tile", lambda channels, gpu_channels, gpu_elements: (16, 16))  # all kernels
+    # head input: (1, 6, 18, 20), 19 column pairs: two forward tiles
+    assert_two_block_decoder_matches((80, 40), rand(1, 3, 9, 80, seed=4), rand(1, 1, 12, 36, seed=5), 3,
+                                     assert_within_rule)
 
 
 def test_the_gpu_tiles(monkeypatch, assert_within_rule):
-    """The tiles and strips the launchers choose on a GPU (the interpreter's are 16x larger), at
-    the head's 96 channels of the presets (64 x 32 forward tiles, 32 channels a backward tile)
-    behind a block of 192, with column tiles cut short by the map's edge."""
+    """The tiles the launchers choose on a GPU (the interpreter's are 16x larger), in fp32: forward
+    tiles of 32 column pairs x 64 channels for a block of 192 channels and 64 x 32 for the head's 96
+    (the presets' last), each map's pairs in two tiles, the second cut short by the map's edge."""
     monkeypatch.setattr(op_registry, "INTERPRETED", False)  # the launchers' GPU choices
     monkeypatch.setattr(op_registry, "kernel_can_run", lambda tensor: True)  # CPU tensors still take the kernels
-    assert decoder_module._row_blocks(96)[:2] == (64, 32) and decoder_module._backward_blocks(96, torch.float32)[1] == 32
-    weights, head_weight, head_bias = decoder_weights((384, 192), seed=8)
-    x, grad = rand(1, 2, 19, 384, seed=9), rand(1, 1, 8, 76, seed=10)
-    tensors = [x, *weights, head_weight, head_bias]
-
-    def run(fn):
-        return lambda x, w0, w1, hw, hb: fn(x, [w0, w1], hw, hb, SLOPE)
-    exact_out, exact_grads = grads_of(run(decoder_reference), [t.double() for t in tensors], grad.double())
-    torch_out, torch_grads = grads_of(run(decoder_reference), tensors, grad)
-    our_out, our_grads = grads_of(run(fused_decoder), tensors, grad)
-    assert_within_rule(our_out, torch_out, exact_out, 1e-5, "output")
-    names = ("x", "weight 0", "weight 1", "head weight", "head bias")
-    for name, ours, theirs, exact in zip(names, our_grads, torch_grads, exact_grads):
-        assert_within_rule(ours, theirs, exact, 1e-5 * 12, f"grad {name}")
+    assert decoder_module._row_blocks(192)[:2] == (32, 64) and decoder_module._row_blocks(96)[:2] == (64, 32)
+    # block input (1, 2, 40, 192): 41 pairs; head input (1, 4, 80, 96): 81 pairs
+    assert_two_block_decoder_matches((384, 192), rand(1, 2, 40, 384, seed=9), rand(1, 1, 8, 160, seed=10), 8,
+                                     assert_within_rule)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

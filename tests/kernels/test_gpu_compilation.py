@@ -41,13 +41,15 @@ KERNELS = [
      dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 4, ANY),
     ("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32 GRAD_C GRAD_BIAS:fp32",
      dict(HAS_BIAS=True, BLOCK_S=16, BLOCK_D=128), 4, ANY),
-    *[("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=q, BLOCK_C=c), 8, ANY) for q, c in ((32, 64), (64, 32))],
-    *[("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_Q=q, BLOCK_C=c), 8, ANY)
+    *[("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=q, BLOCK_C=c), 8, ANY)
       for q, c in ((32, 64), (64, 32))],
+    *[("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_Q=q, BLOCK_C=c), 8,
+       ANY) for q, c in ((32, 64), (64, 32))],
     # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
     *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
        dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), warps, elements)
-      for head in (False, True) for j, c, warps, elements in ((16, 64, 8, HALF), (32, 32, 8, HALF), (16, 32, 4, ("fp32",)))],
+      for head in (False, True)
+      for j, c, warps, elements in ((16, 64, 8, HALF), (32, 32, 8, HALF), (16, 32, 4, ("fp32",)))],
 ]
 FLOAT_TYPES = ("fp32", "fp64")
 REGISTERS_PER_SM = 65536  # sm_90
