@@ -5,8 +5,9 @@ Triton's CUDA backend, its ptxas and its nvdisasm run without a GPU, so a sessio
 still see what a kernel change does to the code the GPU would run. For each kernel, at the tiles
 its launcher chooses for the paper's sizes (bf16; D = 768, decoder channels 1536 ... 96), this
 prints ptxas's registers a thread and spill bytes, and the SASS instructions of the kernel and of
-its main loop's body (the longest; the whole kernel if it has none), per output a thread computes. These are static counts, not times:
-what a compute-bound kernel's time follows, once the GPU confirms it is compute-bound.
+its main loop's body (the longest; the whole kernel if it has none), per output a thread
+computes. These are static counts, not times: what a compute-bound kernel's time follows, once
+the GPU confirms it is compute-bound.
 
 ``tests/kernels/test_gpu_compilation.py`` compiles the kernels through :func:`compile_for_sm90` and
 :func:`ptxas_figures` as well. Run without ``TRITON_INTERPRET=1``: under it the kernels are
@@ -85,6 +86,9 @@ def sass_instructions(cubin: bytes) -> tuple[list[str], list[tuple[int, int]]]:
     knob = getattr(triton.knobs.nvidia, "nvdisasm", None)
     nvdisasm = knob.path if knob is not None else os.path.join(os.path.dirname(triton.__file__),
                                                                 "backends", "nvidia", "bin", "nvdisasm")
+    if not os.path.isfile(nvdisasm):
+        raise FileNotFoundError(f"nvdisasm not found at {nvdisasm}: Triton's CUDA backend ships it in "
+                                "triton/backends/nvidia/bin; TRITON_NVDISASM_PATH can name another")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "kernel.cubin")
         with open(path, "wb") as file:
