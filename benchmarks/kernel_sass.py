@@ -127,7 +127,8 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
         found.append(("seed_mask", "_seed_mask_bwd_kernel",
                       "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
                       dict(HAS_BIAS=False, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True,
-                           BLOCK_N=block_n, BLOCK_D=block_d), warps, block_n * block_d, 1))
+                           BLOCK_N=block_n, BLOCK_D=block_d, NUM_STAGES=seed_mask._backward_stages(torch.bfloat16)),
+                      warps, block_n * block_d, 1))
         for channels in (1536, 768, 384, 192, 96):
             block_q, block_c, warps = decoder._row_blocks(channels)
             launches = [("_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=block_q, BLOCK_C=block_c), warps),
@@ -135,7 +136,8 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
                          dict(HAS_BIAS=True, BLOCK_Q=block_q, BLOCK_C=block_c), warps)]
             block_j, block_c, warps = decoder._backward_blocks(channels, torch.bfloat16)
             for head in (False, True):
-                constexprs = dict(HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, **({"stride_gw": 1} if head else {}))
+                constexprs = dict(HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, NUM_STAGES=decoder.BACKWARD_STAGES,
+                                  **({"stride_gw": 1} if head else {}))
                 launches.append(("_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32", constexprs, warps))
             for name, pointers, constexprs, warps in launches:
                 columns = constexprs.get("BLOCK_Q", constexprs.get("BLOCK_J"))

@@ -3,8 +3,8 @@
 
 The launchers in :mod:`restr_fast.kernels.decoder` choose tiles from static analysis (ptxas's
 registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilation.py``). This
-replaces one choice at a time (the backward's tile and warps, its strip height, the forward's
-tile and warps), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in
+replaces one choice at a time (the backward's tile and warps, its strip height and pipeline stages,
+the forward's tile and warps), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in
 the ``decoder`` benchmark group) with each, and prints them fastest first, the defaults marked,
 so that a GPU session can confirm or replace them. Needs a CUDA GPU.
 """
@@ -29,13 +29,17 @@ decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 BACKWARD_TILES = [(16, 64, 4), (32, 32, 8), (16, 32, 4), (32, 64, 8), (8, 64, 4)]
 STRIP_ROWS = [8, 16, 48]
 FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]  # (column pairs, channels, warps)
+BACKWARD_STAGES = [2, 3]  # the backward's walk prefetching the next pairs' loads (default 1: none)
 
 
 def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
-    found = [(f"backward {j}x{c}, {w} warps",
-              [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
-             for j, c, w in BACKWARD_TILES]
+    # the choices not yet timed on a GPU first, in case a time bound cuts the run
+    found = [(f"backward in {stages} pipeline stages", [(decoder_kernels, "BACKWARD_STAGES", stages)])
+             for stages in BACKWARD_STAGES]
+    found += [(f"backward {j}x{c}, {w} warps",
+               [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
+              for j, c, w in BACKWARD_TILES]
     found += [(f"strips of {rows} rows", [(decoder_kernels, "_strip_rows", lambda h, rows=rows: rows)])
               for rows in STRIP_ROWS]
     found += [(f"forward {q}x{c}, {w} warps", [(decoder_kernels, "_row_blocks", lambda channels, t=(q, c, w): t)])

@@ -3,7 +3,8 @@
 
 The launchers in :mod:`restr_fast.kernels.seed_mask` choose their blocks from ptxas's register
 counts (``tests/kernels/test_gpu_compilation.py``). This replaces one choice at a time (the
-forward's and the backward's elements per block and warps, the backward's programs per SM), and
+forward's and the backward's elements per block and warps, the backward's programs per SM and
+pipeline stages, the tiles of the kernel summing its partial sums), and
 times the ``seed_mask`` benchmark group's four cases (B = 8, N = 900 and 3600, D = 768, bf16,
 forward and forward + backward) as that group's ``gpu_ms`` does: a CUDA graph of calls on inputs
 rotating through 3x the L2 cache. It prints the times in microseconds, fastest first, with the
@@ -27,6 +28,7 @@ _blocks = seed_mask_kernels._blocks
 FORWARD_ELEMENTS = [2048, 8192]  # per block (default 4096)
 BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
 PROGRAMS_PER_SM = [2, 8, 16]  # of the backward (default 4)
+BACKWARD_STAGES = [1, 3]  # 1: no prefetching (default 2)
 CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
 
 
@@ -38,9 +40,14 @@ def _with_warps(blocks, warps: int):
 def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
     forward, backward = seed_mask_kernels._forward_blocks, seed_mask_kernels._backward_blocks
-    found = [(f"forward blocks of {elements} elements",
-              [(seed_mask_kernels, "_forward_blocks", lambda d, dp, e=elements: _blocks(d, dp, elements=e))])
-             for elements in FORWARD_ELEMENTS]
+    # the choices not yet timed on a GPU first, in case a time bound cuts the run
+    found = [(f"backward in {stages} pipeline stage{'s' if stages > 1 else ''}",
+              [(seed_mask_kernels, "BACKWARD_STAGES", stages)]) for stages in BACKWARD_STAGES]
+    found += [("partial sums in tiles of 16 programs x 128 channels",
+               [(seed_mask_kernels, "_sum_blocks", lambda splits, d: (16, 128))])]
+    found += [(f"forward blocks of {elements} elements",
+               [(seed_mask_kernels, "_forward_blocks", lambda d, dp, e=elements: _blocks(d, dp, elements=e))])
+              for elements in FORWARD_ELEMENTS]
     found += [(f"backward blocks of {elements} elements",
                [(seed_mask_kernels, "_backward_blocks", lambda d, e=elements: _blocks(d, None, elements=e))])
               for elements in BACKWARD_ELEMENTS]

@@ -125,7 +125,7 @@ def _store_grad_row(GT_IMAGE, row, first, end, acc, j, cols, ok, stride_gth, str
 def _upsample_act_bwd_kernel(
     T, GY, WEIGHT, GT, WEIGHT_PARTIAL, C, h, w, scale_h, scale_w, negative_slope, rows_per_strip, n_strips,
     stride_tb, stride_th, stride_tw, stride_gb, stride_gh, stride_gw, stride_gtb, stride_gth, stride_gtw,
-    HEAD: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
+    HEAD: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """grad_t = up^T(grad_y * leaky_relu'(up(t))), without atomics.
 
@@ -148,6 +148,8 @@ def _upsample_act_bwd_kernel(
     WEIGHT_PARTIAL gets this program's share of the head weight's gradient,
     sum grad_logits * leaky_relu(up(t)) over the output pixels (o, p) it owns: o // 2 in its
     strip and p // 2 in its column tile, so that each pixel counts once.
+
+    NUM_STAGES > 1 has Triton prefetch the next pair's loads into shared memory (cp.async).
     """
     scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     b = (tl.program_id(0) // n_strips).to(tl.int64)
@@ -174,7 +176,7 @@ def _upsample_act_bwd_kernel(
 
     acc_upper = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)  # input row q - 1
     acc_lower = tl.zeros([BLOCK_J, BLOCK_C], dtype=tl.float32)  # input row q
-    for q in range(first, end + 1):
+    for q in tl.range(first, end + 1, num_stages=NUM_STAGES):
         upper = t_image + tl.cast(tl.maximum(q - 1, 0), tl.int64) * stride_th
         lower = t_image + tl.cast(tl.minimum(q, h - 1), tl.int64) * stride_th
         upper_m = tl.load(upper + column_m, mask=ok_m, other=0.0).to(tl.float32)
@@ -266,6 +268,14 @@ def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
     return (*_tile(channels, _channel_tile(channels), 1024), 8)
 
 
+# Pipeline stages of the backward's walk. Prefetching the next pair's loads (2 stages) takes the
+# block kernel from 90 / 108 to 76 / 78 registers a thread on sm_90 with Triton 3.6 / 3.8 (3
+# programs of 8 warps per SM instead of 2) but adds 8-13 % to the loop's instructions; which wins
+# is for a GPU to say (``python -m benchmarks.tune_decoder``), so the walk is not pipelined until
+# one has.
+BACKWARD_STAGES = 1
+
+
 def _strip_rows(h: int) -> int:
     """Input rows per backward program: a strip walks one pair of output rows beyond its own
     rows (4 % for 24); under the interpreter, whole maps (fewer programs)."""
@@ -299,7 +309,7 @@ def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weig
         rows, cdiv(h, rows),
         t.stride(0), t.stride(1), t.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
         grad_t.stride(0), grad_t.stride(1), grad_t.stride(2),
-        HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, num_warps=warps,
+        HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, NUM_STAGES=BACKWARD_STAGES, num_warps=warps,
     )
     return partial.sum(0) if head else None
 

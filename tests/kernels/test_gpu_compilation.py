@@ -2,10 +2,11 @@
 and its ptxas run without a GPU. Float arguments are typed as Triton's own launcher types
 them (fp32) and as torch.compile's generated launchers do (fp64).
 
-ptxas also reports each kernel's registers per thread and spills. Compiled as the model launches
-them (on bf16, fp16 or fp32 tensors; pointers, strides and channel counts divisible by 16, as
-Triton specialises them for the presets' sizes; that also lets loads be vectorised), no kernel may
-spill, and each must leave room for at least 16 resident warps per SM (a quarter of sm_90's 64):
+ptxas also reports each kernel's registers per thread and spills, and Triton its shared memory (the
+pipelined loops' buffers). Compiled as the model launches them (on bf16, fp16 or fp32 tensors;
+pointers, strides and channel counts divisible by 16, as Triton specialises them for the presets'
+sizes; that also lets loads be vectorised), no kernel may spill, and each must leave registers and
+shared memory for at least 16 resident warps per SM (a quarter of sm_90's 64):
 kernels that gather from memory need warps to hide its latency. (The decoder's first backward kernel took 254-255 registers a
 thread: two 4-warp programs, 8 warps, per SM; with channel counts not a multiple of 16 it also
 spilled.)
@@ -36,24 +37,28 @@ HALF = ("bf16", "fp16")
 KERNELS = [
     ("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
      dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024, BLOCK_DP=1024), 4, ANY),
-    ("seed_mask", "_seed_mask_bwd_kernel",
-     "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
-     dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024), 4, ANY),
-    ("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32 GRAD_C GRAD_BIAS:fp32",
-     dict(HAS_BIAS=True, BLOCK_S=16, BLOCK_D=128), 4, ANY),
+    *[("seed_mask", "_seed_mask_bwd_kernel",
+       "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
+       dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024,
+            NUM_STAGES=stages), 4, elements) for stages, elements in ((2, HALF), (1, ("fp32",)))],
+    *[("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32 GRAD_C GRAD_BIAS:fp32",
+       dict(HAS_BIAS=True, BLOCK_S=s, BLOCK_D=d), 4, ANY) for s, d in ((64, 64), (128, 32))],
     *[("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=q, BLOCK_C=c), 8, ANY)
       for q, c in ((32, 64), (64, 32))],
     *[("decoder", "_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT", dict(HAS_BIAS=True, BLOCK_Q=q, BLOCK_C=c), 8,
        ANY) for q, c in ((32, 64), (64, 32))],
-    # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant
+    # with HEAD, GY is the head's contiguous (B, 2h, 2w) gradient: Triton makes its unit stride a constant;
+    # two pipeline stages are what tune_decoder tries
     *[("decoder", "_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
-       dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, **({"stride_gw": 1} if head else {})), warps, elements)
+       dict(HEAD=head, BLOCK_J=j, BLOCK_C=c, NUM_STAGES=stages, **({"stride_gw": 1} if head else {})), warps, elements)
       for head in (False, True)
-      for j, c, warps, elements in ((16, 64, 8, HALF), (32, 32, 8, HALF), (16, 32, 4, ("fp32",)))],
+      for j, c, warps, stages, elements in ((16, 64, 8, 1, HALF), (32, 32, 8, 1, HALF), (16, 32, 4, 1, ("fp32",)),
+                                            (16, 64, 8, 2, HALF), (32, 32, 8, 2, HALF))],
 ]
 FLOAT_TYPES = ("fp32", "fp64")
 REGISTERS_PER_SM = 65536  # sm_90
 REGISTER_GRANULE = 8  # registers a thread are allocated in steps of 8 (256 a warp)
+SHARED_PER_SM, SHARED_RESERVED = 228 * 1024, 1024  # sm_90's shared memory, and what each program's takes beyond its own
 MIN_RESIDENT_WARPS = 16
 
 ROOT = Path(__file__).resolve().parents[2]  # where benchmarks/ is (not an installed package)
@@ -70,7 +75,7 @@ def compile_case(case):
         return dict(result=f"{type(error).__name__}: {error}")
     if "cubin" not in compiled.asm:
         return dict(result=f"no cubin: {sorted(compiled.asm)}")
-    return dict(result="cubin", **ptxas_figures(compiled.asm["ptx"]))
+    return dict(result="cubin", shared=compiled.metadata.shared, **ptxas_figures(compiled.asm["ptx"]))
 
 
 if __name__ == "__main__":
@@ -119,9 +124,10 @@ def test_kernel_neither_spills_nor_starves_the_sm(compilation_results, index):
     assert outcome["spill_bytes"] == 0, f"spills registers: {outcome['report']}"
     warps = CASES[index][4]
     allocated = -(-outcome["registers"] // REGISTER_GRANULE) * REGISTER_GRANULE
-    programs = REGISTERS_PER_SM // (allocated * 32 * warps)
+    programs = min(REGISTERS_PER_SM // (allocated * 32 * warps), SHARED_PER_SM // (outcome["shared"] + SHARED_RESERVED))
     assert programs * warps >= MIN_RESIDENT_WARPS, (
-        f"{outcome['registers']} registers a thread: {programs} programs of {warps} warps per SM, "
+        f"{outcome['registers']} registers a thread, {outcome['shared']} bytes of shared memory a program: "
+        f"{programs} programs of {warps} warps per SM, "
         f"fewer than {MIN_RESIDENT_WARPS} resident warps")
 
 
@@ -143,16 +149,21 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
     assert_case("_seed_mask_fwd_kernel", warps, HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
                 BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d)
     block_n, block_d, warps = seed_mask._backward_blocks(768)
-    assert_case("_seed_mask_bwd_kernel", warps, HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True,
-                SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d)
-    assert_case("_seed_mask_bwd_sum_kernel", seed_mask.SUM_WARPS, HAS_BIAS=True, BLOCK_S=seed_mask.SUM_BLOCK_SPLITS,
-                BLOCK_D=seed_mask.SUM_BLOCK_D)
+    for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+        assert_case("_seed_mask_bwd_kernel", warps, (element,), HAS_BIAS=True, HAS_GRAD_LOGITS=True,
+                    HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d,
+                    NUM_STAGES=seed_mask._backward_stages(dtype))
+    for splits in (57, 65):  # B = 8 on an H200's 132 SMs, N = 900 and 3600
+        block_s, block_d = seed_mask._sum_blocks(splits, 768)
+        assert_case("_seed_mask_bwd_sum_kernel", seed_mask.SUM_WARPS, HAS_BIAS=True, BLOCK_S=block_s, BLOCK_D=block_d)
     for channels in (1536, 768, 384, 192, 96):
         block_q, block_c, warps = decoder._row_blocks(channels)
         assert_case("_upsample_act_fwd_kernel", warps, BLOCK_Q=block_q, BLOCK_C=block_c)
         assert_case("_upsample_act_head_fwd_kernel", warps, HAS_BIAS=True, BLOCK_Q=block_q, BLOCK_C=block_c)
         for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
             block_j, block_c, warps = decoder._backward_blocks(channels, dtype)
-            assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c)
+            stages = decoder.BACKWARD_STAGES
+            assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c,
+                        NUM_STAGES=stages)
             assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=True, BLOCK_J=block_j, BLOCK_C=block_c,
-                        stride_gw=1)
+                        NUM_STAGES=stages, stride_gw=1)

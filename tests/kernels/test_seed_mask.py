@@ -1,5 +1,6 @@
 """The fused seed-classifier kernel against the reference op (DESIGN.md section 6)."""
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -81,11 +82,13 @@ def test_prefix_builds_the_decoders_input(mask_form):
 def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_block, D, dtype, with_bias,
                                                         assert_within_rule):
     """On a GPU each batch row's classifier and bias gradients are summed from several programs'
-    partials: here one block of rows per program, the launcher's (2 programs a row), or a single
-    row (45: three steps of the summing kernel, the last ragged, over three column tiles), whose
-    sums are cast to bf16 in the last case."""
+    partials: here one block of rows per program, the launcher's (2 programs a row, one tile of
+    the summing kernel), or a single row (45 programs: with at most 16 a tile, three steps of the
+    summing kernel, the last ragged, over two column tiles), whose sums are cast to bf16 in the
+    last case."""
     monkeypatch.setattr(seed_mask_module, "_rows_per_program", lambda batch, n, block_n, device: block_n)
     if rows_per_block is not None:
+        monkeypatch.setattr(seed_mask_module, "SUM_MAX_SPLITS", 16)
         for name in ("_forward_blocks", "_backward_blocks"):
             blocks = getattr(seed_mask_module, name)
             monkeypatch.setattr(seed_mask_module, name, lambda *args, blocks=blocks: (rows_per_block, *blocks(*args)[1:]))
@@ -109,6 +112,17 @@ def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_bl
             continue
         assert ours.dtype == dtype, name
         assert_within_rule(ours, theirs, exact, atol + truncation * exact.abs().max().item(), name)
+
+
+def test_backward_programs_and_sum_tiles_on_an_h200(monkeypatch):
+    """What the launchers choose at B = 8, D = 768 on an H200's 132 SMs: 57 and 65 backward programs
+    a batch row at N = 900 and 3600, whose partial sums the summing kernel loads in one tile each."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    block_n = seed_mask_module._backward_blocks(768)[0]
+    for n, splits, sum_tile in ((900, 57, (64, 64)), (3600, 65, (128, 32))):
+        rows = seed_mask_module._rows_per_program(8, n, block_n, torch.device("cuda"))
+        assert -(-n // rows) == splits
+        assert seed_mask_module._sum_blocks(splits, 768) == sum_tile
 
 
 def test_prefix_of_another_dtype_is_converted_as_it_is_copied():
