@@ -26,6 +26,8 @@ COLUMNS = [  # (extra_info key, header, format)
     ("gpu_ms", "GPU ms (graph)", "{:.4f}"),
     ("gpu_gb_per_s", "GPU GB/s", "{:.0f}"),
     ("time_vs_copy_floor", "GPU time x copy floor", "{:.2f}"),
+    ("same_size_copy_ms", "same-size copy GPU ms", "{:.4f}"),
+    ("time_vs_same_size_copy", "GPU time x same-size copy", "{:.2f}"),
     ("backend", "backend", "{}"),
     ("speedup_vs_reference", "speed-up vs reference", "{:.2f}x"),
     ("speedup_vs_eager", "speed-up vs eager", "{:.2f}x"),
