@@ -35,6 +35,7 @@ COLUMNS = [  # (extra_info key, header, format)
     ("speedup_vs_separate-calls", "speed-up vs separate calls", "{:.2f}x"),
     ("gpu_speedup_vs_eager", "GPU-time speed-up vs eager", "{:.2f}x"),
     ("gpu_time_error", "GPU time not measured", "{}"),
+    ("same_size_copy_error", "same-size copy not measured", "{}"),
 ]
 SPEEDUP_BASELINES = ("reference", "eager", "eager-sdpa", "separate-calls")  # a case's bars are against the first present
 MEMORY_GROUP = "memory"

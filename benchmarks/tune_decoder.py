@@ -29,14 +29,14 @@ decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 BACKWARD_TILES = [(16, 64, 4), (32, 32, 8), (16, 32, 4), (32, 64, 8), (8, 64, 4)]
 STRIP_ROWS = [8, 16, 48]
 FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]  # (column pairs, channels, warps)
-BACKWARD_STAGES = [2, 3]  # the backward's walk prefetching the next pairs' loads (default 1: none)
+STAGES_TRIED = [2, 3]  # of the backward's walk, prefetching the next pairs' loads (default 1: none)
 
 
 def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
     # the choices not yet timed on a GPU first, in case a time bound cuts the run
     found = [(f"backward in {stages} pipeline stages", [(decoder_kernels, "BACKWARD_STAGES", stages)])
-             for stages in BACKWARD_STAGES]
+             for stages in STAGES_TRIED]
     found += [(f"backward {j}x{c}, {w} warps",
                [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
               for j, c, w in BACKWARD_TILES]

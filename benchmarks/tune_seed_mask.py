@@ -28,7 +28,7 @@ _blocks = seed_mask_kernels._blocks
 FORWARD_ELEMENTS = [2048, 8192]  # per block (default 4096)
 BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
 PROGRAMS_PER_SM = [2, 8, 16]  # of the backward (default 4)
-BACKWARD_STAGES = [1, 3]  # 1: no prefetching (default 2)
+STAGES_TRIED = [1, 3]  # of the backward's loop in fp16/bf16; 1: no prefetching (default 2)
 CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
 
 
@@ -42,7 +42,7 @@ def variants() -> list[Variant]:
     forward, backward = seed_mask_kernels._forward_blocks, seed_mask_kernels._backward_blocks
     # the choices not yet timed on a GPU first, in case a time bound cuts the run
     found = [(f"backward in {stages} pipeline stage{'s' if stages > 1 else ''}",
-              [(seed_mask_kernels, "BACKWARD_STAGES", stages)]) for stages in BACKWARD_STAGES]
+              [(seed_mask_kernels, "BACKWARD_STAGES", stages)]) for stages in STAGES_TRIED]
     found += [("partial sums in tiles of 16 programs x 128 channels",
                [(seed_mask_kernels, "_sum_blocks", lambda splits, d: (16, 128))])]
     found += [(f"forward blocks of {elements} elements",

@@ -268,11 +268,10 @@ def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
     return (*_tile(channels, _channel_tile(channels), 1024), 8)
 
 
-# Pipeline stages of the backward's walk. Prefetching the next pair's loads (2 stages) takes the
-# block kernel from 90 / 108 to 76 / 78 registers a thread on sm_90 with Triton 3.6 / 3.8 (3
-# programs of 8 warps per SM instead of 2) but adds 8-13 % to the loop's instructions; which wins
-# is for a GPU to say (``python -m benchmarks.tune_decoder``), so the walk is not pipelined until
-# one has.
+# Pipeline stages of the backward's walk: 1, no prefetching. Prefetching the next pair's loads (2
+# stages) takes the block kernel from 90 / 108 to 76 / 78 registers a thread on sm_90 with Triton
+# 3.6 / 3.8 (3 programs of 8 warps per SM instead of 2) but adds 8-13 % to the loop's instructions;
+# ``python -m benchmarks.tune_decoder`` times both on a GPU.
 BACKWARD_STAGES = 1
 
 

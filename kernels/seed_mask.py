@@ -6,8 +6,8 @@
 PyTorch needs three passes over the (B, N, D) patches for this, plus a fourth to concatenate
 ``[prefix, masked]`` as the decoder's input. The forward kernel reads each row of patches once
 and writes ``masked`` (and the copied prefix) straight into the decoder's input buffer. The
-backward kernel recomputes the scores from the patches instead of storing them, prefetches the next
-rows while it works on the current ones, and reduces the classifier's gradient per program in fp32; a
+backward kernel recomputes the scores from the patches instead of storing them, in fp16 and bf16
+prefetches the next rows while it works on the current ones, and reduces the classifier's gradient per program in fp32; a
 second, small kernel sums those partial sums and casts them (no atomics: deterministic).
 
 Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton_op`` so that
@@ -186,9 +186,13 @@ def _backward_blocks(d: int) -> tuple[int, int, int]:
 def _sum_blocks(splits: int, d: int) -> tuple[int, int]:
     """(BLOCK_S, BLOCK_D) of the kernel summing the backward's ``splits`` partial sums of D
     channels: all of them in one tile where they fit (up to SUM_MAX_SPLITS), so that a program
-    loads once (at B = 8 on an H200's 132 SMs, N = 900 and 3600 give 57 and 65 splits)."""
-    block_s = min(max(16, next_power_of_2(splits)), SUM_MAX_SPLITS)
-    return block_s, min(next_power_of_2(d), max(16, SUM_ELEMENTS // block_s))
+    loads once (at B = 8 on an H200's 132 SMs, N = 900 and 3600 give 57 and 65 splits). Chosen by
+    comparisons, so that under torch.compile with a dynamic N only the power of two is guarded,
+    not the number of splits."""
+    block_s = 16
+    while block_s < min(splits, SUM_MAX_SPLITS):
+        block_s *= 2
+    return block_s, min(next_power_of_2(d), SUM_ELEMENTS // block_s)
 
 
 def _backward_stages(dtype: torch.dtype) -> int:

@@ -89,6 +89,7 @@ def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_bl
     monkeypatch.setattr(seed_mask_module, "_rows_per_program", lambda batch, n, block_n, device: block_n)
     if rows_per_block is not None:
         monkeypatch.setattr(seed_mask_module, "SUM_MAX_SPLITS", 16)
+        assert seed_mask_module._sum_blocks(45, D) == (16, 256)
         for name in ("_forward_blocks", "_backward_blocks"):
             blocks = getattr(seed_mask_module, name)
             monkeypatch.setattr(seed_mask_module, name, lambda *args, blocks=blocks: (rows_per_block, *blocks(*args)[1:]))
@@ -123,6 +124,8 @@ def test_backward_programs_and_sum_tiles_on_an_h200(monkeypatch):
         rows = seed_mask_module._rows_per_program(8, n, block_n, torch.device("cuda"))
         assert -(-n // rows) == splits
         assert seed_mask_module._sum_blocks(splits, 768) == sum_tile
+    assert seed_mask_module._sum_blocks(300, 768) == (128, 32)  # more splits than a tile: several loads
+    assert seed_mask_module._sum_blocks(3, 64) == (16, 64)
 
 
 def test_prefix_of_another_dtype_is_converted_as_it_is_copied():
