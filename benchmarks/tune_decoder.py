@@ -3,10 +3,10 @@
 
 The launchers in :mod:`restr_fast.kernels.decoder` choose tiles from static analysis (ptxas's
 registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilation.py``). This
-replaces one choice at a time (the backward's tile and warps, its strip height and pipeline stages,
-the forward's tile and warps), times the fused decoder's forward + backward (batch 8, bf16 autocast, as in
-the ``decoder`` benchmark group) with each, and prints them fastest first, the defaults marked,
-so that a GPU session can confirm or replace them. Needs a CUDA GPU.
+replaces one choice at a time (the backward's tile and warps, its strip height and pipeline
+stages, the forward's tile and warps), times the fused decoder's forward + backward (batch 8, bf16
+autocast, as in the ``decoder`` benchmark group) with each, and prints them fastest first, the
+defaults marked, so that a GPU session can confirm or replace them. Needs a CUDA GPU.
 """
 from __future__ import annotations
 

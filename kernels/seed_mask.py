@@ -7,8 +7,9 @@ PyTorch needs three passes over the (B, N, D) patches for this, plus a fourth to
 ``[prefix, masked]`` as the decoder's input. The forward kernel reads each row of patches once
 and writes ``masked`` (and the copied prefix) straight into the decoder's input buffer. The
 backward kernel recomputes the scores from the patches instead of storing them, in fp16 and bf16
-prefetches the next rows while it works on the current ones, and reduces the classifier's gradient per program in fp32; a
-second, small kernel sums those partial sums and casts them (no atomics: deterministic).
+prefetches the next rows while it works on the current ones, and reduces the classifier's gradient
+per program in fp32; a second, small kernel sums those partial sums and casts them (no atomics:
+deterministic).
 
 Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton_op`` so that
 ``torch.compile`` traces through it without a graph break.
