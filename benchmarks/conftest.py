@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import pytest
 import torch
 
+from .tuning import VARIANT_ENV, replaced, variant_named
+
 GPU = torch.cuda.is_available()
 requires_gpu = pytest.mark.skipif(not GPU, reason="GPU benchmark group: needs a CUDA GPU")
 cpu_only = pytest.mark.skipif(GPU, reason="CPU group: on a GPU machine the GPU groups measure this")
@@ -31,10 +33,24 @@ TIME_BUDGET_S = float(os.environ.get("RESTR_BENCH_BUDGET_S", "225"))
 # Run order of the groups: the headline comparisons first, the optional ones last; items marked
 # ``costly`` (whole-model torch.compile) after everything else, so a time-out loses only them.
 GROUP_ORDER = ("seed_mask", "decoder", "attention", "train_step", "inference", "memory")
+_VARIANT = pytest.StashKey()  # the replacements of RESTR_BENCH_VARIANT, while the run lasts
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "costly: runs after every other benchmark, when the time budget allows it")
+    spec = os.environ.get(VARIANT_ENV)
+    if spec:  # a tuning tool's variant, applied for the whole run (benchmarks/tuning.py)
+        try:
+            replacements = variant_named(spec)
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+        config.stash[_VARIANT] = replaced(replacements)
+        config.stash[_VARIANT].__enter__()
+
+
+def pytest_unconfigure(config) -> None:
+    if _VARIANT in config.stash:
+        config.stash[_VARIANT].__exit__(None, None, None)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -85,6 +101,8 @@ def pytest_benchmark_update_machine_info(config, machine_info) -> None:
     machine_info["triton"] = triton.__version__
     machine_info["cuda"] = torch.version.cuda
     machine_info["python"] = platform.python_version()
+    if os.environ.get(VARIANT_ENV):
+        machine_info["variant"] = os.environ[VARIANT_ENV]
     if GPU:
         machine_info["gpu"] = gpu_description()
 

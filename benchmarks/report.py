@@ -274,8 +274,9 @@ def machine_line(machine: dict) -> str:
     gpu = machine.get("gpu")
     card = (f"{gpu['name']} ({gpu.get('memory_gb', '?')} GB, driver {gpu.get('driver', '?')})" if gpu
             else f"CPU: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}")
+    variant = f"; with the tuning variant {machine['variant']}, not the defaults" if machine.get("variant") else ""
     return (f"{card}; torch {machine.get('torch', '?')}, triton {machine.get('triton', '?')}, "
-            f"torch CUDA build {machine.get('cuda') or 'none'}")
+            f"torch CUDA build {machine.get('cuda') or 'none'}{variant}")
 
 
 def render(data: dict, charts: list[Path] = ()) -> str:

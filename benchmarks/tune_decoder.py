@@ -6,7 +6,10 @@ registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilati
 replaces one choice at a time (the backward's tile and warps, its strip height and pipeline
 stages, the forward's tile and warps), times the fused decoder's forward + backward (batch 8, bf16
 autocast, as in the ``decoder`` benchmark group) with each, and prints them fastest first, the
-defaults marked, so that a GPU session can confirm or replace them. Needs a CUDA GPU.
+defaults marked, so that a GPU session can confirm or replace them. With ``--then-benchmark
+JSON``, where a variant beats the defaults (:func:`benchmarks.tuning.best_variant`), it then runs
+the ``decoder`` benchmark group with that variant, eager baseline included, into JSON: what
+making it the default would measure. Needs a CUDA GPU.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Callable
 import torch
 
 from .profile_step import workload
-from .tuning import Variant, print_fastest_first, time_variants
+from .tuning import Variant, benchmark_fastest, print_fastest_first, time_variants
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 
@@ -30,6 +33,8 @@ BACKWARD_TILES = [(16, 64, 4), (32, 32, 8), (16, 32, 4), (32, 64, 8), (8, 64, 4)
 STRIP_ROWS = [8, 16, 48]
 FORWARD_TILES = [(32, 64, 8), (16, 64, 4), (64, 64, 8), (32, 32, 4)]  # (column pairs, channels, warps)
 STAGES_TRIED = [2, 3]  # of the backward's walk, prefetching the next pairs' loads (default 1: none)
+# the benchmark group run with the fastest variant: its file, and the cases the targets need
+BENCHMARK = ("benchmarks/test_decoder.py", "not compile and not commuted")
 
 
 def variants() -> list[Variant]:
@@ -67,6 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=480)
     parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--then-benchmark", metavar="JSON",
+                        help="run the decoder benchmark group with the fastest variant, if one beats the defaults")
+    parser.add_argument("--benchmark-timeout", type=float, default=60, help="seconds (default 60)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tune_decoder needs a CUDA GPU")
@@ -75,6 +83,7 @@ def main() -> None:
     results = time_variants(variants(), lambda: {"ms": median_ms(step)})
     print_fastest_first(f"fused decoder forward + backward, {args.image_size}/{args.patch_size}, batch 8, bf16, "
                         f"{torch.cuda.get_device_name()}", results)
+    benchmark_fastest("decoder", results, args.then_benchmark, args.benchmark_timeout)
 
 
 if __name__ == "__main__":

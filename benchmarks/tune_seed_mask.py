@@ -8,11 +8,14 @@ pipeline stages, the tiles of the kernel summing its partial sums), and
 times the ``seed_mask`` benchmark group's four cases (B = 8, N = 900 and 3600, D = 768, bf16,
 forward and forward + backward) as that group's ``gpu_ms`` does: a CUDA graph of calls on inputs
 rotating through 3x the L2 cache. It prints the times in microseconds, fastest first, with the
-copy-bandwidth floor of each case, so that a GPU session can confirm or replace the defaults.
-Needs a CUDA GPU.
+copy-bandwidth floor of each case, so that a GPU session can confirm or replace the defaults. With
+``--then-benchmark JSON``, where a variant beats the defaults
+(:func:`benchmarks.tuning.best_variant`), it then runs the ``seed_mask`` benchmark group with that
+variant, eager baseline included, into JSON. Needs a CUDA GPU.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 
@@ -20,7 +23,7 @@ import torch
 
 from .conftest import graphed_gpu_seconds, l2_rotation, measure_copy_bandwidth
 from .test_seed_mask import bytes_moved, call, inputs
-from .tuning import Variant, print_fastest_first, time_variants
+from .tuning import Variant, benchmark_fastest, print_fastest_first, time_variants
 
 seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
@@ -30,6 +33,8 @@ BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
 PROGRAMS_PER_SM = [2, 8, 16]  # of the backward (default 4)
 STAGES_TRIED = [1, 3]  # of the backward's loop in fp16/bf16; 1: no prefetching (default 2)
 CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
+# the benchmark group run with the fastest variant: its file, and the cases the targets need
+BENCHMARK = ("benchmarks/test_seed_mask.py", "not compile")
 
 
 def _with_warps(blocks, warps: int):
@@ -66,6 +71,11 @@ def case_name(n: int, forward_only: bool) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--then-benchmark", metavar="JSON",
+                        help="run the seed_mask benchmark group with the fastest variant, if one beats the defaults")
+    parser.add_argument("--benchmark-timeout", type=float, default=45, help="seconds (default 45)")
+    args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tune_seed_mask needs a CUDA GPU")
     rotations = {case: [inputs(case[0], not case[1], seed) for seed in range(l2_rotation(bytes_moved(*case)))]
@@ -81,6 +91,7 @@ def main() -> None:
     print_fastest_first(f"seed_mask GPU time per call, B = 8, D = 768, bf16, {torch.cuda.get_device_name()}", results)
     floors = ", ".join(f"{case_name(*case)} {1e6 * bytes_moved(*case) / bandwidth:.4g}" for case in CASES)
     print(f"\ncopy-bandwidth floor ({bandwidth / 1e12:.2f} TB/s): {floors}")
+    benchmark_fastest("seed_mask", results, args.then_benchmark, args.benchmark_timeout)
 
 
 if __name__ == "__main__":

@@ -138,3 +138,13 @@ def test_charts_are_written(bench_json, tmp_path):
 def test_unreadable_json_is_a_clear_error(tmp_path, capsys):
     assert report.main([str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_run_with_a_tuning_variant_says_so(bench_json, capsys):
+    path, data = bench_json
+    data["machine_info"]["variant"] = "decoder:backward in 2 pipeline stages"
+    path.write_text(json.dumps(data))
+    report.main([str(path), "--out", str(path.parent)])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("Machine: NVIDIA H200") and first.endswith(
+        "; with the tuning variant decoder:backward in 2 pipeline stages, not the defaults")

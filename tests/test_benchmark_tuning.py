@@ -1,5 +1,9 @@
 """The tuning tools' shared part (``benchmarks/tuning.py``): alternatives applied one at a time and
-restored, failures reported, the table ordered by speed-up over the defaults."""
+restored, failures reported, the table ordered by speed-up over the defaults, the fastest variant
+chosen only when it beats the defaults, and a benchmark run with a variant applied and recorded."""
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -7,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
-from benchmarks.tuning import print_fastest_first, replaced, time_variants  # noqa: E402
+from benchmarks import tuning  # noqa: E402
+from benchmarks.tuning import best_variant, print_fastest_first, replaced, time_variants, variant_named  # noqa: E402
 
 
 def test_replacements_hold_inside_the_block_and_are_undone_after_an_error():
@@ -45,3 +50,86 @@ def test_each_variant_is_timed_alone_and_a_failing_one_is_named(capsys):
         "| tile 0: ValueError: too many registers"]
     assert lines[3].endswith("| 2.00x |") and lines[5].endswith("| 1.00x |") and lines[6].endswith("| 0.50x |")
     assert lines[7].endswith("| 0.00x |")
+
+
+def results_of(*variants, defaults=None, defaults_again=None):
+    """time_variants' results: the defaults, the ``variants`` (label, times), the defaults again."""
+    defaults = defaults or {"a": 10.0, "b": 20.0}
+    return [("defaults", defaults), *variants, ("defaults, measured again last", defaults_again or defaults)]
+
+
+def test_the_fastest_variant_is_chosen_only_when_it_beats_the_defaults_in_every_case():
+    faster = ("faster", {"a": 9.0, "b": 18.0})  # 1.11x in both cases
+    fastest_but_one_case_slower = ("mixed", {"a": 5.0, "b": 21.0})  # 1.38x geometric mean, b 5 % slower
+    within_noise = ("within noise", {"a": 9.9, "b": 19.8})  # 1.01x
+    failed = ("failed: ValueError: registers", {"a": float("inf"), "b": float("inf")})
+    assert best_variant(results_of(within_noise, faster, fastest_but_one_case_slower, failed)) == "faster"
+    assert best_variant(results_of(within_noise, fastest_but_one_case_slower, failed)) is None
+    # against the faster of the two measurements of the defaults: a drift of the card is no gain
+    assert best_variant(results_of(faster, defaults_again={"a": 8.5, "b": 17.0})) is None
+    assert best_variant(results_of(("slow", {"a": 11.0, "b": 21.0}), ("fast", {"a": 8.0, "b": 16.0}),
+                                   ("faster", {"a": 7.0, "b": 15.0}))) == "faster"
+
+
+def test_a_variant_is_found_by_tool_and_label():
+    from benchmarks import tune_decoder, tune_seed_mask
+
+    for tool, module in (("decoder", tune_decoder), ("seed_mask", tune_seed_mask)):
+        for label, replacements in module.variants():
+            found = variant_named(f"{tool}:{label}")
+            assert [r[:2] for r in found] == [r[:2] for r in replacements]
+    with pytest.raises(ValueError, match="the tool must be one of decoder, seed_mask"):
+        variant_named("attention:anything")
+    with pytest.raises(ValueError, match="tune_decoder has no variant 'backward in 9 stages'; its variants: backward in 2"):
+        variant_named("decoder:backward in 9 stages")
+
+
+def test_benchmark_runs_pytest_on_the_group_with_the_variant_in_its_environment(monkeypatch, capsys):
+    calls = []
+
+    def run(command, cwd, env, timeout):
+        calls.append((command, cwd, env["RESTR_BENCH_VARIANT"], timeout))
+        return SimpleNamespace(returncode=0)
+    monkeypatch.setattr(tuning.subprocess, "run", run)
+    results = results_of(("backward in 2 pipeline stages", {"a": 9.0, "b": 18.0}))
+    tuning.benchmark_fastest("decoder", results, "tuned.json", timeout_s=50)
+    (command, cwd, variant, timeout), = calls
+    assert command[1:] == ["-m", "pytest", "benchmarks/test_decoder.py", "--benchmark-only", "-q", "-p",
+                           "no:cacheprovider", "-k", "not compile and not commuted",
+                           f"--benchmark-json={os.path.abspath('tuned.json')}"]
+    assert cwd == tuning.ROOT and (cwd / "benchmarks" / "test_decoder.py").is_file()
+    assert variant == "decoder:backward in 2 pipeline stages" and timeout == 50
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "benchmark with decoder:backward in 2 pipeline stages: exit status 0, results in tuned.json")
+
+    calls.clear()
+    tuning.benchmark_fastest("decoder", results_of(("within noise", {"a": 9.9, "b": 19.9})), "tuned.json", 50)
+    tuning.benchmark_fastest("decoder", results, None, 50)  # no JSON asked for
+    assert calls == [] and "no benchmark run with one, tuned.json not written" in capsys.readouterr().out
+
+
+def test_a_benchmark_run_applies_the_named_variant_and_records_it(tmp_path):
+    """A benchmark session under RESTR_BENCH_VARIANT holds the variant while it runs and names it in
+    the JSON; an unknown one stops the run with the known labels."""
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "import importlib\n"
+        "def test_probe(benchmark):\n"
+        "    stages = importlib.import_module('restr_fast.kernels.decoder').BACKWARD_STAGES\n"
+        "    benchmark.extra_info['stages'] = stages\n"
+        "    benchmark(lambda: None)\n")
+
+    def run(variant):
+        out = tmp_path / f"{len(variant)}.json"
+        done = subprocess.run([sys.executable, "-m", "pytest", str(probe), "-p", "benchmarks.conftest", "-q",
+                               "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--benchmark-only",
+                               f"--benchmark-json={out}"], cwd=tuning.ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, RESTR_BENCH_VARIANT=variant))
+        return done, (json.loads(out.read_text()) if out.exists() else None)
+    done, data = run("decoder:backward in 2 pipeline stages")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert data["benchmarks"][0]["extra_info"]["stages"] == 2
+    assert data["machine_info"]["variant"] == "decoder:backward in 2 pipeline stages"
+    done, data = run("decoder:no such variant")
+    assert done.returncode != 0 and data is None
+    assert "tune_decoder has no variant 'no such variant'" in done.stderr
