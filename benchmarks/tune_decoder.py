@@ -68,14 +68,14 @@ def median_ms(step: Callable[[], None], calls: int = 10, rounds: int = 5) -> flo
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=480)
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--then-benchmark", metavar="JSON",
                         help="run the decoder benchmark group with the fastest variant, if one beats the defaults")
     parser.add_argument("--benchmark-timeout", type=float, default=60, help="seconds (default 60)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("tune_decoder needs a CUDA GPU")
 

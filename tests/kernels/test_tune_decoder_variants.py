@@ -53,11 +53,14 @@ def test_the_tool_times_every_variant(monkeypatch, capsys):
         return 1.0 + len(seen) % 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "no GPU (test)")
-    monkeypatch.setattr(sys, "argv", ["tune_decoder"])
     monkeypatch.setattr(tune_decoder, "workload", lambda impl, image_size, patch_size, decoder_only: None)
     monkeypatch.setattr(tune_decoder, "median_ms", median_ms)
+    benchmarked = []
+    monkeypatch.setattr(tune_decoder, "benchmark_fastest", lambda *args: benchmarked.append(args))
     default = decoder_module._backward_blocks
-    tune_decoder.main()
+    tune_decoder.main([])
+    (tool, results, json_path, timeout_s), = benchmarked
+    assert (tool, json_path, timeout_s) == ("decoder", None, 60.0) and len(results) == 2 + len(VARIANTS)
     assert len(seen) == 2 + len(VARIANTS)  # the defaults first and last
     assert sum(blocks is not default for blocks in seen) == sum(
         any(name == "_backward_blocks" for _, name, _ in replacements) for _, replacements in VARIANTS)

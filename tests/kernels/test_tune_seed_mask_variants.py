@@ -68,7 +68,11 @@ def test_the_tool_times_every_variant_in_every_case(monkeypatch, capsys):
     monkeypatch.setattr(tune_seed_mask, "l2_rotation", lambda bytes_per_call: 2)
     monkeypatch.setattr(tune_seed_mask, "graphed_gpu_seconds", run_calls)
     monkeypatch.setattr(tune_seed_mask, "measure_copy_bandwidth", lambda: 3e12)
-    tune_seed_mask.main()
+    benchmarked = []
+    monkeypatch.setattr(tune_seed_mask, "benchmark_fastest", lambda *args: benchmarked.append(args))
+    tune_seed_mask.main(["--then-benchmark", "tuned.json", "--benchmark-timeout", "35"])
+    (tool, results, json_path, timeout_s), = benchmarked
+    assert (tool, json_path, timeout_s) == ("seed_mask", "tuned.json", 35.0) and len(results) == 2 + len(VARIANTS)
     assert calls_timed == [2] * (4 * (2 + len(VARIANTS)))  # the defaults first and last
     table = capsys.readouterr().out
     for label in ["defaults", *(label for label, _ in VARIANTS)]:
