@@ -5,6 +5,7 @@ Run: ``pytest benchmarks/ --benchmark-only`` (``-m kernels`` for the kernel grou
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -33,7 +34,7 @@ TIME_BUDGET_S = float(os.environ.get("RESTR_BENCH_BUDGET_S", "225"))
 # Run order of the groups: the headline comparisons first, the optional ones last; items marked
 # ``costly`` (whole-model torch.compile) after everything else, so a time-out loses only them.
 GROUP_ORDER = ("seed_mask", "decoder", "attention", "train_step", "inference", "memory")
-_VARIANT = pytest.StashKey()  # the replacements of RESTR_BENCH_VARIANT, while the run lasts
+_VARIANT = pytest.StashKey[contextlib.ExitStack]()  # holds RESTR_BENCH_VARIANT's replacements during the run
 
 
 def pytest_configure(config) -> None:
@@ -44,13 +45,13 @@ def pytest_configure(config) -> None:
             replacements = variant_named(spec)
         except ValueError as error:
             raise pytest.UsageError(str(error)) from None
-        config.stash[_VARIANT] = replaced(replacements)
-        config.stash[_VARIANT].__enter__()
+        config.stash[_VARIANT] = contextlib.ExitStack()
+        config.stash[_VARIANT].enter_context(replaced(replacements))
 
 
 def pytest_unconfigure(config) -> None:
     if _VARIANT in config.stash:
-        config.stash[_VARIANT].__exit__(None, None, None)
+        config.stash[_VARIANT].close()
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -8,8 +8,8 @@ stages, the forward's tile and warps), times the fused decoder's forward + backw
 autocast, as in the ``decoder`` benchmark group) with each, and prints them fastest first, the
 defaults marked, so that a GPU session can confirm or replace them. With ``--then-benchmark
 JSON``, where a variant beats the defaults (:func:`benchmarks.tuning.best_variant`), it then runs
-the ``decoder`` benchmark group with that variant, eager baseline included, into JSON: what
-making it the default would measure. Needs a CUDA GPU.
+the ``decoder`` benchmark group's eager and fast cases with that variant into JSON: what making it
+the default would measure. Needs a CUDA GPU.
 """
 from __future__ import annotations
 
@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=480)
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--then-benchmark", metavar="JSON",
-                        help="run the decoder benchmark group with the fastest variant, if one beats the defaults")
-    parser.add_argument("--benchmark-timeout", type=float, default=60, help="seconds (default 60)")
+                        help="run the decoder benchmark group's eager and fast cases with the fastest variant, "
+                             "if one beats the defaults, into JSON")
+    parser.add_argument("--benchmark-timeout", type=float, default=60,
+                        help="time bound of that benchmark run, in seconds (default 60)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("tune_decoder needs a CUDA GPU")

@@ -10,8 +10,8 @@ forward and forward + backward) as that group's ``gpu_ms`` does: a CUDA graph of
 rotating through 3x the L2 cache. It prints the times in microseconds, fastest first, with the
 copy-bandwidth floor of each case, so that a GPU session can confirm or replace the defaults. With
 ``--then-benchmark JSON``, where a variant beats the defaults
-(:func:`benchmarks.tuning.best_variant`), it then runs the ``seed_mask`` benchmark group with that
-variant, eager baseline included, into JSON. Needs a CUDA GPU.
+(:func:`benchmarks.tuning.best_variant`), it then runs the ``seed_mask`` benchmark group's eager
+and fast cases with that variant into JSON. Needs a CUDA GPU.
 """
 from __future__ import annotations
 
@@ -79,8 +79,10 @@ def case_name(n: int, forward_only: bool) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--then-benchmark", metavar="JSON",
-                        help="run the seed_mask benchmark group with the fastest variant, if one beats the defaults")
-    parser.add_argument("--benchmark-timeout", type=float, default=45, help="seconds (default 45)")
+                        help="run the seed_mask benchmark group's eager and fast cases with the fastest variant, "
+                             "if one beats the defaults, into JSON")
+    parser.add_argument("--benchmark-timeout", type=float, default=45,
+                        help="time bound of that benchmark run, in seconds (default 45)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("tune_seed_mask needs a CUDA GPU")

@@ -1,6 +1,7 @@
 """Shared by the kernel tuning tools (``tune_decoder``, ``tune_seed_mask``): alternatives to a kernel
 module's launch choices (tiles, warps, switches), applied one at a time, the table of their times
-against the defaults, and the benchmark group run again with the fastest one.
+against the defaults, and the benchmark group's eager and fast cases run again with the fastest
+one.
 
 A benchmark run applies one tool's variant throughout when ``RESTR_BENCH_VARIANT`` names it as
 ``tool:label`` (``decoder:backward in 2 pipeline stages``), and records it in the JSON's
@@ -12,6 +13,7 @@ import contextlib
 import importlib
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -60,38 +62,36 @@ def time_variants(variants: Sequence[Variant], measure: Callable[[], Times]) -> 
     return results
 
 
+def geometric_mean_speedup(defaults: Times, times: Times) -> float:
+    """The geometric mean over the cases of ``defaults[case] / times[case]``."""
+    return math.prod(defaults[case] / times[case] for case in defaults) ** (1 / len(defaults))
+
+
 def print_fastest_first(title: str, results: list[tuple[str, Times]]) -> None:
     """A markdown table of the times, fastest first by the geometric mean of the speed-ups over
     the defaults (the first result) across the cases."""
     defaults = results[0][1]
-
-    def speedup(times: Times) -> float:
-        return math.prod(defaults[case] / times[case] for case in defaults) ** (1 / len(defaults))
     print(title)
     print(f"| variant | {' | '.join(defaults)} | vs defaults |")
     print("| --- " * (len(defaults) + 2) + "|")
-    for label, times in sorted(results, key=lambda result: -speedup(result[1])):
-        print(f"| {label} | {' | '.join(f'{times[case]:.4g}' for case in defaults)} | {speedup(times):.2f}x |")
+    for label, times in sorted(results, key=lambda result: -geometric_mean_speedup(defaults, result[1])):
+        print(f"| {label} | {' | '.join(f'{times[case]:.4g}' for case in defaults)} | "
+              f"{geometric_mean_speedup(defaults, times):.2f}x |")
 
 
-def _speedups(results: list[tuple[str, Times]]) -> dict[str, dict[str, float]]:
-    """Each variant's speed-up per case over the faster of the two measurements of the defaults
-    (the first result and the last), which discounts a drift of the card over the run."""
+def best_variant(results: list[tuple[str, Times]], margin: float = MARGIN) -> tuple[str, float] | None:
+    """(label, geometric-mean speed-up) of the fastest variant, if it gains at least ``margin`` over
+    the defaults and loses more than ``margin`` in no case; else None (the defaults stay). Against the
+    faster of the two measurements of the defaults, the first result and the last, which discounts
+    a drift of the card over the run (the table compares with the first alone). ``results``: as
+    :func:`time_variants` returns them."""
     first, last = results[0][1], results[-1][1]
-    defaults = {case: min(first[case], last.get(case, first[case])) for case in first}
-    return {label: {case: defaults[case] / times[case] for case in defaults}
-            for label, times in results[1:-1]}
-
-
-def best_variant(results: list[tuple[str, Times]], margin: float = MARGIN) -> str | None:
-    """The label of the variant with the highest geometric-mean speed-up over the defaults, if that
-    is at least ``margin`` and no case is slower by more than ``margin``; else None (the defaults
-    stay). ``results``: as :func:`time_variants` returns them."""
-    def geometric_mean(speedups: dict[str, float]) -> float:
-        return math.prod(speedups.values()) ** (1 / len(speedups))
-    qualified = {label: geometric_mean(speedups) for label, speedups in _speedups(results).items()
-                 if geometric_mean(speedups) >= margin and min(speedups.values()) >= 1 / margin}
-    return max(qualified, key=qualified.get, default=None)
+    defaults = {case: min(first[case], last[case]) for case in first}
+    qualified = {label: geometric_mean_speedup(defaults, times) for label, times in results[1:-1]
+                 if geometric_mean_speedup(defaults, times) >= margin
+                 and all(defaults[case] / times[case] >= 1 / margin for case in defaults)}
+    label = max(qualified, key=qualified.get, default=None)
+    return None if label is None else (label, qualified[label])
 
 
 def variant_named(spec: str) -> list[Replacement]:
@@ -107,32 +107,39 @@ def variant_named(spec: str) -> list[Replacement]:
     return found[label]
 
 
-def benchmark_with(tool: str, label: str, json_path: str, timeout_s: float) -> int:
-    """Run ``tool``'s benchmark group (``BENCHMARK`` of ``benchmarks.tune_<tool>``: its test file and
-    the ``-k`` expression keeping the cases the targets need) in a new process with the variant
-    ``label`` applied, writing ``json_path``; returns pytest's exit status (124 if it timed out)."""
+def benchmark_with(tool: str, label: str, json_path: str, timeout_s: float) -> bool:
+    """Run the cases of ``tool``'s benchmark group that its targets need (``BENCHMARK`` of
+    ``benchmarks.tune_<tool>``: the test file and a ``-k`` expression) in a new process with the
+    variant ``label`` applied and a time budget (``RESTR_BENCH_BUDGET_S``) 15 s under ``timeout_s``,
+    so that cases beyond it skip and the JSON is written; returns whether ``json_path`` was."""
     test_file, keep = importlib.import_module(f"benchmarks.tune_{tool}").BENCHMARK
+    json_path = os.path.abspath(json_path)
     command = [sys.executable, "-m", "pytest", test_file, "--benchmark-only", "-q", "-p", "no:cacheprovider",
-               "-k", keep, f"--benchmark-json={os.path.abspath(json_path)}"]
-    print(f"benchmarking with {tool}:{label}: {' '.join(command)}", flush=True)
+               "-k", keep, f"--benchmark-json={json_path}"]
+    variables = {VARIANT_ENV: f"{tool}:{label}", "RESTR_BENCH_BUDGET_S": str(max(0.0, timeout_s - 15))}
+    print(" ".join(f"{name}={shlex.quote(value)}" for name, value in variables.items()), shlex.join(command), flush=True)
+    if os.path.exists(json_path):
+        os.remove(json_path)  # a file left from an earlier run must not pass for this one's
     try:
-        return subprocess.run(command, cwd=ROOT, env=dict(os.environ, **{VARIANT_ENV: f"{tool}:{label}"}),
-                              timeout=timeout_s).returncode
+        subprocess.run(command, cwd=ROOT, env=dict(os.environ, **variables), timeout=timeout_s)
     except subprocess.TimeoutExpired:
         print(f"the benchmark run passed its {timeout_s:.0f} s bound", flush=True)
-        return 124
+    return os.path.exists(json_path)
 
 
 def benchmark_fastest(tool: str, results: list[tuple[str, Times]], json_path: str | None, timeout_s: float) -> None:
-    """With ``json_path``, run the benchmark group again with :func:`best_variant` of ``results``
+    """With ``json_path``, run the benchmark cases again with :func:`best_variant` of ``results``
     applied (:func:`benchmark_with`), or say that the defaults stay."""
     if json_path is None:
         return
-    label = best_variant(results)
-    if label is None:
-        percent = round(100 * (MARGIN - 1))
+    best = best_variant(results)
+    percent = round(100 * (MARGIN - 1))
+    if best is None:
         print(f"no variant was {percent} % faster than the defaults with no case {percent} % slower: no benchmark "
               f"run with one, {json_path} not written", flush=True)
         return
-    status = benchmark_with(tool, label, json_path, timeout_s)
-    print(f"benchmark with {tool}:{label}: exit status {status}, results in {json_path}", flush=True)
+    label, speedup = best
+    print(f"fastest variant: {label}, {speedup:.3f}x the defaults (geometric mean over the cases, against the "
+          "faster of the two measurements of the defaults)", flush=True)
+    written = benchmark_with(tool, label, json_path, timeout_s)
+    print(f"benchmark with {tool}:{label}: {json_path} {'written' if written else 'not written'}", flush=True)
