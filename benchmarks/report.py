@@ -143,8 +143,10 @@ TARGETS: list[tuple[str, str, Check]] = [  # (issue, target, check)
      worst_case("seed_mask", "fast", _key("gpu_speedup_vs_eager"), at_least=3.0, fmt="{:.2f}x")),
     ("#3", "seed_mask: fast's GPU time within 1.3x of the copy-bandwidth floor, every case",
      worst_case("seed_mask", "fast", _key("time_vs_copy_floor"), at_most=1.3, fmt="{:.2f}x")),
-    ("#4", "decoder: fast >= 8x eager, every case",
+    ("#4", "decoder: fast >= 8x eager (wall-clock per call), every case",
      worst_case("decoder", "fast", _key("speedup_vs_eager"), at_least=8.0, fmt="{:.2f}x")),
+    ("#4", "decoder: fast >= 8x eager (GPU time, CUDA-graph replay), every case",
+     worst_case("decoder", "fast", _key("gpu_speedup_vs_eager"), at_least=8.0, fmt="{:.2f}x")),
     ("#4", "decoder: fast peak memory >= 3x less than eager's, every case",
      worst_case("decoder", "fast", _memory_saving_vs("eager"), at_least=3.0, fmt="{:.2f}x less")),
 ]
