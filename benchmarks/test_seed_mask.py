@@ -20,7 +20,7 @@ import torch
 from restr_fast.kernels import seed_mask
 from restr_fast.kernels.seed_mask import seed_mask_reference
 
-from .conftest import graphed_gpu_seconds, l2_rotation, requires_gpu
+from .conftest import graphed_gpu_seconds, l2_rotation, requires_gpu, skip_unless_time
 
 B, D = 8, 768
 CASES = [(n, p, impl) for n in (900, 3600) for p in ("forward", "forward+backward")
@@ -85,6 +85,7 @@ def call(op, forward_only: bool, tensors: dict):
 @pytest.mark.benchmark(group="seed_mask")
 @pytest.mark.parametrize("n, pass_, impl", CASES, ids=[f"{impl}-{p}-N{n}" for n, p, impl in CASES])
 def test_seed_mask(benchmark, measure, copy_bandwidth, n, pass_, impl):
+    skip_unless_time(30 if impl == "compile" else 5)
     op = implementation(impl)
     forward_only = pass_ == "forward"
     moved = bytes_moved(n, forward_only)
