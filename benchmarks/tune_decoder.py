@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from .profile_step import workload
-from .tuning import Variant, benchmark_fastest, print_fastest_first, time_variants
+from .tuning import Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 
@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=480)
     parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--then-benchmark", metavar="JSON",
-                        help="run the decoder benchmark group's eager and fast cases with the fastest variant, "
-                             "if one beats the defaults, into JSON")
-    parser.add_argument("--benchmark-timeout", type=float, default=60,
-                        help="time bound of that benchmark run, in seconds (default 60)")
+    add_benchmark_arguments(parser, "decoder", timeout_s=60)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("tune_decoder needs a CUDA GPU")

@@ -23,7 +23,7 @@ import torch
 
 from .conftest import graphed_gpu_seconds, l2_rotation, measure_copy_bandwidth
 from .test_seed_mask import bytes_moved, call, inputs
-from .tuning import Variant, benchmark_fastest, print_fastest_first, time_variants
+from .tuning import Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants
 
 seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
@@ -78,11 +78,7 @@ def case_name(n: int, forward_only: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--then-benchmark", metavar="JSON",
-                        help="run the seed_mask benchmark group's eager and fast cases with the fastest variant, "
-                             "if one beats the defaults, into JSON")
-    parser.add_argument("--benchmark-timeout", type=float, default=45,
-                        help="time bound of that benchmark run, in seconds (default 45)")
+    add_benchmark_arguments(parser, "seed_mask", timeout_s=45)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("tune_seed_mask needs a CUDA GPU")

@@ -9,6 +9,7 @@ A benchmark run applies one tool's variant throughout when ``RESTR_BENCH_VARIANT
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import math
@@ -125,6 +126,16 @@ def benchmark_with(tool: str, label: str, json_path: str, timeout_s: float) -> b
     except subprocess.TimeoutExpired:
         print(f"the benchmark run passed its {timeout_s:.0f} s bound", flush=True)
     return os.path.exists(json_path)
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser, tool: str, timeout_s: float) -> None:
+    """``--then-benchmark JSON`` and ``--benchmark-timeout`` for ``tool``'s tuning command line,
+    the arguments of :func:`benchmark_fastest`."""
+    parser.add_argument("--then-benchmark", metavar="JSON",
+                        help=f"run the {tool} benchmark group's eager and fast cases with the fastest variant, "
+                             "if one beats the defaults, into JSON")
+    parser.add_argument("--benchmark-timeout", type=float, default=timeout_s,
+                        help=f"time bound of that benchmark run, in seconds (default {timeout_s:g})")
 
 
 def benchmark_fastest(tool: str, results: list[tuple[str, Times]], json_path: str | None, timeout_s: float) -> None:
