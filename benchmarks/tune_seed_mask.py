@@ -3,8 +3,9 @@
 
 The launchers in :mod:`restr_fast.kernels.seed_mask` choose their blocks from ptxas's register
 counts (``tests/kernels/test_gpu_compilation.py``). This replaces one choice at a time (the
-forward's and the backward's elements per block and warps, the backward's programs per SM and
-pipeline stages, the tiles of the kernel summing its partial sums), and
+forward's and the backward's elements per block, the forward's warps and its strips of several
+blocks a program, prefetched, the backward's programs per SM and pipeline stages, the tiles of the
+kernel summing its partial sums; not the backward's 8 warps, 0.75x the defaults on an H200), and
 times the ``seed_mask`` benchmark group's four cases (B = 8, N = 900 and 3600, D = 768, bf16,
 forward and forward + backward) as that group's ``gpu_ms`` does: a CUDA graph of calls on inputs
 rotating through 3x the L2 cache. It prints the times in microseconds, fastest first, with the
@@ -32,6 +33,12 @@ FORWARD_ELEMENTS = [2048, 8192]  # per block (default 4096)
 BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
 PROGRAMS_PER_SM = [2, 8, 16]  # of the backward (default 4)
 STAGES_TRIED = [1, 3]  # of the backward's loop in fp16/bf16; 1: no prefetching (default 2)
+# the forward in strips of several blocks a program, each prefetching its next block: (pipeline
+# stages, programs per SM). At 2 and 3 stages, 64 registers a thread with Triton 3.6, 62 and 71
+# with 3.8 (sm_90, bf16), against 55 and 54 for one block a program: 8 or 7 programs fit an SM
+# instead of 9. (In fp32 with the prefix, 3 stages take 74 KB of shared memory a program: a
+# default of 3 would keep fp32 at 2, as the backward keeps fp32 at 1.)
+FORWARD_STRIPS = [(2, 4), (2, 8), (3, 4)]
 CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
 # the benchmark group run with the fastest variant: its file, and the cases the targets need
 BENCHMARK = ("benchmarks/test_seed_mask.py", "not compile")
@@ -44,10 +51,15 @@ def _with_warps(blocks, warps: int):
 
 def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
-    forward, backward = seed_mask_kernels._forward_blocks, seed_mask_kernels._backward_blocks
+    forward = seed_mask_kernels._forward_blocks
     # the choices not yet timed on a GPU first, in case a time bound cuts the run
-    found = [(f"backward in {stages} pipeline stage{'s' if stages > 1 else ''}",
-              [(seed_mask_kernels, "BACKWARD_STAGES", stages)]) for stages in STAGES_TRIED]
+    found = [(f"forward strips in {stages} pipeline stages, {k} programs per SM",
+              [(seed_mask_kernels, "FORWARD_STAGES", stages),
+               (seed_mask_kernels, "_forward_rows_per_program",
+                functools.partial(seed_mask_kernels._rows_per_program, programs_per_sm=k))])
+             for stages, k in FORWARD_STRIPS]
+    found += [(f"backward in {stages} pipeline stage{'s' if stages > 1 else ''}",
+               [(seed_mask_kernels, "BACKWARD_STAGES", stages)]) for stages in STAGES_TRIED]
     found += [("partial sums in tiles of 16 programs x 128 channels",
                [(seed_mask_kernels, "_sum_blocks", lambda splits, d: (16, 128))])]
     found += [(f"forward blocks of {elements} elements",
@@ -56,8 +68,7 @@ def variants() -> list[Variant]:
     found += [(f"backward blocks of {elements} elements",
                [(seed_mask_kernels, "_backward_blocks", lambda d, e=elements: _blocks(d, None, elements=e))])
               for elements in BACKWARD_ELEMENTS]
-    found += [("forward with 8 warps", [(seed_mask_kernels, "_forward_blocks", _with_warps(forward, 8))]),
-              ("backward with 8 warps", [(seed_mask_kernels, "_backward_blocks", _with_warps(backward, 8))])]
+    found += [("forward with 8 warps", [(seed_mask_kernels, "_forward_blocks", _with_warps(forward, 8))])]
     found += [(f"backward with {k} programs per SM",
                [(seed_mask_kernels, "_rows_per_program",
                  functools.partial(seed_mask_kernels._rows_per_program, programs_per_sm=k))])

@@ -36,26 +36,25 @@ MAX_D = 8192  # one row of patches must fit a block
 # it, a program's loads wait for its own previous block's sums and stores. Not in fp32, where the
 # prefetching took 143 registers a thread with Triton 3.6: 3 programs per SM instead of 4.
 BACKWARD_STAGES = 2
+# The forward's programs each write one block of rows (``_forward_rows_per_program``); where they
+# walk strips of several blocks (``python -m benchmarks.tune_seed_mask``'s variants), the loop's
+# pipeline stages: 2 or more prefetch the next block.
+FORWARD_STAGES = 1
 # the backward's partial sums are summed by 4-warp programs, in tiles of up to 4K elements that
 # hold up to 128 programs' partials each
 SUM_ELEMENTS, SUM_MAX_SPLITS, SUM_WARPS = 4096, 128, 4
 
 
 @triton.jit
-def _seed_mask_fwd_kernel(
-    Z, C, BIAS, PREFIX, LOGITS, OUT,
-    N, D, DP, scale,
-    stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
-    HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr,
-):
-    scale = fp32(scale)
-    b = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _seed_mask_fwd_block(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
+                         stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
+                         HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr):
+    """Logits and [prefix, masked] of rows [start, start + BLOCK_N) of batch row ``b``."""
+    rows = start + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < N
     tile_ok = row_ok[:, None] & (cols < D)[None, :]
-
     c = tl.load(C + b * stride_cb + cols, mask=cols < D, other=0.0).to(tl.float32)  # (BLOCK_D,)
     z = tl.load(Z + b * stride_zb + rows[:, None] * stride_zn + cols[None, :], mask=tile_ok,
                 other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
@@ -76,6 +75,34 @@ def _seed_mask_fwd_kernel(
         prefix_ok = row_ok[:, None] & (pcols < DP)[None, :]
         p = tl.load(PREFIX + b * stride_pb + rows[:, None] * stride_pn + pcols[None, :], mask=prefix_ok)
         tl.store(out_rows + pcols[None, :], p.to(OUT.dtype.element_ty), mask=prefix_ok)
+
+
+@triton.jit
+def _seed_mask_fwd_kernel(
+    Z, C, BIAS, PREFIX, LOGITS, OUT,
+    N, D, DP, scale, rows_per_program,
+    stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
+    HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr,
+    STRIPS: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """Programs: (B, blocks of BLOCK_N rows); with STRIPS, (B, strips of ``rows_per_program``
+    rows), each program walking its strip a block at a time, and with NUM_STAGES > 1 Triton
+    prefetching the next block's rows (cp.async)."""
+    scale = fp32(scale)
+    b = tl.program_id(0).to(tl.int64)
+    if STRIPS:
+        first_row = tl.program_id(1) * rows_per_program
+        for start in tl.range(first_row, tl.minimum(first_row + rows_per_program, N), BLOCK_N, num_stages=NUM_STAGES):
+            _seed_mask_fwd_block(
+                Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
+                stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
+                HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, BLOCK_D, BLOCK_DP)
+    else:  # one block, no loop: 55 registers a thread instead of 64 (sm_90, Triton 3.6, bf16)
+        _seed_mask_fwd_block(
+            Z, C, BIAS, PREFIX, LOGITS, OUT, b, tl.program_id(1) * BLOCK_N, N, D, DP, scale,
+            stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
+            HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, BLOCK_D, BLOCK_DP)
 
 
 @triton.jit
@@ -201,9 +228,15 @@ def _backward_stages(dtype: torch.dtype) -> int:
     return 1 if dtype == torch.float32 else BACKWARD_STAGES
 
 
+def _forward_rows_per_program(batch: int, n: int, block_n: int, device: torch.device) -> int:
+    """Rows each forward program writes: one block."""
+    return block_n
+
+
 def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device, programs_per_sm: int = 4) -> int:
     """Rows each backward program reduces over: enough programs to fill the GPU about
-    ``programs_per_sm`` times, few enough that the (B, splits, D) partial sums stay small."""
+    ``programs_per_sm`` times, few enough that the (B, splits, D) partial sums stay small (and, in
+    ``tune_seed_mask``'s variants, the forward's strips)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
     programs = max(1, programs_per_sm * sms)
     splits = max(1, min(cdiv(n, block_n), cdiv(programs, batch)))
@@ -218,14 +251,16 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
     B, N, D = patches.shape
     DP = 0 if prefix is None else prefix.shape[-1]
     block_n, block_d, num_warps = _forward_blocks(D, DP)
+    rows = _forward_rows_per_program(B, N, block_n, patches.device)
     prefix_arg = patches if prefix is None else prefix
-    launcher(_seed_mask_fwd_kernel)[(B, cdiv(N, block_n))](
+    launcher(_seed_mask_fwd_kernel)[(B, cdiv(N, rows))](
         patches, classifier, classifier if bias is None else bias, prefix_arg, logits, out,
-        N, D, DP, 1.0 / math.sqrt(D),
+        N, D, DP, 1.0 / math.sqrt(D), rows,
         patches.stride(0), patches.stride(1), classifier.stride(0), prefix_arg.stride(0), prefix_arg.stride(1),
         logits.stride(0), out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, HAS_PREFIX=DP > 0, SIGMOID=sigmoid,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=next_power_of_2(max(DP, 1)), num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=next_power_of_2(max(DP, 1)),
+        STRIPS=rows > block_n, NUM_STAGES=FORWARD_STAGES, num_warps=num_warps,
     )
 
 

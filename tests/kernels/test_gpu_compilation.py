@@ -35,8 +35,12 @@ from restr_fast.kernels import op_registry
 ANY = ("bf16", "fp16", "fp32")
 HALF = ("bf16", "fp16")
 KERNELS = [
-    ("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
-     dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024, BLOCK_DP=1024), 4, ANY),
+    # the forward's prefetched strips (2 and 3 stages) are tune_seed_mask's variants, timed in bf16; in
+    # fp32 with a prefix, 3 stages take 74 KB of shared memory a program: 3 programs an SM
+    *[("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
+       dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024, BLOCK_DP=1024, STRIPS=strips,
+            NUM_STAGES=stages), 4, elements)
+      for strips, stages, elements in ((False, 1, ANY), (True, 2, ANY), (True, 3, HALF))],
     *[("seed_mask", "_seed_mask_bwd_kernel",
        "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
        dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024,
@@ -148,7 +152,8 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
 
     block_n, block_d, warps = seed_mask._forward_blocks(768, 768)
     assert_case("_seed_mask_fwd_kernel", warps, HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
-                BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d)
+                BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d, STRIPS=False,
+                NUM_STAGES=seed_mask.FORWARD_STAGES)
     block_n, block_d, warps = seed_mask._backward_blocks(768)
     for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         assert_case("_seed_mask_bwd_kernel", warps, (element,), HAS_BIAS=True, HAS_GRAD_LOGITS=True,

@@ -7,6 +7,7 @@ import torch
 
 from restr_fast.kernels import op_registry, seed_mask
 from restr_fast.kernels.seed_mask import seed_mask_reference
+from restr_fast.kernels.sizes import next_power_of_2
 
 seed_mask_module = importlib.import_module("restr_fast.kernels.seed_mask")
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
@@ -113,6 +114,27 @@ def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_bl
             continue
         assert ours.dtype == dtype, name
         assert_within_rule(ours, theirs, exact, atol + truncation * exact.abs().max().item(), name)
+
+
+@pytest.mark.parametrize("blocks_per_strip, stages", [(2, 2), (3, 3)])
+def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages):
+    """The forward with each program walking a strip of several blocks of rows (tune_seed_mask's
+    variants): strips that end inside the map, a ragged last strip, the prefix and out= paths."""
+    monkeypatch.setattr(seed_mask_module, "FORWARD_STAGES", stages)
+    monkeypatch.setattr(seed_mask_module, "_forward_blocks", lambda d, dp: (2, next_power_of_2(max(d, dp)), 4))
+    monkeypatch.setattr(seed_mask_module, "_forward_rows_per_program",
+                        lambda batch, n, block_n, device: blocks_per_strip * block_n)
+    B, N, D, DP = 2, 23, 96, 40  # strips of 4 rows: 6, the last of 3; of 6 rows: 4, the last of 5
+    patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=DP, seed=blocks_per_strip)
+    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.double())
+    logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
+    torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[..., :DP], prefix)
+    torch.testing.assert_close(out[..., DP:].double(), exact_masked, rtol=1e-5, atol=1e-5)
+    buffer = torch.full((B, N, D + 5), float("nan"), device=DEVICE)
+    seed_mask(patches, classifier, buffer, bias=bias)
+    torch.testing.assert_close(buffer[..., :D].double(), exact_masked, rtol=1e-5, atol=1e-5)
+    assert buffer[..., D:].isnan().all()
 
 
 def test_backward_programs_and_sum_tiles_on_an_h200(monkeypatch):
