@@ -121,7 +121,7 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
         block_n, block_d, warps = seed_mask._forward_blocks(768, 0)
         found.append(("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
                       dict(HAS_BIAS=False, HAS_PREFIX=False, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d,
-                           BLOCK_DP=1, STRIPS=False, NUM_STAGES=seed_mask.FORWARD_STAGES),
+                           BLOCK_DP=1, STRIPS=False, NUM_STAGES=1),
                       warps, block_n * block_d, 1))
         block_n, block_d, warps = seed_mask._backward_blocks(768)
         found.append(("seed_mask", "_seed_mask_bwd_kernel",

@@ -2,15 +2,15 @@
 ``python -m benchmarks.tune_seed_mask``.
 
 The launchers in :mod:`restr_fast.kernels.seed_mask` choose their blocks from ptxas's register
-counts (``tests/kernels/test_gpu_compilation.py``). This replaces one choice at a time (the
-forward's and the backward's elements per block, the forward's warps and its strips of several
+counts (``tests/kernels/test_gpu_compilation.py``). This replaces one choice (or a pair) at a time
+(the forward's and the backward's elements per block, the forward's warps and its strips of several
 blocks a program, prefetched, the backward's programs per SM and pipeline stages, the tiles of the
-kernel summing its partial sums; not the backward's 8 warps, 0.75x the defaults on an H200), and
-times the ``seed_mask`` benchmark group's four cases (B = 8, N = 900 and 3600, D = 768, bf16,
-forward and forward + backward) as that group's ``gpu_ms`` does: a CUDA graph of calls on inputs
-rotating through 3x the L2 cache. It prints the times in microseconds, fastest first, with the
-copy-bandwidth floor of each case, so that a GPU session can confirm or replace the defaults. With
-``--then-benchmark JSON``, where a variant beats the defaults
+kernel summing its partial sums; not the backward's 8 warps, 0.75x the defaults on an H200 before
+its loop was pipelined), and times the ``seed_mask`` benchmark group's four cases (B = 8, N = 900
+and 3600, D = 768, bf16, forward and forward + backward) as that group's ``gpu_ms`` does: a CUDA
+graph of calls on inputs rotating through 3x the L2 cache. It prints the times in microseconds,
+fastest first, with the copy-bandwidth floor of each case, so that a GPU session can confirm or
+replace the defaults. With ``--then-benchmark JSON``, where a variant beats the defaults
 (:func:`benchmarks.tuning.best_variant`), it then runs the ``seed_mask`` benchmark group's eager
 and fast cases with that variant into JSON. Needs a CUDA GPU.
 """

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -150,10 +151,13 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
             assert launched.get(key) == warps, (
                 f"{name} launches on {element} with {constexprs}, num_warps={warps}: not in KERNELS")
 
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     block_n, block_d, warps = seed_mask._forward_blocks(768, 768)
-    assert_case("_seed_mask_fwd_kernel", warps, HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
-                BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d, STRIPS=False,
-                NUM_STAGES=seed_mask.FORWARD_STAGES)
+    for n in (900, 3600):  # B = 8 on an H200
+        strips = seed_mask._forward_rows_per_program(8, n, block_n, torch.device("cuda")) > block_n
+        assert_case("_seed_mask_fwd_kernel", warps, HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
+                    BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d, STRIPS=strips,
+                    NUM_STAGES=seed_mask.FORWARD_STAGES if strips else 1)
     block_n, block_d, warps = seed_mask._backward_blocks(768)
     for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         assert_case("_seed_mask_bwd_kernel", warps, (element,), HAS_BIAS=True, HAS_GRAD_LOGITS=True,

@@ -116,15 +116,21 @@ def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_bl
         assert_within_rule(ours, theirs, exact, atol + truncation * exact.abs().max().item(), name)
 
 
-@pytest.mark.parametrize("blocks_per_strip, stages", [(2, 2), (3, 3)])
-def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages):
-    """The forward with each program walking a strip of several blocks of rows (tune_seed_mask's
-    variants): strips that end inside the map, a ragged last strip, the prefix and out= paths."""
+def forward_in_strips(monkeypatch, blocks_per_strip: int, stages: int) -> None:
+    """The forward in strips of ``blocks_per_strip`` blocks of 2 rows a program (tune_seed_mask's
+    variants), prefetched in ``stages``."""
     monkeypatch.setattr(seed_mask_module, "FORWARD_STAGES", stages)
     monkeypatch.setattr(seed_mask_module, "_forward_blocks", lambda d, dp: (2, next_power_of_2(max(d, dp)), 4))
     monkeypatch.setattr(seed_mask_module, "_forward_rows_per_program",
                         lambda batch, n, block_n, device: blocks_per_strip * block_n)
-    B, N, D, DP = 2, 23, 96, 40  # strips of 4 rows: 6, the last of 3; of 6 rows: 4, the last of 5
+
+
+@pytest.mark.parametrize("blocks_per_strip, stages", [(2, 2), (3, 3)])
+def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages):
+    """Strips that end inside the map and a ragged last strip (21 rows: 6 strips of 4, the last of
+    one row; 4 of 6, the last of 3), on the prefix and out= paths."""
+    forward_in_strips(monkeypatch, blocks_per_strip, stages)
+    B, N, D, DP = 2, 21, 96, 40
     patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=DP, seed=blocks_per_strip)
     exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.double())
     logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
@@ -135,6 +141,20 @@ def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages)
     seed_mask(patches, classifier, buffer, bias=bias)
     torch.testing.assert_close(buffer[..., :D].double(), exact_masked, rtol=1e-5, atol=1e-5)
     assert buffer[..., D:].isnan().all()
+
+
+def test_a_forward_strip_ends_where_it_should(monkeypatch):
+    """With one program a batch row launched, only the first strip (6 rows) is written."""
+    forward_in_strips(monkeypatch, blocks_per_strip=3, stages=2)
+    monkeypatch.setattr(seed_mask_module, "cdiv", lambda a, b: 1)  # the launcher's grid: (B, 1)
+    B, N, D = 2, 21, 64
+    patches, classifier, bias, _ = inputs(B, N, D)
+    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.double())
+    buffer = torch.full((B, N, D), float("nan"), device=DEVICE)
+    logits, _ = seed_mask(patches, classifier, buffer, bias=bias)  # logits: torch.empty, NaN here
+    torch.testing.assert_close(logits[:, :6].double(), exact_logits[:, :6], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(buffer[:, :6].double(), exact_masked[:, :6], rtol=1e-5, atol=1e-5)
+    assert logits[:, 6:].isnan().all() and buffer[:, 6:].isnan().all()
 
 
 def test_backward_programs_and_sum_tiles_on_an_h200(monkeypatch):
