@@ -97,6 +97,7 @@ def _train(args: argparse.Namespace) -> None:
         except (yaml.YAMLError, KeyError, TypeError) as error:
             raise ValueError(f"--resume: {out / 'config.yaml'} is not a run config written by restr-fast train: "
                              f"{error!r}") from error
+        train_values.pop("stop_after", None)  # an earlier invocation's limit (run folders of older versions)
     else:
         preset, model_overrides, train_values = _resolve_config(args.config or "restr-b16")
         if args.img_size is not None:
@@ -117,7 +118,7 @@ def _train(args: argparse.Namespace) -> None:
     except TrainingDiverged as error:
         raise ValueError(str(error)) from error
     if metrics:
-        print(f"{config.val_split} overall IoU {100 * metrics['overall_iou']:.2f}; run folder {out}")
+        print(f"{config.val_split} overall IoU {100 * metrics['overall_iou']:.2f} %; run folder {out}")
     elif metrics is None:
         print(f"the run in {out} is complete ({config.steps} steps): nothing to resume")
     else:
@@ -132,8 +133,9 @@ def _resolve_config(name: str):
     for candidate in (Path(name), Path(training.__file__).parent / "configs" / f"{name}.yaml"):
         if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
             return training.load_run_config(candidate)
-    raise ValueError(f"--config {name!r} is neither a preset ({sorted(PRESETS)}), a YAML file, nor a config "
-                     f"under training/configs/")
+    configs = sorted(path.stem for path in (Path(training.__file__).parent / "configs").glob("*.yaml"))
+    raise ValueError(f"--config {name!r} is neither a preset ({', '.join(sorted(PRESETS))}), a run config "
+                     f"({', '.join(configs)}), nor a YAML file")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -177,12 +179,16 @@ def _predict(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from .predictor import Predictor, overlay, to_rgb_image
+    from .text import tokenize
 
-    for number in range(1, len(args.text) + 1):  # where the results go, checked before any work
+    for text in args.text:  # the sentences, the outputs and the image, checked before the model loads
+        if not tokenize(text):
+            raise ValueError(f"--text {text!r} has no words: give a sentence describing the object")
+    for number in range(1, len(args.text) + 1):
         _check_output(_numbered(args.out, number, len(args.text)), "--out", IMAGE_SUFFIXES)
         if args.overlay:
             _check_output(_numbered(args.overlay, number, len(args.text)), "--overlay", IMAGE_SUFFIXES)
-    image = to_rgb_image(args.image)  # read once; bad files fail before the model loads
+    image = to_rgb_image(args.image)  # read once
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast)
     predictions = predictor.predict(image, list(args.text))
     for number, (text, prediction) in enumerate(zip(args.text, predictions), start=1):
@@ -332,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = show_warning
         try:
             args.run(args)
-        except (ValueError, TypeError, FileNotFoundError) as error:
+        except (ValueError, TypeError, OSError) as error:  # OSError: paths that are not what they must be
             print(f"restr-fast {args.command}: error: {error}", file=sys.stderr)
             return 2
     return 0

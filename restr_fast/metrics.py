@@ -86,8 +86,8 @@ def _distributed_device() -> torch.device:
 
 
 def format_table(result: dict, title: str = "") -> str:
-    """A markdown table of a :meth:`SegmentationMetrics.result`, IoUs in percent."""
-    header = "| | samples | overall IoU | mean IoU | " + " | ".join(f"Prec@{t}" for t in THRESHOLDS) + " |"
+    """A markdown table of a :meth:`SegmentationMetrics.result`, IoUs and precisions in percent."""
+    header = "| | samples | overall IoU % | mean IoU % | " + " | ".join(f"Prec@{t} %" for t in THRESHOLDS) + " |"
     lines = ([f"**{title}**", ""] if title else []) + [header, "|---" * (4 + len(THRESHOLDS)) + "|"]
     rows = [("all", result)] + [(f"{k} words", v) for k, v in result.get("by_length", {}).items()]
     for name, values in rows:

@@ -21,6 +21,8 @@ def test_bad_arguments_give_one_line_errors(capsys):
     assert main(["forward", "--text", " ".join(["word"] * 25)]) == 0  # warnings print as one line too
     error = capsys.readouterr().err
     assert error.startswith("restr-fast forward: warning: sentence of 25 words truncated") and error.count("\n") == 1
+    assert main(["train", "--config", "refcocoo", "--data-root", "never-written", "--out", "never-written"]) == 2
+    assert "a run config (refcoco, refcoco+," in capsys.readouterr().err  # the names it takes
     assert main(["forward", "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
     for command in (["forward"], ["doctor"], ["demo", "--out", "never-written"]):
@@ -30,6 +32,18 @@ def test_bad_arguments_give_one_line_errors(capsys):
     assert not Path("never-written").exists()
     assert main(["synth", "--out", "never-written", "--images", "9"]) == 2
     assert "images must be >= 10" in capsys.readouterr().err and not Path("never-written").exists()
+
+
+def test_an_output_path_that_is_a_file_gives_a_one_line_error(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("kept")
+    for command in (["synth", "--out", str(a_file), "--images", "10"], ["demo", "--out", str(a_file)],
+                    ["train", "--config", "synthetic", "--data-root", str(tmp_path), "--out", str(a_file)]):
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"restr-fast {command[0]}: error: ") and error.count("\n") == 1, error
+        assert str(a_file) in error
+    assert a_file.read_text() == "kept"
 
 
 def test_console_script_is_installed():

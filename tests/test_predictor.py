@@ -319,7 +319,7 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
 
     for arguments, message in (
         (["--image", str(tmp_path / "absent.jpg")], "image not found"),
-        (["--text", "   "], "has no words"),
+        (["--text", "   ", "--checkpoint", str(tmp_path / "nowhere")], "has no words"),  # before the model loads
         (["--checkpoint", str(tmp_path / "nowhere")], "checkpoint not found"),
         (["--out", str(tmp_path / "no-folder" / "m.png")], "does not exist; create it first"),
         (["--out", str(tmp_path / "mask")], "expected a file name ending in .png, .jpg"),

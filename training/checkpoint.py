@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's advice to load unsafely does not apply to our files
+        raise ValueError(f"cannot read checkpoint {path}: corrupt, or not a file restr-fast wrote (it holds "
+                         f"something other than tensors and plain data, which torch's safe loader refuses)") from error
     except Exception as error:
         raise ValueError(f"cannot read checkpoint {path} (corrupt or not a torch file): "
                          f"{type(error).__name__}: {str(error)[:200]}") from error

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from .plots import loss_curve, prediction_grid
 from .trainer import TrainConfig, load_run_config, train
 
 DATASET = "synthetic"
-NEUTRAL_WORD = "object"  # replaces every sentence in the language ablation
+NEUTRAL_WORD = "object"  # replaces every sentence in the language ablation (never in them, so read as <unk>)
 RECIPE = Path(__file__).parent / "configs" / "synthetic.yaml"  # restr-tiny from scratch: ~8 min on 2 CPU cores
 
 
@@ -27,6 +28,8 @@ def run_demo(out: str | Path, steps: int | None = None, images: int = 3000, devi
     """Write ``out/data`` (synthetic REFER data), ``out/run`` (the training run) and the results:
     ``out/metrics.md``, ``out/metrics.json``, ``out/loss.png``, ``out/predictions.png``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: choose a folder for --out")
     if (out / "run").exists():
         raise ValueError(f"{out / 'run'} already exists: choose another --out (nothing is overwritten)")
     torch.set_flush_denormal(True)
@@ -40,14 +43,17 @@ def run_demo(out: str | Path, steps: int | None = None, images: int = 3000, devi
     print(f"2/4 training {preset} (recipe: {RECIPE.name})")
     train(get_config(preset, **model_overrides), config, out / "run")
 
-    print("3/4 evaluating the best checkpoint on the validation split, with the sentences and without")
+    print(f"3/4 evaluating the best checkpoint on the validation split, with the sentences and with each replaced "
+          f"by {NEUTRAL_WORD!r} (a word they never use, read as <unk>: no hint of the region)")
     device_ = distributed.setup(device).device
     model, vocabulary = model_from_checkpoint(load_checkpoint(out / "run" / "checkpoints" / "best.pt"))
     model.to(device_)
     results = {}
     for name, sentence in (("sentences", None), (f"every sentence = {NEUTRAL_WORD!r}", NEUTRAL_WORD)):
-        dataset = ReferDataset(data_root, DATASET, "unc", "val", vocabulary, model.config.image_size,
-                               originals=True, sentences=sentence)
+        with warnings.catch_warnings():  # the neutral word is meant to be out of the vocabulary
+            warnings.filterwarnings("ignore", message="no word of the replacement sentence")
+            dataset = ReferDataset(data_root, DATASET, "unc", "val", vocabulary, model.config.image_size,
+                                   originals=True, sentences=sentence)
         results[name] = evaluate(model, dataset, device_)
     tables = [format_table(result, f"{DATASET} val, {name}") for name, result in results.items()]
     (out / "metrics.md").write_text("\n\n".join(tables) + "\n")
@@ -63,7 +69,7 @@ def run_demo(out: str | Path, steps: int | None = None, images: int = 3000, devi
     print()
     print("\n\n".join(tables))
     with_words, without = results["sentences"]["overall_iou"], results[f"every sentence = {NEUTRAL_WORD!r}"]["overall_iou"]
-    print(f"\noverall IoU {100 * with_words:.2f} with the sentences, {100 * without:.2f} with every sentence "
+    print(f"\noverall IoU {100 * with_words:.2f} % with the sentences, {100 * without:.2f} % with every sentence "
           f"replaced by {NEUTRAL_WORD!r}; results in {out}")
     return results
 

@@ -103,6 +103,11 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         parse_device(self.device)
 
+    def run_settings(self) -> dict:
+        """The settings a run folder records: all but ``stop_after``, which ends one invocation,
+        not the run (a resumed run goes to the end unless given its own)."""
+        return {**dataclasses.asdict(self), "stop_after": None}
+
     def _check_types(self) -> None:
         """Every setting of its annotated type, in that type: numbers YAML reads as text (``1e-3``)
         and numpy numbers are numbers, paths and torch devices are text."""
@@ -189,6 +194,8 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     input before any training step, and :class:`TrainingDiverged` when the loss stops being finite."""
     out = Path(out)
     latest = out / "checkpoints" / "latest.pt"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the run folder {out} is a file: choose a folder for --out")
     if resume and not latest.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
     if not resume and (latest.exists() or (out / "log.jsonl").exists()):
@@ -247,7 +254,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         out.mkdir(parents=True, exist_ok=True)
         if state is None:
             vocabulary.save(out / "vocab.txt")
-            run_config = {"model": model_config.to_dict(), "train": dataclasses.asdict(config)}
+            run_config = {"model": model_config.to_dict(), "train": config.run_settings()}
             (out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
 
     sampler = StepBatchSampler(len(train_set), config.batch_size, config.accumulate, config.steps, config.seed,
@@ -263,7 +270,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                 "rng": rng_state(device),
                 "config": model_config.to_dict(), "vocabulary": vocabulary.words,
-                "train": dataclasses.asdict(config), "best_overall_iou": best_iou, "metrics": metrics or {},
+                "train": config.run_settings(), "best_overall_iou": best_iou, "metrics": metrics or {},
             })
 
     def log(record: dict) -> None:
@@ -332,8 +339,8 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
                 if main:
                     save_model_folder(out / "model", model, vocabulary)
             if main:
-                bar.write(f"step {step}: {config.val_split} overall IoU {100 * metrics['overall_iou']:.2f}, "
-                          f"mean IoU {100 * metrics['mean_iou']:.2f}")
+                bar.write(f"step {step}: {config.val_split} overall IoU {100 * metrics['overall_iou']:.2f} %, "
+                          f"mean IoU {100 * metrics['mean_iou']:.2f} %")
         if saving:
             checkpoint(out / "checkpoints" / "latest.pt", metrics)
         if window["steps"] == 0:  # a new window: its time starts after this step's evaluation and saving

@@ -121,8 +121,10 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
     ``val``, so at least 10 are needed; the test splits share another tenth."""
     if images < 10:
         raise ValueError(f"images must be >= 10 (every tenth image goes to the val split), got {images}")
-    rng = random.Random(seed)
     data_root = Path(data_root)
+    if data_root.exists() and not data_root.is_dir():
+        raise ValueError(f"{data_root} is a file: the synthetic set needs a folder")
+    rng = random.Random(seed)
     image_dir = data_root / "images" / name
     image_dir.mkdir(parents=True, exist_ok=True)
     (data_root / name).mkdir(parents=True, exist_ok=True)

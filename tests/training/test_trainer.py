@@ -174,6 +174,13 @@ def test_bad_input_fails_before_anything_is_written(data_root, tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a restr_fast checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+    torch.save({"model": {}, "optimizer_class": torch.optim.AdamW}, tmp_path / "pickled.pt")  # not plain data
+    with pytest.raises(ValueError, match="not a file restr-fast wrote") as error:
+        load_checkpoint(tmp_path / "pickled.pt")
+    assert "weights_only" not in str(error.value)  # torch's advice to load it unsafely is not passed on
+    (tmp_path / "a-file").write_text("kept")
+    with pytest.raises(ValueError, match="the run folder .*a-file is a file"):
+        train(model_config, config(data_root), tmp_path / "a-file")
 
 
 def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
@@ -181,9 +188,12 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
             "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
             "--device", "cpu", "--workers", "0", "--eval-every", "4", "--checkpoint-every", "2"]
-    assert main(args + ["--stop-after", "2"]) == 0
+    assert main(args + ["--stop-after", "1"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
-    assert main(["train", "--out", str(run), "--resume"]) == 0
+    saved = (run / "config.yaml").read_text()
+    assert "stop_after: null" in saved  # it ends an invocation, not the run
+    (run / "config.yaml").write_text(saved.replace("stop_after: null", "stop_after: 1"))  # as versions before wrote it
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # to the end in one go
     assert "val overall IoU" in capsys.readouterr().out
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert f"the run in {run} is complete (4 steps): nothing to resume" in capsys.readouterr().out
