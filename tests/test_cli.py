@@ -46,6 +46,16 @@ def test_an_output_path_that_is_a_file_gives_a_one_line_error(tmp_path, capsys):
     assert a_file.read_text() == "kept"
 
 
+def test_synth_writes_a_set_once(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--images", "10"]) == 0
+    assert "val         1 images" in capsys.readouterr().out
+    written = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert tmp_path / "synthetic" / "refs(unc).p" in written and len(written) == 12  # 10 images, refs, instances
+    assert main(["synth", "--out", str(tmp_path), "--images", "20", "--seed", "1"]) == 2
+    assert "already holds a synthetic set 'synthetic'" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == written
+
+
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "restr-fast"
     result = subprocess.run([str(script), "forward", "--help"], capture_output=True, text=True, check=True)

@@ -124,6 +124,9 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
     data_root = Path(data_root)
     if data_root.exists() and not data_root.is_dir():
         raise ValueError(f"{data_root} is a file: the synthetic set needs a folder")
+    if (data_root / name / "refs(unc).p").exists():
+        raise ValueError(f"{data_root} already holds a synthetic set {name!r}: choose another folder (nothing is "
+                         f"overwritten)")
     rng = random.Random(seed)
     image_dir = data_root / "images" / name
     image_dir.mkdir(parents=True, exist_ok=True)
