@@ -45,8 +45,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # torch's advice to load unsafely does not apply to our files
-        raise ValueError(f"cannot read checkpoint {path}: corrupt, or not a file restr-fast wrote (it holds "
-                         f"something other than tensors and plain data, which torch's safe loader refuses)") from error
+        raise ValueError(f"cannot read checkpoint {path}: torch's safe loader refused it (it reads tensors and "
+                         f"plain data only): not a checkpoint restr-fast wrote, or a corrupt one") from error
     except Exception as error:
         raise ValueError(f"cannot read checkpoint {path} (corrupt or not a torch file): "
                          f"{type(error).__name__}: {str(error)[:200]}") from error

@@ -175,7 +175,7 @@ def test_bad_input_fails_before_anything_is_written(data_root, tmp_path):
     with pytest.raises(ValueError, match="not a restr_fast checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
     torch.save({"model": {}, "optimizer_class": torch.optim.AdamW}, tmp_path / "pickled.pt")  # not plain data
-    with pytest.raises(ValueError, match="not a file restr-fast wrote") as error:
+    with pytest.raises(ValueError, match="not a checkpoint restr-fast wrote") as error:
         load_checkpoint(tmp_path / "pickled.pt")
     assert "weights_only" not in str(error.value)  # torch's advice to load it unsafely is not passed on
     (tmp_path / "a-file").write_text("kept")
