@@ -119,10 +119,12 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
         decoder = importlib.import_module("restr_fast.kernels.decoder")
         found = []
         block_n, block_d, warps = seed_mask._forward_blocks(768, 0)
+        chunk = seed_mask._forward_chunk(768, 0, torch.bfloat16.itemsize)
+        chunks = importlib.import_module("restr_fast.kernels.sizes").cdiv(768, chunk) if chunk else 1
         found.append(("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
                       dict(HAS_BIAS=False, HAS_PREFIX=False, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d,
-                           BLOCK_DP=1, STRIPS=False, NUM_STAGES=1),
-                      warps, block_n * block_d, 1))
+                           BLOCK_DP=1, CHUNK=chunk, CHUNKS=chunks, PREFIX_CHUNKS=0, STRIPS=False, NUM_STAGES=1),
+                      warps, block_n * (chunk * chunks if chunk else block_d), 1))
         block_n, block_d, warps = seed_mask._backward_blocks(768)
         found.append(("seed_mask", "_seed_mask_bwd_kernel",
                       "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",

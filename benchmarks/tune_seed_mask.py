@@ -3,10 +3,11 @@
 
 The launchers in :mod:`restr_fast.kernels.seed_mask` choose their blocks from ptxas's register
 counts (``tests/kernels/test_gpu_compilation.py``). This replaces one choice (or a pair) at a time
-(the forward's and the backward's elements per block, the forward's warps and its strips of several
-blocks a program, prefetched, the backward's programs per SM and pipeline stages, the tiles of the
-kernel summing its partial sums; not the backward's 8 warps or 16 programs per SM, 0.75x and 0.89x
-the defaults on an H200 before its loop was pipelined), and times the ``seed_mask`` benchmark
+(the forward's and the backward's elements per block, the forward's strips of several blocks a
+program, prefetched, and its rows read in warp-wide chunks of columns, the backward's programs per
+SM and pipeline stages, the tiles of the kernel summing its partial sums; not the backward's 8 warps
+or 16 programs per SM, 0.75x and 0.89x the defaults on an H200 before its loop was pipelined, nor
+the forward's 8 warps or 8K-element blocks, 0.97x and 1.01x), and times the ``seed_mask`` benchmark
 group's four cases (B = 8, N = 900 and 3600, D = 768, bf16, forward and forward + backward) as that
 group's ``gpu_ms`` does: a CUDA graph of calls on inputs rotating through 3x the L2 cache. It prints
 the times in microseconds, fastest first, with the copy-bandwidth floor of each case, so that a GPU
@@ -29,7 +30,7 @@ from .tuning import Variant, add_benchmark_arguments, benchmark_fastest, print_f
 seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
 
-FORWARD_ELEMENTS = [2048, 8192]  # per block (default 4096)
+FORWARD_ELEMENTS = [2048]  # per block (default 4096)
 BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
 PROGRAMS_PER_SM = [2, 8]  # of the backward (default 4)
 STAGES_TRIED = [1, 3]  # of the backward's loop in fp16/bf16; 1: no prefetching (default 2)
@@ -41,14 +42,14 @@ STAGES_TRIED = [1, 3]  # of the backward's loop in fp16/bf16; 1: no prefetching 
 # of 9. (In fp32 with the prefix, 3 stages take 74 KB of shared memory a program: a default of 3
 # would keep fp32 at 2, as the backward keeps fp32 at 1.)
 FORWARD_STRIPS = [(2, 8), (3, 7), (2, 4)]
+# the forward reading its rows in chunks of the columns one warp's 16-byte loads span (256 in bf16),
+# so that a warp holds whole rows: the scores need no shared memory or barrier, and no warp idles on
+# the padding of a 1024-column tile (at D = 768, a quarter of it, a whole warp's). At 8 and 16 rows a
+# block, 32 and 48 registers a thread (Triton 3.8, sm_90, bf16): 16 and 10 programs an SM, against 9.
+FORWARD_CHUNKED_ROWS = [8, 16]
 CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
 # the benchmark group run with the fastest variant: its file, and the cases the targets need
 BENCHMARK = ("benchmarks/test_seed_mask.py", "not compile")
-
-
-def _with_warps(blocks, warps: int):
-    """The launch helper ``blocks`` with its number of warps replaced."""
-    return lambda *args: (*blocks(*args)[:2], warps)
 
 
 def variants() -> list[Variant]:
@@ -60,6 +61,10 @@ def variants() -> list[Variant]:
                (seed_mask_kernels, "_forward_rows_per_program",
                 functools.partial(seed_mask_kernels._rows_per_program, programs_per_sm=k))])
              for stages, k in FORWARD_STRIPS]
+    found += [(f"forward rows in warp-wide chunks, {rows} rows a block",
+               [(seed_mask_kernels, "_forward_chunk", seed_mask_kernels._warp_wide_chunk),
+                (seed_mask_kernels, "_forward_blocks", lambda d, dp, r=rows: (r, *forward(d, dp)[1:]))])
+              for rows in FORWARD_CHUNKED_ROWS]
     found += [(f"backward in {stages} pipeline stage{'s' if stages > 1 else ''}",
                [(seed_mask_kernels, "BACKWARD_STAGES", stages)]) for stages in STAGES_TRIED]
     found += [("partial sums in tiles of 16 programs x 128 channels",
@@ -70,7 +75,6 @@ def variants() -> list[Variant]:
     found += [(f"backward blocks of {elements} elements",
                [(seed_mask_kernels, "_backward_blocks", lambda d, e=elements: _blocks(d, None, elements=e))])
               for elements in BACKWARD_ELEMENTS]
-    found += [("forward with 8 warps", [(seed_mask_kernels, "_forward_blocks", _with_warps(forward, 8))])]
     found += [(f"backward with {k} programs per SM",
                [(seed_mask_kernels, "_rows_per_program",
                  functools.partial(seed_mask_kernels._rows_per_program, programs_per_sm=k))])

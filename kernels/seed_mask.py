@@ -49,8 +49,31 @@ SUM_ELEMENTS, SUM_MAX_SPLITS, SUM_WARPS = 4096, 128, 4
 def _seed_mask_fwd_block(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
                          stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
                          HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr):
-    """Logits and [prefix, masked] of rows [start, start + BLOCK_N) of batch row ``b``."""
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr,
+                         CHUNK: tl.constexpr, CHUNKS: tl.constexpr, PREFIX_CHUNKS: tl.constexpr):
+    """Logits and [prefix, masked] of rows [start, start + BLOCK_N) of batch row ``b``: in tiles of
+    whole rows (BLOCK_D, BLOCK_DP), or with CHUNK > 0 of CHUNK columns."""
+    if CHUNK > 0:
+        _seed_mask_fwd_block_in_chunks(
+            Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
+            stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
+            HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, CHUNK, CHUNKS, PREFIX_CHUNKS)
+    else:
+        _seed_mask_fwd_block_whole_rows(
+            Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
+            stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
+            HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, BLOCK_D, BLOCK_DP)
+
+
+@triton.jit
+def _seed_mask_fwd_block_whole_rows(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
+                                    stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob,
+                                    stride_on, HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                                    SIGMOID: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                                    BLOCK_DP: tl.constexpr):
+    """Logits and [prefix, masked] of rows [start, start + BLOCK_N) of batch row ``b``, a tile of
+    whole rows: for D = 768 a 1024-column tile, whose rows 4 warps share (their sums meet in
+    shared memory) and whose last 256 columns, a whole warp's at 16 bytes a thread, stay idle."""
     rows = start + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < N
@@ -80,17 +103,64 @@ def _seed_mask_fwd_block(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, sc
 
 
 @triton.jit
+def _seed_mask_fwd_block_in_chunks(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
+                                   stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob,
+                                   stride_on, HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                                   SIGMOID: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+                                   CHUNKS: tl.constexpr, PREFIX_CHUNKS: tl.constexpr):
+    """As :func:`_seed_mask_fwd_block_whole_rows`, reading each row in CHUNKS tiles of CHUNK
+    columns. Where CHUNK is what one warp's 16-byte loads span (256 in bf16), a warp holds whole
+    rows: the scores reduce within warps (no shared memory, no barrier), and no warp idles on a
+    power-of-two tile's padding. The classifier is loaded in the patches' layout, a copy a row (from
+    L1), so that it needs no layout conversion either; the rows are read again for the product (from
+    L1 or L2), so that no chunk stays in registers."""
+    rows = start + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    z_rows = Z + b * stride_zb + rows[:, None] * stride_zn  # (BLOCK_N, 1) row starts
+    s = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k in tl.static_range(CHUNKS):  # unrolled: every chunk's loads in flight at once
+        cols = k * CHUNK + tl.arange(0, CHUNK)
+        tile_ok = row_ok[:, None] & (cols < D)[None, :]
+        z = tl.load(z_rows + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)  # (BLOCK_N, CHUNK)
+        c = tl.load(C + b * stride_cb + (cols[None, :] + 0 * rows[:, None]), mask=tile_ok, other=0.0).to(tl.float32)
+        s += tl.sum(z * c, axis=1)
+    if HAS_BIAS:
+        s += tl.load(BIAS + b).to(tl.float32)
+    s = s * scale
+    if SIGMOID:
+        weight = tl.sigmoid(s)
+    else:
+        weight = s
+    tl.store(LOGITS + b * stride_lb + rows, s.to(LOGITS.dtype.element_ty), mask=row_ok)
+    out_rows = OUT + b * stride_ob + rows[:, None] * stride_on
+    for k in tl.static_range(CHUNKS):
+        cols = k * CHUNK + tl.arange(0, CHUNK)
+        tile_ok = row_ok[:, None] & (cols < D)[None, :]
+        z = tl.load(z_rows + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        tl.store(out_rows + DP + cols[None, :], (z * weight[:, None]).to(OUT.dtype.element_ty), mask=tile_ok)
+    if HAS_PREFIX:
+        prefix_rows = PREFIX + b * stride_pb + rows[:, None] * stride_pn
+        for k in tl.static_range(PREFIX_CHUNKS):
+            cols = k * CHUNK + tl.arange(0, CHUNK)
+            prefix_ok = row_ok[:, None] & (cols < DP)[None, :]
+            p = tl.load(prefix_rows + cols[None, :], mask=prefix_ok)
+            tl.store(out_rows + cols[None, :], p.to(OUT.dtype.element_ty), mask=prefix_ok)
+
+
+@triton.jit
 def _seed_mask_fwd_kernel(
     Z, C, BIAS, PREFIX, LOGITS, OUT,
     N, D, DP, scale, rows_per_program,
     stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
     HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DP: tl.constexpr,
+    CHUNK: tl.constexpr, CHUNKS: tl.constexpr, PREFIX_CHUNKS: tl.constexpr,
     STRIPS: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Programs: (B, blocks of BLOCK_N rows); with STRIPS, (B, strips of ``rows_per_program``
     rows), each program walking its strip a block at a time, and with NUM_STAGES > 1 Triton
-    prefetching the next block's rows (cp.async)."""
+    prefetching the next block's rows (cp.async). With CHUNK > 0 the rows are read in chunks of
+    CHUNK columns (CHUNKS of the patches, PREFIX_CHUNKS of the prefix)."""
     scale = fp32(scale)
     b = tl.program_id(0).to(tl.int64)
     if STRIPS:
@@ -99,12 +169,12 @@ def _seed_mask_fwd_kernel(
             _seed_mask_fwd_block(
                 Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
                 stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
-                HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, BLOCK_D, BLOCK_DP)
+                HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, BLOCK_D, BLOCK_DP, CHUNK, CHUNKS, PREFIX_CHUNKS)
     else:  # one block, no loop: 55 registers a thread instead of 64 (sm_90, Triton 3.6, bf16)
         _seed_mask_fwd_block(
             Z, C, BIAS, PREFIX, LOGITS, OUT, b, tl.program_id(1) * BLOCK_N, N, D, DP, scale,
             stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
-            HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, BLOCK_D, BLOCK_DP)
+            HAS_BIAS, HAS_PREFIX, SIGMOID, BLOCK_N, BLOCK_D, BLOCK_DP, CHUNK, CHUNKS, PREFIX_CHUNKS)
 
 
 @triton.jit
@@ -206,6 +276,20 @@ def _forward_blocks(d: int, dp: int) -> tuple[int, int, int]:
     return _blocks(d, dp, elements=4096)
 
 
+def _forward_chunk(d: int, dp: int, element_size: int) -> int:
+    """Columns of the forward's tiles: 0, whole rows. (:func:`_warp_wide_chunk` is
+    ``tune_seed_mask``'s variant.)"""
+    return 0
+
+
+def _warp_wide_chunk(d: int, dp: int, element_size: int, max_chunks: int = 8) -> int:
+    """Columns a warp's 16-byte loads span (256 in fp16 and bf16, 128 in fp32), so that a warp
+    holds whole rows; wider where a row would take more than ``max_chunks`` chunks (each is unrolled),
+    and no wider than the widest row (patches or prefix) rounded up to a power of two."""
+    widest = max(d, dp)
+    return min(next_power_of_2(widest), max(32 * 16 // element_size, next_power_of_2(cdiv(widest, max_chunks))))
+
+
 def _backward_blocks(d: int) -> tuple[int, int, int]:
     """The backward kernel's blocks: it holds three tiles (patches, their gradient and grad masked)
     and takes 4K elements: with 8K at eight warps it needed 168 registers a thread, one program per
@@ -254,6 +338,7 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
     B, N, D = patches.shape
     DP = 0 if prefix is None else prefix.shape[-1]
     block_n, block_d, num_warps = _forward_blocks(D, DP)
+    chunk = _forward_chunk(D, DP, patches.element_size())
     rows = _forward_rows_per_program(B, N, block_n, patches.device)
     strips = rows > block_n
     prefix_arg = patches if prefix is None else prefix
@@ -264,6 +349,7 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
         logits.stride(0), out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, HAS_PREFIX=DP > 0, SIGMOID=sigmoid,
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=next_power_of_2(max(DP, 1)),
+        CHUNK=chunk, CHUNKS=cdiv(D, chunk) if chunk else 1, PREFIX_CHUNKS=cdiv(DP, chunk) if chunk else 0,
         STRIPS=strips, NUM_STAGES=FORWARD_STAGES if strips else 1, num_warps=num_warps,
     )
 

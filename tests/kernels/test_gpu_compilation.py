@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from restr_fast.kernels import op_registry
+from restr_fast.kernels.sizes import cdiv
 
 # (module, kernel, pointer arguments, constexprs and num_warps as the host code launches them on a
 # GPU, element types): each case compiles with its pointers to each element type, but those marked
@@ -36,12 +37,16 @@ from restr_fast.kernels import op_registry
 ANY = ("bf16", "fp16", "fp32")
 HALF = ("bf16", "fp16")
 KERNELS = [
-    # the forward's prefetched strips (2 and 3 stages) are tune_seed_mask's variants, timed in bf16; in
-    # fp32 with a prefix, 3 stages take 74 KB of shared memory a program: 3 programs an SM
+    # the forward's prefetched strips (2 and 3 stages) and its rows in warp-wide chunks (8 and 16 rows a
+    # block) are tune_seed_mask's variants, timed in bf16; in fp32 with a prefix, 3 stages take 74 KB of
+    # shared memory a program: 3 programs an SM
     *[("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
-       dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024, BLOCK_DP=1024, STRIPS=strips,
+       dict(HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=1024, BLOCK_DP=1024, CHUNK=chunk,
+            CHUNKS=cdiv(768, chunk) if chunk else 1, PREFIX_CHUNKS=cdiv(768, chunk) if chunk else 0, STRIPS=strips,
             NUM_STAGES=stages), 4, elements)
-      for strips, stages, elements in ((False, 1, ANY), (True, 2, ANY), (True, 3, HALF))],
+      for block_n, chunk, strips, stages, elements in (
+          (4, 0, False, 1, ANY), (4, 0, True, 2, ANY), (4, 0, True, 3, HALF), (8, 256, False, 1, HALF),
+          (16, 256, False, 1, HALF), (8, 128, False, 1, ("fp32",)))],
     *[("seed_mask", "_seed_mask_bwd_kernel",
        "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
        dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024,
@@ -155,9 +160,13 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
     block_n, block_d, warps = seed_mask._forward_blocks(768, 768)
     for n in (900, 3600):  # B = 8 on an H200
         strips = seed_mask._forward_rows_per_program(8, n, block_n, torch.device("cuda")) > block_n
-        assert_case("_seed_mask_fwd_kernel", warps, HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
-                    BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d, STRIPS=strips,
-                    NUM_STAGES=seed_mask.FORWARD_STAGES if strips else 1)
+        for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+            chunk = seed_mask._forward_chunk(768, 768, dtype.itemsize)
+            chunks = dict(CHUNK=chunk, CHUNKS=cdiv(768, chunk), PREFIX_CHUNKS=cdiv(768, chunk)) if chunk else dict(
+                CHUNK=0, CHUNKS=1, PREFIX_CHUNKS=0)
+            assert_case("_seed_mask_fwd_kernel", warps, (element,), HAS_BIAS=True, HAS_PREFIX=True, SIGMOID=True,
+                        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DP=block_d, STRIPS=strips,
+                        NUM_STAGES=seed_mask.FORWARD_STAGES if strips else 1, **chunks)
     block_n, block_d, warps = seed_mask._backward_blocks(768)
     for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         assert_case("_seed_mask_bwd_kernel", warps, (element,), HAS_BIAS=True, HAS_GRAD_LOGITS=True,

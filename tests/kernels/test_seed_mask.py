@@ -125,13 +125,11 @@ def forward_in_strips(monkeypatch, blocks_per_strip: int, stages: int) -> None:
                         lambda batch, n, block_n, device: blocks_per_strip * block_n)
 
 
-@pytest.mark.parametrize("blocks_per_strip, stages", [(2, 2), (3, 3)])
-def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages):
-    """Strips that end inside the map and a ragged last strip (21 rows: 6 strips of 4, the last of
-    one row; 4 of 6, the last of 3), on the prefix and out= paths."""
-    forward_in_strips(monkeypatch, blocks_per_strip, stages)
-    B, N, D, DP = 2, 21, 96, 40
-    patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=DP, seed=blocks_per_strip)
+def assert_forward_matches_the_reference(N, D, DP, seed):
+    """fp32 logits and decoder input of B = 2 batch rows, with a prefix and into a poisoned out=
+    buffer wider than the output, against the fp64 reference."""
+    B = 2
+    patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=DP, seed=seed)
     exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.double())
     logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
     torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5)
@@ -141,6 +139,38 @@ def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages)
     seed_mask(patches, classifier, buffer, bias=bias)
     torch.testing.assert_close(buffer[..., :D].double(), exact_masked, rtol=1e-5, atol=1e-5)
     assert buffer[..., D:].isnan().all()
+
+
+@pytest.mark.parametrize("blocks_per_strip, stages", [(2, 2), (3, 3)])
+def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages):
+    """Strips that end inside the map and a ragged last strip (21 rows: 6 strips of 4, the last of
+    one row; 4 of 6, the last of 3), on the prefix and out= paths."""
+    forward_in_strips(monkeypatch, blocks_per_strip, stages)
+    assert_forward_matches_the_reference(N=21, D=96, DP=40, seed=blocks_per_strip)
+
+
+@pytest.mark.parametrize("D, DP, chunk, strips", [
+    (300, 40, None, False),  # fp32's warp-wide chunks: 128 columns, 3 of the patches (the last of 44), 1 of the prefix
+    (96, 40, 32, False),  # 3 chunks of the patches, 2 of the prefix (the last of 8)
+    (40, 96, 32, True),  # a prefix wider than the patches; in strips of 2 blocks of 2 rows
+])
+def test_forward_rows_in_column_chunks(monkeypatch, D, DP, chunk, strips):
+    """The forward reading its rows in chunks of columns (tune_seed_mask's variant): the launcher's
+    warp-wide chunks, or ``chunk`` columns, in blocks of 8 rows (21 rows: the last block of 5)."""
+    if strips:
+        forward_in_strips(monkeypatch, blocks_per_strip=2, stages=2)
+    else:
+        monkeypatch.setattr(seed_mask_module, "_forward_blocks", lambda d, dp: (8, next_power_of_2(max(d, dp)), 4))
+    monkeypatch.setattr(seed_mask_module, "_forward_chunk",
+                        seed_mask_module._warp_wide_chunk if chunk is None else lambda d, dp, size: chunk)
+    assert_forward_matches_the_reference(N=21, D=D, DP=DP, seed=D)
+
+
+def test_warp_wide_chunks_at_the_model_sizes():
+    """A warp's 16-byte loads span 256 columns in bf16 and 128 in fp32; more than 8 chunks widen them."""
+    chunk = seed_mask_module._warp_wide_chunk
+    assert (chunk(768, 768, 2), chunk(768, 0, 4), chunk(64, 8, 2)) == (256, 128, 64)
+    assert (chunk(8192, 0, 2), chunk(300, 0, 2)) == (1024, 256)
 
 
 def test_a_forward_strip_ends_where_it_should(monkeypatch):
