@@ -4,10 +4,11 @@
 The launchers in :mod:`restr_fast.kernels.seed_mask` choose their blocks from ptxas's register
 counts (``tests/kernels/test_gpu_compilation.py``). This replaces one choice (or a pair) at a time
 (the forward's and the backward's elements per block, the forward's strips of several blocks a
-program, prefetched, and its rows read in warp-wide chunks of columns, the backward's programs per
-SM and pipeline stages, the tiles of the kernel summing its partial sums; not the backward's 8 warps
-or 16 programs per SM, 0.75x and 0.89x the defaults on an H200 before its loop was pipelined, nor
-the forward's 8 warps or 8K-element blocks, 0.97x and 1.01x), and times the ``seed_mask`` benchmark
+program, prefetched, both kernels' rows read in warp-wide chunks of columns, the backward's programs
+per SM and pipeline stages, the tiles of the kernel summing its partial sums; not the backward's 8
+warps, 8K-element blocks, or 2 or 16 programs per SM, 0.75x, 0.97x, 0.94x and 0.89x the defaults on
+an H200 before its loop was pipelined, nor the forward's 8 warps or 8K-element blocks, 0.97x and
+1.01x), and times the ``seed_mask`` benchmark
 group's four cases (B = 8, N = 900 and 3600, D = 768, bf16, forward and forward + backward) as that
 group's ``gpu_ms`` does: a CUDA graph of calls on inputs rotating through 3x the L2 cache. It prints
 the times in microseconds, fastest first, with the copy-bandwidth floor of each case, so that a GPU
@@ -31,8 +32,8 @@ seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
 
 FORWARD_ELEMENTS = [2048]  # per block (default 4096)
-BACKWARD_ELEMENTS = [2048, 8192]  # (default 4096)
-PROGRAMS_PER_SM = [2, 8]  # of the backward (default 4)
+BACKWARD_ELEMENTS = [2048]  # (default 4096)
+PROGRAMS_PER_SM = [8]  # of the backward (default 4)
 STAGES_TRIED = [1, 3]  # of the backward's loop in fp16/bf16; 1: no prefetching (default 2)
 # the forward in strips of several blocks a program, each prefetching its next block: (pipeline
 # stages, programs per SM). One block a program leaves an SM at most 9 programs' loads in flight
@@ -47,6 +48,10 @@ FORWARD_STRIPS = [(2, 8), (3, 7), (2, 4)]
 # the padding of a 1024-column tile (at D = 768, a quarter of it, a whole warp's). At 8 and 16 rows a
 # block, 32 and 48 registers a thread (Triton 3.8, sm_90, bf16): 16 and 10 programs an SM, against 9.
 FORWARD_CHUNKED_ROWS = [8, 16]
+# the backward's rows read in the same chunks, in its loop's pipeline stages: 79 and 76 registers a
+# thread with Triton 3.6 at 1 and 2 stages (72 and 80 with 3.8; 4 rows a block), so 6 programs an SM
+# instead of 4 (121-128 registers), none of their warps idle
+BACKWARD_CHUNKED_STAGES = [1, 2]
 CASES = [(n, forward_only) for forward_only in (True, False) for n in (900, 3600)]
 # the benchmark group run with the fastest variant: its file, and the cases the targets need
 BENCHMARK = ("benchmarks/test_seed_mask.py", "not compile")
@@ -65,6 +70,13 @@ def variants() -> list[Variant]:
                [(seed_mask_kernels, "_forward_chunk", seed_mask_kernels._warp_wide_chunk),
                 (seed_mask_kernels, "_forward_blocks", lambda d, dp, r=rows: (r, *forward(d, dp)[1:]))])
               for rows in FORWARD_CHUNKED_ROWS]
+    found += [(f"backward rows in warp-wide chunks, {stages} pipeline stage{'s' if stages > 1 else ''}, "
+               f"6 programs per SM",
+               [(seed_mask_kernels, "_backward_chunk", seed_mask_kernels._warp_wide_backward_chunk),
+                (seed_mask_kernels, "BACKWARD_STAGES", stages),
+                (seed_mask_kernels, "_rows_per_program",
+                 functools.partial(seed_mask_kernels._rows_per_program, programs_per_sm=6))])
+              for stages in BACKWARD_CHUNKED_STAGES]
     found += [(f"backward in {stages} pipeline stage{'s' if stages > 1 else ''}",
                [(seed_mask_kernels, "BACKWARD_STAGES", stages)]) for stages in STAGES_TRIED]
     found += [("partial sums in tiles of 16 programs x 128 channels",

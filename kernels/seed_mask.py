@@ -234,6 +234,107 @@ def _seed_mask_bwd_kernel(
 
 
 @triton.jit
+def _chunk_tile(PTR, b, stride_b, rows, stride_n, row_ok, k: tl.constexpr, CHUNK: tl.constexpr, width):
+    """Columns [k * CHUNK, (k + 1) * CHUNK) of ``rows`` of batch row ``b`` (stride_n = 0: one row,
+    repeated) in fp32, zero outside ``width`` columns and the valid rows. (BLOCK_N, CHUNK)"""
+    cols = k * CHUNK + tl.arange(0, CHUNK)
+    tile_ok = row_ok[:, None] & (cols < width)[None, :]
+    return tl.load(PTR + b * stride_b + rows[:, None] * stride_n + cols[None, :], mask=tile_ok,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _seed_mask_bwd_kernel_in_chunks(
+    Z, C, BIAS, GRAD_LOGITS, GRAD_MASKED, GRAD_Z, GRAD_C_PARTIAL, GRAD_BIAS_PARTIAL,
+    N, D, scale, rows_per_program,
+    stride_zb, stride_zn, stride_cb, stride_glb, stride_gln, stride_gmb, stride_gmn, stride_gzb, stride_gzn,
+    stride_gcb, stride_gcs, stride_gbb,
+    HAS_BIAS: tl.constexpr, HAS_GRAD_LOGITS: tl.constexpr, HAS_GRAD_MASKED: tl.constexpr,
+    SIGMOID: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, CHUNKS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """As :func:`_seed_mask_bwd_kernel`, reading each row in CHUNKS (at most 4) tiles of CHUNK
+    columns, as the forward's chunks do: where a warp's loads span CHUNK, a warp holds whole rows,
+    so the row sums need no shared memory and no warp idles on padding. A first pass over the chunks
+    sums the scores and grad masked . patches, a second reads them again (from L1 or L2) for the
+    patches' gradient and adds each chunk's share of the classifier's gradient to its own
+    accumulator, rows kept apart until the end."""
+    tl.static_assert(CHUNKS <= 4, "the classifier's gradient is accumulated in at most 4 chunks")
+    scale = fp32(scale)
+    b = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(BIAS + b).to(tl.float32)
+    grad_c0 = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)  # the classifier's gradient, chunk by chunk
+    if CHUNKS > 1:
+        grad_c1 = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
+    if CHUNKS > 2:
+        grad_c2 = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
+    if CHUNKS > 3:
+        grad_c3 = tl.zeros([BLOCK_N, CHUNK], dtype=tl.float32)
+    grad_bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+
+    first_row = split * rows_per_program
+    for start in tl.range(first_row, first_row + rows_per_program, BLOCK_N, num_stages=NUM_STAGES):
+        rows = start + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+        grad_masked_dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k in tl.static_range(CHUNKS):  # unrolled: every chunk's loads in flight at once
+            z = _chunk_tile(Z, b, stride_zb, rows, stride_zn, row_ok, k, CHUNK, D)
+            dot += tl.sum(z * _chunk_tile(C, b, stride_cb, rows, 0, row_ok, k, CHUNK, D), axis=1)
+            if HAS_GRAD_MASKED:
+                gm = _chunk_tile(GRAD_MASKED, b, stride_gmb, rows, stride_gmn, row_ok, k, CHUNK, D)
+                grad_masked_dot += tl.sum(gm * z, axis=1)
+        s = (dot + bias) * scale  # recomputed scores (BLOCK_N,)
+        grad_s = tl.zeros([BLOCK_N], dtype=tl.float32)
+        if HAS_GRAD_LOGITS:
+            grad_s += tl.load(GRAD_LOGITS + b * stride_glb + rows * stride_gln, mask=row_ok,
+                              other=0.0).to(tl.float32)
+        if HAS_GRAD_MASKED:
+            if SIGMOID:
+                weight = tl.sigmoid(s)
+                grad_s += grad_masked_dot * weight * (1.0 - weight)
+            else:
+                weight = s
+                grad_s += grad_masked_dot
+        grad_dot = tl.where(row_ok, grad_s * scale, 0.0)  # d loss / d (patches . classifier + bias)
+        for k in tl.static_range(CHUNKS):
+            z = _chunk_tile(Z, b, stride_zb, rows, stride_zn, row_ok, k, CHUNK, D)
+            grad_z = grad_dot[:, None] * _chunk_tile(C, b, stride_cb, rows, 0, row_ok, k, CHUNK, D)
+            if HAS_GRAD_MASKED:
+                gm = _chunk_tile(GRAD_MASKED, b, stride_gmb, rows, stride_gmn, row_ok, k, CHUNK, D)
+                grad_z += gm * weight[:, None]
+            cols = k * CHUNK + tl.arange(0, CHUNK)
+            tl.store(GRAD_Z + b * stride_gzb + rows[:, None] * stride_gzn + cols[None, :],
+                     grad_z.to(GRAD_Z.dtype.element_ty), mask=row_ok[:, None] & (cols < D)[None, :])
+            if k == 0:
+                grad_c0 += grad_dot[:, None] * z
+            elif k == 1:
+                grad_c1 += grad_dot[:, None] * z
+            elif k == 2:
+                grad_c2 += grad_dot[:, None] * z
+            else:
+                grad_c3 += grad_dot[:, None] * z
+        grad_bias += grad_dot
+
+    partial = GRAD_C_PARTIAL + b * stride_gcb + split * stride_gcs
+    for k in tl.static_range(CHUNKS):
+        if k == 0:
+            grad_c = tl.sum(grad_c0, axis=0)
+        elif k == 1:
+            grad_c = tl.sum(grad_c1, axis=0)
+        elif k == 2:
+            grad_c = tl.sum(grad_c2, axis=0)
+        else:
+            grad_c = tl.sum(grad_c3, axis=0)
+        cols = k * CHUNK + tl.arange(0, CHUNK)
+        tl.store(partial + cols, grad_c, mask=cols < D)
+    tl.store(GRAD_BIAS_PARTIAL + b * stride_gbb + split, tl.sum(grad_bias, axis=0))
+
+
+@triton.jit
 def _seed_mask_bwd_sum_kernel(
     GRAD_C_PARTIAL, GRAD_BIAS_PARTIAL, GRAD_C, GRAD_BIAS, splits, D,
     stride_gcb, stride_gcs, stride_gbb, stride_gb,
@@ -288,6 +389,17 @@ def _warp_wide_chunk(d: int, dp: int, element_size: int, max_chunks: int = 8) ->
     and no wider than the widest row (patches or prefix) rounded up to a power of two."""
     widest = max(d, dp)
     return min(next_power_of_2(widest), max(32 * 16 // element_size, next_power_of_2(cdiv(widest, max_chunks))))
+
+
+def _backward_chunk(d: int, element_size: int) -> int:
+    """Columns of the backward's tiles: 0, whole rows. (:func:`_warp_wide_backward_chunk` is
+    ``tune_seed_mask``'s variant.)"""
+    return 0
+
+
+def _warp_wide_backward_chunk(d: int, element_size: int) -> int:
+    """The forward's warp-wide chunks, in at most the 4 the chunked backward kernel accumulates."""
+    return _warp_wide_chunk(d, 0, element_size, max_chunks=4)
 
 
 def _backward_blocks(d: int) -> tuple[int, int, int]:
@@ -382,6 +494,7 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
                         sigmoid: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N, D = patches.shape
     block_n, block_d, num_warps = _backward_blocks(D)
+    chunk = _backward_chunk(D, patches.element_size())
     rows = _rows_per_program(B, N, block_n, patches.device)
     splits = cdiv(N, rows)
     grad_patches = patches.new_empty((B, N, D))
@@ -389,7 +502,9 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
     grad_bias_partial = patches.new_empty((B, splits), dtype=torch.float32)
     gl = grad_logits if grad_logits is not None else patches  # read-only stand-ins when absent
     gm = grad_masked if grad_masked is not None else patches
-    launcher(_seed_mask_bwd_kernel)[(B, splits)](
+    kernel, tiles = ((_seed_mask_bwd_kernel_in_chunks, dict(CHUNK=chunk, CHUNKS=cdiv(D, chunk))) if chunk
+                     else (_seed_mask_bwd_kernel, dict(BLOCK_D=block_d)))
+    launcher(kernel)[(B, splits)](
         patches, classifier, classifier if bias is None else bias, gl, gm,
         grad_patches, grad_c_partial, grad_bias_partial,
         N, D, 1.0 / math.sqrt(D), rows,
@@ -398,7 +513,7 @@ def _seed_mask_backward(patches: torch.Tensor, classifier: torch.Tensor, bias: t
         grad_patches.stride(0), grad_patches.stride(1),
         grad_c_partial.stride(0), grad_c_partial.stride(1), grad_bias_partial.stride(0),
         HAS_BIAS=bias is not None, HAS_GRAD_LOGITS=grad_logits is not None,
-        HAS_GRAD_MASKED=grad_masked is not None, SIGMOID=sigmoid, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_GRAD_MASKED=grad_masked is not None, SIGMOID=sigmoid, BLOCK_N=block_n, **tiles,
         NUM_STAGES=_backward_stages(patches.dtype), num_warps=num_warps,
     )
     # the partial sums reduced and cast in one launch (without a bias its gradient is never read)

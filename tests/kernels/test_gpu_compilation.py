@@ -51,6 +51,12 @@ KERNELS = [
        "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
        dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024,
             NUM_STAGES=stages), 4, elements) for stages, elements in ((2, HALF), (1, ("fp32",)))],
+    # its rows in warp-wide chunks: tune_seed_mask's variants, timed in bf16 (in fp32, with Triton 3.8 and
+    # torch.compile's fp64 scale, ptxas spills 8 bytes at 96 registers: a default would need that seen to)
+    *[("seed_mask", "_seed_mask_bwd_kernel_in_chunks",
+       "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
+       dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, CHUNK=256, CHUNKS=3,
+            NUM_STAGES=stages), 4, HALF) for stages in (1, 2)],
     *[("seed_mask", "_seed_mask_bwd_sum_kernel", "GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32 GRAD_C GRAD_BIAS:fp32",
        dict(HAS_BIAS=True, BLOCK_S=s, BLOCK_D=d), 4, ANY) for s, d in ((64, 64), (128, 32))],
     *[("decoder", "_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=q, BLOCK_C=c), 8, ANY)
@@ -169,9 +175,11 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
                         NUM_STAGES=seed_mask.FORWARD_STAGES if strips else 1, **chunks)
     block_n, block_d, warps = seed_mask._backward_blocks(768)
     for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
-        assert_case("_seed_mask_bwd_kernel", warps, (element,), HAS_BIAS=True, HAS_GRAD_LOGITS=True,
-                    HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d,
-                    NUM_STAGES=seed_mask._backward_stages(dtype))
+        chunk = seed_mask._backward_chunk(768, dtype.itemsize)
+        kernel, tiles = (("_seed_mask_bwd_kernel_in_chunks", dict(CHUNK=chunk, CHUNKS=cdiv(768, chunk))) if chunk
+                         else ("_seed_mask_bwd_kernel", dict(BLOCK_D=block_d)))
+        assert_case(kernel, warps, (element,), HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True,
+                    SIGMOID=True, BLOCK_N=block_n, NUM_STAGES=seed_mask._backward_stages(dtype), **tiles)
     for splits in (57, 65):  # B = 8 on an H200's 132 SMs, N = 900 and 3600
         block_s, block_d = seed_mask._sum_blocks(splits, 768)
         assert_case("_seed_mask_bwd_sum_kernel", seed_mask.SUM_WARPS, HAS_BIAS=True, BLOCK_S=block_s, BLOCK_D=block_d)

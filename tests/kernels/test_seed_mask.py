@@ -166,11 +166,46 @@ def test_forward_rows_in_column_chunks(monkeypatch, D, DP, chunk, strips):
     assert_forward_matches_the_reference(N=21, D=D, DP=DP, seed=D)
 
 
+@pytest.mark.parametrize("D, chunk, mask_form, with_bias, upstream", [
+    (300, None, "sigmoid", True, "both"),  # fp32's warp-wide chunks: 128 columns, 3 (the last of 44)
+    (100, 32, "logit", False, "both"),  # 4 chunks, the most the kernel accumulates, the last of 4
+    (96, 32, "sigmoid", True, "logits"),  # the logits' gradient alone
+    (64, 64, "sigmoid", False, "masked"),  # one chunk; grad masked alone
+])
+def test_backward_rows_in_column_chunks(monkeypatch, D, chunk, mask_form, with_bias, upstream, assert_within_rule):
+    """The backward reading its rows in chunks of columns (tune_seed_mask's variant): the launcher's
+    warp-wide chunks, or ``chunk`` columns, in blocks of 4 rows, 2 blocks a program (21 rows: 3
+    programs a batch row, the last with one row), against the reference's gradients in fp32."""
+    monkeypatch.setattr(seed_mask_module, "_backward_chunk",
+                        seed_mask_module._warp_wide_backward_chunk if chunk is None else lambda d, size: chunk)
+    monkeypatch.setattr(seed_mask_module, "_backward_blocks", lambda d: (4, next_power_of_2(d), 4))
+    monkeypatch.setattr(seed_mask_module, "_rows_per_program", lambda batch, n, block_n, device: 2 * block_n)
+    B, N = 2, 21
+    patches, classifier, bias, _ = inputs(B, N, D, seed=D)
+    generator = torch.Generator(DEVICE).manual_seed(D)
+    upstream_grads = {0: torch.randn(B, N, generator=generator, device=DEVICE),
+                      1: torch.randn(B, N, D, generator=generator, device=DEVICE)}
+    chosen = {"both": (0, 1), "logits": (0,), "masked": (1,)}[upstream]
+
+    def input_grads(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (patches, classifier, bias)][:3 if with_bias else 2]
+        outputs = fn(*leaves, *([] if with_bias else [None]))
+        return torch.autograd.grad([outputs[i] for i in chosen], leaves, [upstream_grads[i].to(dtype) for i in chosen])
+
+    exact = input_grads(reference(mask_form, with_bias), torch.float64)
+    theirs = input_grads(reference(mask_form, with_bias), torch.float32)
+    ours = input_grads(fused(mask_form, with_bias), torch.float32)
+    for name, a, b, c in zip(("patches", "classifier", "bias"), ours, theirs, exact):
+        assert_within_rule(a, b, c, 1e-5 * N ** 0.5, f"grad {name}")
+
+
 def test_warp_wide_chunks_at_the_model_sizes():
     """A warp's 16-byte loads span 256 columns in bf16 and 128 in fp32; more than 8 chunks widen them."""
     chunk = seed_mask_module._warp_wide_chunk
     assert (chunk(768, 768, 2), chunk(768, 0, 4), chunk(64, 8, 2)) == (256, 128, 64)
     assert (chunk(8192, 0, 2), chunk(300, 0, 2)) == (1024, 256)
+    backward_chunk = seed_mask_module._warp_wide_backward_chunk  # at most 4 chunks
+    assert (backward_chunk(768, 2), backward_chunk(768, 4), backward_chunk(1536, 2)) == (256, 256, 512)
 
 
 def test_a_forward_strip_ends_where_it_should(monkeypatch):
