@@ -118,19 +118,23 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
         seed_mask = importlib.import_module("restr_fast.kernels.seed_mask")
         decoder = importlib.import_module("restr_fast.kernels.decoder")
         found = []
+        cdiv = importlib.import_module("restr_fast.kernels.sizes").cdiv
         block_n, block_d, warps = seed_mask._forward_blocks(768, 0)
         chunk = seed_mask._forward_chunk(768, 0, torch.bfloat16.itemsize)
-        chunks = importlib.import_module("restr_fast.kernels.sizes").cdiv(768, chunk) if chunk else 1
+        chunks = cdiv(768, chunk) if chunk else 1
         found.append(("seed_mask", "_seed_mask_fwd_kernel", "Z C BIAS PREFIX LOGITS OUT",
                       dict(HAS_BIAS=False, HAS_PREFIX=False, SIGMOID=True, BLOCK_N=block_n, BLOCK_D=block_d,
                            BLOCK_DP=1, CHUNK=chunk, CHUNKS=chunks, PREFIX_CHUNKS=0, STRIPS=False, NUM_STAGES=1),
                       warps, block_n * (chunk * chunks if chunk else block_d), 1))
         block_n, block_d, warps = seed_mask._backward_blocks(768)
-        found.append(("seed_mask", "_seed_mask_bwd_kernel",
+        chunk = seed_mask._backward_chunk(768, torch.bfloat16.itemsize)
+        kernel, tiles, width = (("_seed_mask_bwd_kernel_in_chunks", dict(CHUNK=chunk, CHUNKS=cdiv(768, chunk)),
+                                 chunk * cdiv(768, chunk)) if chunk else ("_seed_mask_bwd_kernel", dict(BLOCK_D=block_d), block_d))
+        found.append(("seed_mask", kernel,
                       "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
-                      dict(HAS_BIAS=False, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True,
-                           BLOCK_N=block_n, BLOCK_D=block_d, NUM_STAGES=seed_mask._backward_stages(torch.bfloat16)),
-                      warps, block_n * block_d, 1))
+                      dict(HAS_BIAS=False, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=block_n,
+                           **tiles, NUM_STAGES=seed_mask._backward_stages(torch.bfloat16)),
+                      warps, block_n * width, 1))
         for channels in (1536, 768, 384, 192, 96):
             block_q, block_c, warps = decoder._row_blocks(channels)
             launches = [("_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=block_q, BLOCK_C=block_c), warps),

@@ -113,7 +113,8 @@ def _seed_mask_fwd_block_in_chunks(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N,
     rows: the scores reduce within warps (no shared memory, no barrier), and no warp idles on a
     power-of-two tile's padding. The classifier is loaded in the patches' layout, a copy a row (from
     L1), so that it needs no layout conversion either; the rows are read again for the product (from
-    L1 or L2), so that no chunk stays in registers."""
+    L1 or L2), so that no chunk stays in registers (and so OUT may be the patches themselves, but
+    must not overlap them otherwise)."""
     rows = start + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     z_rows = Z + b * stride_zb + rows[:, None] * stride_zn  # (BLOCK_N, 1) row starts
@@ -254,11 +255,12 @@ def _seed_mask_bwd_kernel_in_chunks(
     NUM_STAGES: tl.constexpr,
 ):
     """As :func:`_seed_mask_bwd_kernel`, reading each row in CHUNKS (at most 4) tiles of CHUNK
-    columns, as the forward's chunks do: where a warp's loads span CHUNK, a warp holds whole rows,
-    so the row sums need no shared memory and no warp idles on padding. A first pass over the chunks
-    sums the scores and grad masked . patches, a second reads them again (from L1 or L2) for the
-    patches' gradient and adds each chunk's share of the classifier's gradient to its own
-    accumulator, rows kept apart until the end."""
+    columns, as the forward's chunks do: where a warp's loads span CHUNK (256 columns in fp16 and
+    bf16; at D = 768, fp32's 4 chunks are two warps wide), a warp holds whole rows, so the row sums
+    need no shared memory and no warp idles on padding. A first pass over the chunks sums the scores
+    and grad masked . patches, a second reads them again (from L1 or L2, or the pipeline's shared
+    memory) for the patches' gradient and adds each chunk's share of the classifier's gradient to
+    its own accumulator, rows kept apart until the end."""
     tl.static_assert(CHUNKS <= 4, "the classifier's gradient is accumulated in at most 4 chunks")
     scale = fp32(scale)
     b = tl.program_id(0).to(tl.int64)

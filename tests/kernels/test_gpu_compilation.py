@@ -51,8 +51,8 @@ KERNELS = [
        "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
        dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, BLOCK_D=1024,
             NUM_STAGES=stages), 4, elements) for stages, elements in ((2, HALF), (1, ("fp32",)))],
-    # its rows in warp-wide chunks: tune_seed_mask's variants, timed in bf16 (in fp32, with Triton 3.8 and
-    # torch.compile's fp64 scale, ptxas spills 8 bytes at 96 registers: a default would need that seen to)
+    # its rows in warp-wide chunks: tune_seed_mask's variants, timed in bf16 (in fp32 its 4 chunks are two
+    # warps wide, and with Triton 3.8 and torch.compile's fp64 scale ptxas spills 12 bytes: not a default as is)
     *[("seed_mask", "_seed_mask_bwd_kernel_in_chunks",
        "Z C BIAS GRAD_LOGITS GRAD_MASKED GRAD_Z GRAD_C_PARTIAL:fp32 GRAD_BIAS_PARTIAL:fp32",
        dict(HAS_BIAS=True, HAS_GRAD_LOGITS=True, HAS_GRAD_MASKED=True, SIGMOID=True, BLOCK_N=4, CHUNK=256, CHUNKS=3,

@@ -125,18 +125,20 @@ def forward_in_strips(monkeypatch, blocks_per_strip: int, stages: int) -> None:
                         lambda batch, n, block_n, device: blocks_per_strip * block_n)
 
 
-def assert_forward_matches_the_reference(N, D, DP, seed):
+def assert_forward_matches_the_reference(N, D, DP, seed, mask_form="sigmoid", with_bias=True):
     """fp32 logits and decoder input of B = 2 batch rows, with a prefix and into a poisoned out=
     buffer wider than the output, against the fp64 reference."""
     B = 2
     patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=DP, seed=seed)
-    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.double())
-    logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
+    bias = bias if with_bias else None
+    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(),
+                                                     bias.double() if with_bias else None, mask_form)
+    logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix, mask_form=mask_form)
     torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(out[..., :DP], prefix)
     torch.testing.assert_close(out[..., DP:].double(), exact_masked, rtol=1e-5, atol=1e-5)
     buffer = torch.full((B, N, D + 5), float("nan"), device=DEVICE)
-    seed_mask(patches, classifier, buffer, bias=bias)
+    seed_mask(patches, classifier, buffer, bias=bias, mask_form=mask_form)
     torch.testing.assert_close(buffer[..., :D].double(), exact_masked, rtol=1e-5, atol=1e-5)
     assert buffer[..., D:].isnan().all()
 
@@ -149,12 +151,13 @@ def test_forward_strips_of_several_blocks(monkeypatch, blocks_per_strip, stages)
     assert_forward_matches_the_reference(N=21, D=96, DP=40, seed=blocks_per_strip)
 
 
-@pytest.mark.parametrize("D, DP, chunk, strips", [
-    (300, 40, None, False),  # fp32's warp-wide chunks: 128 columns, 3 of the patches (the last of 44), 1 of the prefix
-    (96, 40, 32, False),  # 3 chunks of the patches, 2 of the prefix (the last of 8)
-    (40, 96, 32, True),  # a prefix wider than the patches; in strips of 2 blocks of 2 rows
+@pytest.mark.parametrize("D, DP, chunk, strips, mask_form, with_bias", [
+    # fp32's warp-wide chunks: 128 columns, 3 of the patches (the last of 44), 1 of the prefix
+    (300, 40, None, False, "sigmoid", True),
+    (96, 40, 32, False, "logit", False),  # 3 chunks of the patches, 2 of the prefix (the last of 8)
+    (40, 96, 32, True, "sigmoid", False),  # a prefix wider than the patches; in strips of 2 blocks of 2 rows
 ])
-def test_forward_rows_in_column_chunks(monkeypatch, D, DP, chunk, strips):
+def test_forward_rows_in_column_chunks(monkeypatch, D, DP, chunk, strips, mask_form, with_bias):
     """The forward reading its rows in chunks of columns (tune_seed_mask's variant): the launcher's
     warp-wide chunks, or ``chunk`` columns, in blocks of 8 rows (21 rows: the last block of 5)."""
     if strips:
@@ -163,7 +166,7 @@ def test_forward_rows_in_column_chunks(monkeypatch, D, DP, chunk, strips):
         monkeypatch.setattr(seed_mask_module, "_forward_blocks", lambda d, dp: (8, next_power_of_2(max(d, dp)), 4))
     monkeypatch.setattr(seed_mask_module, "_forward_chunk",
                         seed_mask_module._warp_wide_chunk if chunk is None else lambda d, dp, size: chunk)
-    assert_forward_matches_the_reference(N=21, D=D, DP=DP, seed=D)
+    assert_forward_matches_the_reference(N=21, D=D, DP=DP, seed=D, mask_form=mask_form, with_bias=with_bias)
 
 
 @pytest.mark.parametrize("D, chunk, mask_form, with_bias, upstream", [
@@ -175,21 +178,23 @@ def test_forward_rows_in_column_chunks(monkeypatch, D, DP, chunk, strips):
 def test_backward_rows_in_column_chunks(monkeypatch, D, chunk, mask_form, with_bias, upstream, assert_within_rule):
     """The backward reading its rows in chunks of columns (tune_seed_mask's variant): the launcher's
     warp-wide chunks, or ``chunk`` columns, in blocks of 4 rows, 2 blocks a program (21 rows: 3
-    programs a batch row, the last with one row), against the reference's gradients in fp32."""
+    programs a batch row, the last with one row), against the reference's gradients in fp32. With a
+    prefix, so that grad masked (a view of the decoder input's gradient) has other strides than the
+    patches."""
     monkeypatch.setattr(seed_mask_module, "_backward_chunk",
                         seed_mask_module._warp_wide_backward_chunk if chunk is None else lambda d, size: chunk)
     monkeypatch.setattr(seed_mask_module, "_backward_blocks", lambda d: (4, next_power_of_2(d), 4))
     monkeypatch.setattr(seed_mask_module, "_rows_per_program", lambda batch, n, block_n, device: 2 * block_n)
-    B, N = 2, 21
-    patches, classifier, bias, _ = inputs(B, N, D, seed=D)
+    B, N, DP = 2, 21, 8
+    patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=DP, seed=D)
     generator = torch.Generator(DEVICE).manual_seed(D)
     upstream_grads = {0: torch.randn(B, N, generator=generator, device=DEVICE),
-                      1: torch.randn(B, N, D, generator=generator, device=DEVICE)}
+                      1: torch.randn(B, N, DP + D, generator=generator, device=DEVICE)}
     chosen = {"both": (0, 1), "logits": (0,), "masked": (1,)}[upstream]
 
     def input_grads(fn, dtype):
         leaves = [t.to(dtype).requires_grad_() for t in (patches, classifier, bias)][:3 if with_bias else 2]
-        outputs = fn(*leaves, *([] if with_bias else [None]))
+        outputs = fn(*leaves, *([] if with_bias else [None]), prefix.to(dtype))
         return torch.autograd.grad([outputs[i] for i in chosen], leaves, [upstream_grads[i].to(dtype) for i in chosen])
 
     exact = input_grads(reference(mask_form, with_bias), torch.float64)
