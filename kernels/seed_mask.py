@@ -46,6 +46,31 @@ SUM_ELEMENTS, SUM_MAX_SPLITS, SUM_WARPS = 4096, 128, 4
 
 
 @triton.jit
+def _chunk_tile(PTR, b, stride_b, rows, stride_n, row_ok, k: tl.constexpr, CHUNK: tl.constexpr, width):
+    """Columns [k * CHUNK, (k + 1) * CHUNK) of ``rows`` of batch row ``b`` (stride_n = 0: one row,
+    repeated) in fp32, zero outside ``width`` columns and the valid rows. (BLOCK_N, CHUNK)"""
+    cols = k * CHUNK + tl.arange(0, CHUNK)
+    tile_ok = row_ok[:, None] & (cols < width)[None, :]
+    return tl.load(PTR + b * stride_b + rows[:, None] * stride_n + cols[None, :], mask=tile_ok,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _logits_and_weight(dot, BIAS, LOGITS, b, rows, row_ok, scale, stride_lb,
+                       HAS_BIAS: tl.constexpr, SIGMOID: tl.constexpr):
+    """Stores the logits (dot + bias) * scale of ``rows`` and returns each row's weight on the
+    patches: the sigmoid of its logit, or the logit itself. (BLOCK_N,)"""
+    if HAS_BIAS:
+        dot += tl.load(BIAS + b).to(tl.float32)
+    s = dot * scale
+    tl.store(LOGITS + b * stride_lb + rows, s.to(LOGITS.dtype.element_ty), mask=row_ok)
+    if SIGMOID:
+        return tl.sigmoid(s)
+    else:
+        return s
+
+
+@triton.jit
 def _seed_mask_fwd_block(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N, D, DP, scale,
                          stride_zb, stride_zn, stride_cb, stride_pb, stride_pn, stride_lb, stride_ob, stride_on,
                          HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SIGMOID: tl.constexpr,
@@ -83,15 +108,8 @@ def _seed_mask_fwd_block_whole_rows(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N
     c = tl.load(C + b * stride_cb + cols, mask=cols < D, other=0.0).to(tl.float32)  # (BLOCK_D,)
     z = tl.load(Z + b * stride_zb + rows[:, None] * stride_zn + cols[None, :], mask=tile_ok,
                 other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
-    s = tl.sum(z * c[None, :], axis=1)  # (BLOCK_N,)
-    if HAS_BIAS:
-        s += tl.load(BIAS + b).to(tl.float32)
-    s = s * scale
-    if SIGMOID:
-        weight = tl.sigmoid(s)
-    else:
-        weight = s
-    tl.store(LOGITS + b * stride_lb + rows, s.to(LOGITS.dtype.element_ty), mask=row_ok)
+    weight = _logits_and_weight(tl.sum(z * c[None, :], axis=1), BIAS, LOGITS, b, rows, row_ok, scale, stride_lb,
+                                HAS_BIAS, SIGMOID)  # (BLOCK_N,)
     out_rows = OUT + b * stride_ob + rows[:, None] * stride_on  # row starts of [prefix, masked]
     tl.store(out_rows + DP + cols[None, :], (z * weight[:, None]).to(OUT.dtype.element_ty), mask=tile_ok)
 
@@ -117,27 +135,16 @@ def _seed_mask_fwd_block_in_chunks(Z, C, BIAS, PREFIX, LOGITS, OUT, b, start, N,
     must not overlap them otherwise)."""
     rows = start + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    z_rows = Z + b * stride_zb + rows[:, None] * stride_zn  # (BLOCK_N, 1) row starts
-    s = tl.zeros([BLOCK_N], dtype=tl.float32)
+    dot = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k in tl.static_range(CHUNKS):  # unrolled: every chunk's loads in flight at once
-        cols = k * CHUNK + tl.arange(0, CHUNK)
-        tile_ok = row_ok[:, None] & (cols < D)[None, :]
-        z = tl.load(z_rows + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)  # (BLOCK_N, CHUNK)
-        c = tl.load(C + b * stride_cb + (cols[None, :] + 0 * rows[:, None]), mask=tile_ok, other=0.0).to(tl.float32)
-        s += tl.sum(z * c, axis=1)
-    if HAS_BIAS:
-        s += tl.load(BIAS + b).to(tl.float32)
-    s = s * scale
-    if SIGMOID:
-        weight = tl.sigmoid(s)
-    else:
-        weight = s
-    tl.store(LOGITS + b * stride_lb + rows, s.to(LOGITS.dtype.element_ty), mask=row_ok)
+        z = _chunk_tile(Z, b, stride_zb, rows, stride_zn, row_ok, k, CHUNK, D)  # (BLOCK_N, CHUNK)
+        dot += tl.sum(z * _chunk_tile(C, b, stride_cb, rows, 0, row_ok, k, CHUNK, D), axis=1)
+    weight = _logits_and_weight(dot, BIAS, LOGITS, b, rows, row_ok, scale, stride_lb, HAS_BIAS, SIGMOID)
     out_rows = OUT + b * stride_ob + rows[:, None] * stride_on
     for k in tl.static_range(CHUNKS):
         cols = k * CHUNK + tl.arange(0, CHUNK)
         tile_ok = row_ok[:, None] & (cols < D)[None, :]
-        z = tl.load(z_rows + cols[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        z = _chunk_tile(Z, b, stride_zb, rows, stride_zn, row_ok, k, CHUNK, D)
         tl.store(out_rows + DP + cols[None, :], (z * weight[:, None]).to(OUT.dtype.element_ty), mask=tile_ok)
     if HAS_PREFIX:
         prefix_rows = PREFIX + b * stride_pb + rows[:, None] * stride_pn
@@ -232,16 +239,6 @@ def _seed_mask_bwd_kernel(
 
     tl.store(GRAD_C_PARTIAL + b * stride_gcb + split * stride_gcs + cols, grad_c, mask=col_ok)
     tl.store(GRAD_BIAS_PARTIAL + b * stride_gbb + split, tl.sum(grad_bias, axis=0))
-
-
-@triton.jit
-def _chunk_tile(PTR, b, stride_b, rows, stride_n, row_ok, k: tl.constexpr, CHUNK: tl.constexpr, width):
-    """Columns [k * CHUNK, (k + 1) * CHUNK) of ``rows`` of batch row ``b`` (stride_n = 0: one row,
-    repeated) in fp32, zero outside ``width`` columns and the valid rows. (BLOCK_N, CHUNK)"""
-    cols = k * CHUNK + tl.arange(0, CHUNK)
-    tile_ok = row_ok[:, None] & (cols < width)[None, :]
-    return tl.load(PTR + b * stride_b + rows[:, None] * stride_n + cols[None, :], mask=tile_ok,
-                   other=0.0).to(tl.float32)
 
 
 @triton.jit
