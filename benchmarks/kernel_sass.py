@@ -140,11 +140,13 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
             launches = [("_upsample_act_fwd_kernel", "T Y", dict(BLOCK_Q=block_q, BLOCK_C=block_c), warps),
                         ("_upsample_act_head_fwd_kernel", "T WEIGHT BIAS OUT",
                          dict(HAS_BIAS=True, BLOCK_Q=block_q, BLOCK_C=block_c), warps)]
-            block_j, block_c, warps = decoder._backward_blocks(channels, torch.bfloat16)
+            lanes, block_c, warps = decoder._backward_blocks(channels, torch.bfloat16)
+            kernel, lane_name = (("_upsample_act_bwd_pairs_kernel", "BLOCK_Q") if decoder.BACKWARD_ON_COLUMN_PAIRS
+                                 else ("_upsample_act_bwd_kernel", "BLOCK_J"))
             for head in (False, True):
-                constexprs = dict(HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, NUM_STAGES=decoder.BACKWARD_STAGES,
-                                  **({"stride_gw": 1} if head else {}))
-                launches.append(("_upsample_act_bwd_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32", constexprs, warps))
+                constexprs = {"HEAD": head, lane_name: lanes, "BLOCK_C": block_c, "NUM_STAGES": decoder.BACKWARD_STAGES,
+                              **({"stride_gw": 1} if head else {})}
+                launches.append((kernel, "T GY WEIGHT GT WEIGHT_PARTIAL:fp32", constexprs, warps))
             for name, pointers, constexprs, warps in launches:
                 columns = constexprs.get("BLOCK_Q", constexprs.get("BLOCK_J"))
                 case = ("decoder", name, pointers, constexprs, warps, columns * constexprs["BLOCK_C"], 2)

@@ -1,10 +1,10 @@
-"""The decoder kernels' tile sizes against the decoder's forward + backward time on this GPU:
-``python -m benchmarks.tune_decoder [--image-size 480] [--patch-size 16]``.
+"""The decoder kernels' tile sizes and forms against the decoder's forward + backward time on this
+GPU: ``python -m benchmarks.tune_decoder [--image-size 480] [--patch-size 16]``.
 
 The launchers in :mod:`restr_fast.kernels.decoder` choose tiles from static analysis (ptxas's
 registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilation.py``). This
-replaces one choice at a time (the backward's tile and warps, its strip height and pipeline
-stages, the forward's tile and warps), times the fused decoder's forward + backward (batch 8, bf16
+replaces one choice at a time (the backward's lanes, on input columns or on column pairs, its tile
+and warps, its strip height and pipeline stages, the forward's tile and warps), times the fused decoder's forward + backward (batch 8, bf16
 autocast, as in the ``decoder`` benchmark group) with each, and prints them fastest first, the
 defaults marked, so that a GPU session can confirm or replace them. With ``--then-benchmark
 JSON``, where a variant beats the defaults (:func:`benchmarks.tuning.best_variant`), it then runs
@@ -37,11 +37,21 @@ STAGES_TRIED = [2, 3]  # of the backward's walk, prefetching the next pairs' loa
 BENCHMARK = ("benchmarks/test_decoder.py", "not compile and not commuted")
 
 
+def four_warps(channels: int, dtype: torch.dtype, default=decoder_kernels._backward_blocks) -> tuple[int, int, int]:
+    """The backward's default tiles (1K elements, channels as wide as the launcher takes them) with 4
+    warps instead of 8: 8 elements a thread."""
+    return (*default(channels, dtype)[:2], 4)
+
+
 def variants() -> list[Variant]:
     """(label, replacements) for every alternative tried."""
-    # the choices not yet timed on a GPU first, in case a time bound cuts the run
-    found = [(f"backward in {stages} pipeline stages", [(decoder_kernels, "BACKWARD_STAGES", stages)])
-             for stages in STAGES_TRIED]
+    # the choices not yet timed on a GPU first, in case a time bound cuts the run: the backward on column
+    # pairs, at the defaults' tiles and at 8 elements a thread (4 warps; 95-128 registers on sm_90)
+    column_pairs = (decoder_kernels, "BACKWARD_ON_COLUMN_PAIRS", True)
+    found = [("backward on column pairs", [column_pairs]),
+             ("backward on column pairs, 4 warps", [column_pairs, (decoder_kernels, "_backward_blocks", four_warps)])]
+    found += [(f"backward in {stages} pipeline stages", [(decoder_kernels, "BACKWARD_STAGES", stages)])
+              for stages in STAGES_TRIED]
     found += [(f"backward {j}x{c}, {w} warps",
                [(decoder_kernels, "_backward_blocks", lambda channels, dtype, t=(j, c, w): t)])
               for j, c, w in BACKWARD_TILES]

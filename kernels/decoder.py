@@ -25,7 +25,9 @@ The backward kernel gathers instead of scattering (no atomics, deterministic): e
 owns a strip of low-resolution rows and walks down the pairs of output rows that read them (both
 rows of a pair read the same two), summing the gradients of the upsampled pixels with the same
 bilinear weights and recomputing the activation's pre-image from those two rows. The forward
-kernels likewise work on pairs of output columns.
+kernels likewise work on pairs of output columns; a second form of the backward does too
+(``BACKWARD_ON_COLUMN_PAIRS``), sharing each pair's gradient between its two input columns as rows
+are stored.
 """
 from __future__ import annotations
 
@@ -232,6 +234,110 @@ def _upsample_act_bwd_kernel(
         tl.store(WEIGHT_PARTIAL + program.to(tl.int64) * C + cols, tl.sum(weight_acc, axis=0), mask=col_ok)
 
 
+@triton.jit
+def _upsample_act_bwd_pairs_kernel(
+    T, GY, WEIGHT, GT, WEIGHT_PARTIAL, C, h, w, scale_h, scale_w, negative_slope, rows_per_strip, n_strips,
+    stride_tb, stride_th, stride_tw, stride_gb, stride_gh, stride_gw, stride_gtb, stride_gth, stride_gtw,
+    HEAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    """As :func:`_upsample_act_bwd_kernel`, with lanes on pairs of output columns instead of input
+    columns, so that each upsampled value is recomputed once instead of twice.
+
+    Programs: (B * strips of ``rows_per_strip`` input rows, tiles of BLOCK_Q column pairs overlapping
+    by one, channel tiles). Lane q holds the pair of output columns 2q - 1 and 2q, which read input
+    columns q - 1 and q. The walk sums each column's gradients (times leaky_relu') for the input rows
+    as in :func:`_upsample_act_bwd_kernel`, with its weights at the last row; a finished row's sums
+    split into shares of columns q (``to_right``) and q - 1 (``to_left``), the column weights
+    depending on the lane alone. Input column q gets lane q's right share and lane q + 1's left
+    share, brought over with ``tl.gather``; a tile's last lane only lends its left share, so a
+    program stores BLOCK_Q - 1 columns. With HEAD, a pixel's share of the head weight's gradient
+    counts in the program that owns its row (as there) and its pair: lanes but the last, and pair w,
+    which no later tile holds.
+    """
+    scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
+    b = (tl.program_id(0) // n_strips).to(tl.int64)
+    first = (tl.program_id(0) % n_strips) * rows_per_strip  # this strip's input rows: [first, end)
+    end = tl.minimum(first + rows_per_strip, h)
+    lane = tl.arange(0, BLOCK_Q)
+    q = tl.program_id(1) * (BLOCK_Q - 1) + lane  # column pairs
+    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    t_ok = (q <= w)[:, None] & col_ok[None, :]
+    left = (tl.maximum(q - 1, 0) * stride_tw)[:, None] + cols[None, :]
+    right = (tl.minimum(q, w - 1) * stride_tw)[:, None] + cols[None, :]
+    odd_ok = (q >= 1) & (q <= w)  # output column 2q - 1 exists
+    even_ok = q < w  # output column 2q exists
+    fq = (q - 1).to(tl.float32)
+    # the right column's weight at output columns 2q - 1 and 2q (at 2w - 1, an ulp at most of rounding of
+    # the source coordinate, for column w: off the map, never stored)
+    lx_odd = ((2 * q - 1).to(tl.float32) * scale_w - fq)[:, None]
+    lx_even = ((2 * q).to(tl.float32) * scale_w - fq)[:, None]
+    next_lane = tl.broadcast_to(tl.minimum(lane + 1, BLOCK_Q - 1)[:, None], (BLOCK_Q, BLOCK_C))
+    store_ok = ((lane < BLOCK_Q - 1) & (q < w))[:, None] & col_ok[None, :]
+    t_image = T + b * stride_tb
+    g_image = GY + b * stride_gb
+    if HEAD:  # grad_y = grad_logits * the head weight, which multiplies whole rows as they are stored
+        row_weight = tl.load(WEIGHT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        weight_acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+        counted = (lane < BLOCK_Q - 1) | (q == w)
+    else:
+        row_weight = 1.0
+
+    # the gradients of output columns 2q - 1 (odd) and 2q (even), summed down the walk for input rows
+    # q_row - 1 (upper) and q_row (lower); shared between input columns q - 1 and q as they are stored
+    odd_upper = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+    even_upper = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+    odd_lower = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+    even_lower = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+    for q_row in tl.range(first, end + 1, num_stages=NUM_STAGES):
+        upper = t_image + tl.cast(tl.maximum(q_row - 1, 0), tl.int64) * stride_th
+        lower = t_image + tl.cast(tl.minimum(q_row, h - 1), tl.int64) * stride_th
+        upper_left = tl.load(upper + left, mask=t_ok, other=0.0).to(tl.float32)
+        upper_right = tl.load(upper + right, mask=t_ok, other=0.0).to(tl.float32)
+        down_left = tl.load(lower + left, mask=t_ok, other=0.0).to(tl.float32) - upper_left
+        down_right = tl.load(lower + right, mask=t_ok, other=0.0).to(tl.float32) - upper_right
+        for half in tl.static_range(2):
+            o = 2 * q_row - 1 + half  # output row
+            o_ok = (o >= 0) & (o < 2 * h)
+            ly = tl.where(q_row < h, tl.cast(o, tl.float32) * scale_h - tl.cast(q_row - 1, tl.float32), 0.0)
+            v_left = upper_left + ly * down_left
+            across = upper_right + ly * down_right - v_left
+            u_odd = v_left + lx_odd * across
+            u_even = v_left + lx_even * across
+            g_row = g_image + tl.cast(o, tl.int64) * stride_gh
+            if HEAD:
+                g_odd = tl.load(g_row + (2 * q - 1) * stride_gw, mask=odd_ok & o_ok, other=0.0).to(tl.float32)
+                g_even = tl.load(g_row + 2 * q * stride_gw, mask=even_ok & o_ok, other=0.0).to(tl.float32)
+                m_odd = tl.where(u_odd > 0, g_odd[:, None], (g_odd * negative_slope)[:, None])
+                m_even = tl.where(u_even > 0, g_even[:, None], (g_even * negative_slope)[:, None])
+                # the head weight's gradient, over the pixels this program owns
+                owned = counted & (q_row - 1 + half >= first) & (q_row - 1 + half < end)  # o // 2 in this strip
+                weight_acc += tl.where(owned, g_odd, 0.0)[:, None] * leaky_relu(u_odd, negative_slope)
+                weight_acc += tl.where(owned, g_even, 0.0)[:, None] * leaky_relu(u_even, negative_slope)
+            else:
+                g_odd = tl.load(g_row + ((2 * q - 1) * stride_gw)[:, None] + cols[None, :],
+                                mask=(odd_ok & o_ok)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                g_even = tl.load(g_row + ((2 * q) * stride_gw)[:, None] + cols[None, :],
+                                 mask=(even_ok & o_ok)[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                m_odd = tl.where(u_odd > 0, g_odd, g_odd * negative_slope)
+                m_even = tl.where(u_even > 0, g_even, g_even * negative_slope)
+            odd_upper += (1.0 - ly) * m_odd
+            even_upper += (1.0 - ly) * m_even
+            odd_lower += ly * m_odd
+            even_lower += ly * m_even
+        to_right = lx_odd * odd_upper + lx_even * even_upper  # to input column q
+        to_left = (1.0 - lx_odd) * odd_upper + (1.0 - lx_even) * even_upper  # to input column q - 1
+        _store_grad_row(GT + b * stride_gtb, q_row - 1, first, end,
+                        (to_right + tl.gather(to_left, next_lane, axis=0)) * row_weight, q, cols, store_ok,
+                        stride_gth, stride_gtw)
+        odd_upper, even_upper = odd_lower, even_lower
+        odd_lower = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+        even_lower = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+    if HEAD:
+        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        tl.store(WEIGHT_PARTIAL + program.to(tl.int64) * C + cols, tl.sum(weight_acc, axis=0), mask=col_ok)
+
+
 # --------------------------------------------------------------------------------------------
 # Host launchers
 # --------------------------------------------------------------------------------------------
@@ -259,14 +365,24 @@ def _row_blocks(channels: int) -> tuple[int, int, int]:
 
 
 def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_J, BLOCK_C, num_warps) of the backward kernel: tiles of 1K elements, as many channels
-    wide as :func:`_channel_tile` says, 4 per thread (8 warps): a pair of output rows holds both
-    input rows' tiles, about 80-120 registers on sm_90 with Triton 3.6 and 3.8, where 8 elements
-    per thread took 145-166 (12 resident warps per SM). In fp32, 16 x 32 with 4 warps."""
+    """(lanes, BLOCK_C, num_warps) of the backward kernel, its lanes input columns (BLOCK_J) or
+    column pairs (BLOCK_Q): tiles of 1K elements, as many channels wide as :func:`_channel_tile`
+    says, 4 per thread (8 warps): a pair of output rows holds both input rows' tiles, about 80-120
+    registers on sm_90 with Triton 3.6 and 3.8, where 8 elements per thread took 145-166 for the
+    input columns' kernel (12 resident warps per SM). In fp32, 16 x 32 with 4 warps."""
     if dtype == torch.float32:
         return (*_tile(channels, 32, 512), 4)
     return (*_tile(channels, _channel_tile(channels), 1024), 8)
 
+
+# The backward kernel's lanes: input columns (_upsample_act_bwd_kernel), or with True pairs of output
+# columns (_upsample_act_bwd_pairs_kernel), which recomputes each upsampled value once instead of
+# twice. On sm_90 (bf16, the launchers' tiles; Triton 3.8 / 3.6), per output row, input column and
+# channel: 41.0 / 41.0 SASS instructions instead of 56.0 / 58.4 for a block, 42.2 / 42.2 instead of
+# 60.2 / 60.8 for the head, with 80 and 104 / 110 registers a thread instead of 108 / 90 and 116; but
+# a stored row's left shares cross lanes through shared memory, 6 barriers a loop iteration.
+# ``python -m benchmarks.tune_decoder`` times both on a GPU.
+BACKWARD_ON_COLUMN_PAIRS = False
 
 # Pipeline stages of the backward's walk: 1, no prefetching. Prefetching the next pair's loads (2
 # stages) takes the block kernel from 90 / 108 to 76 / 78 registers a thread on sm_90 with Triton
@@ -298,17 +414,21 @@ def _launch_upsample_act_backward(t: torch.Tensor, grad: torch.Tensor, head_weig
     fp32 (C,)."""
     B, h, w, C = t.shape
     head = head_weight is not None
-    block_j, block_c, warps = _backward_blocks(C, t.dtype)
+    block, block_c, warps = _backward_blocks(C, t.dtype)
+    if BACKWARD_ON_COLUMN_PAIRS:  # tiles of ``block`` pairs overlap by one: block - 1 input columns each
+        kernel, columns, lanes = _upsample_act_bwd_pairs_kernel, block - 1, dict(BLOCK_Q=block)
+    else:
+        kernel, columns, lanes = _upsample_act_bwd_kernel, block, dict(BLOCK_J=block)
     rows = _strip_rows(h)
-    grid = (B * cdiv(h, rows), cdiv(w, block_j), cdiv(C, block_c))
+    grid = (B * cdiv(h, rows), cdiv(w, columns), cdiv(C, block_c))
     # absent inputs get read-only stand-ins (t), as torch.compile's mutation analysis wants them
     partial = t.new_empty((grid[0] * grid[1], C), dtype=torch.float32) if head else t
-    launcher(_upsample_act_bwd_kernel)[grid](
+    launcher(kernel)[grid](
         t, grad, head_weight if head else t, grad_t, partial, C, h, w, *scales(h, w), negative_slope,
         rows, cdiv(h, rows),
         t.stride(0), t.stride(1), t.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
         grad_t.stride(0), grad_t.stride(1), grad_t.stride(2),
-        HEAD=head, BLOCK_J=block_j, BLOCK_C=block_c, NUM_STAGES=BACKWARD_STAGES, num_warps=warps,
+        HEAD=head, **lanes, BLOCK_C=block_c, NUM_STAGES=BACKWARD_STAGES, num_warps=warps,
     )
     return partial.sum(0) if head else None
 

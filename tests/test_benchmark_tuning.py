@@ -81,7 +81,8 @@ def test_a_variant_is_found_by_tool_and_label():
             assert [r[:2] for r in found] == [r[:2] for r in replacements]
     with pytest.raises(ValueError, match="the tool must be one of decoder, seed_mask"):
         variant_named("attention:anything")
-    with pytest.raises(ValueError, match="tune_decoder has no variant 'backward in 9 stages'; its variants: backward in 2"):
+    with pytest.raises(ValueError, match="tune_decoder has no variant 'backward in 9 stages'; its variants: "
+                                         "backward on column pairs; "):
         variant_named("decoder:backward in 9 stages")
 
 

@@ -34,10 +34,19 @@ def decoder_weights(channels, seed, dtype=torch.float32):
     return weights, rand(1, last, seed=seed + 50, dtype=dtype, scale=last ** -0.5), rand(1, seed=seed + 51, dtype=dtype)
 
 
+@pytest.fixture(params=[False, True], ids=["lanes on input columns", "lanes on column pairs"])
+def backward_lanes(request, monkeypatch):
+    """Each backward kernel in turn: lanes on input columns (the default) and on pairs of output
+    columns (``tune_decoder``'s variant, a candidate default)."""
+    monkeypatch.setattr(decoder_module, "BACKWARD_ON_COLUMN_PAIRS", request.param)
+    return request.param
+
+
 # (B, h, w, C, C_out): odd sizes, single rows and columns, a non-power-of-two channel count
 BLOCK_SHAPES = [(2, 3, 5, 12, 6), (1, 1, 1, 8, 4), (1, 4, 1, 6, 3), (3, 2, 7, 20, 10), (1, 7, 3, 96, 48), (1, 2, 2, 300, 150)]
 
 
+@pytest.mark.usefixtures("backward_lanes")
 @pytest.mark.parametrize("B, h, w, C, C_out", BLOCK_SHAPES)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_block_matches_the_reference_fp32(B, h, w, C, C_out, with_bias, assert_within_rule):
@@ -59,6 +68,7 @@ def test_block_matches_the_reference_fp32(B, h, w, C, C_out, with_bias, assert_w
 DECODER_CASES = [(8, 12, 3, 5), (16, 16, 2, 3), (8, 20, 1, 4), (16, 12, 4, 1)]
 
 
+@pytest.mark.usefixtures("backward_lanes")
 @pytest.mark.parametrize("patch, dim, h, w", DECODER_CASES)
 def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, assert_within_rule):
     config = get_config("restr-tiny", patch_size=patch, image_size=4 * patch, dim=dim)
@@ -105,18 +115,23 @@ def assert_two_block_decoder_matches(channels, x, grad, seed, assert_within_rule
         assert_within_rule(ours, theirs, exact, 1e-5 * 12, f"grad {name}")
 
 
-@pytest.mark.parametrize("strip_rows", [1, 4])
-def test_backward_split_into_strips_and_tiles(monkeypatch, strip_rows, assert_within_rule):
+@pytest.mark.parametrize("strip_rows, lanes", [(1, 16), (4, 16), (2, 4), (3, 2)])
+def test_backward_split_into_strips_and_tiles(monkeypatch, backward_lanes, strip_rows, lanes, assert_within_rule):
     """On a GPU the backward runs as many programs: strips of input rows (each walking one pair of
     output rows beyond its edge), tiles of columns and of channels; the head weight's gradient is
-    the sum of their partial sums. Each output pixel must count once."""
+    the sum of their partial sums. Each output pixel must count once. Tiles of column pairs overlap
+    by one, each storing ``lanes`` - 1 input columns: with 4 lanes, 3, and with 2, 1, which divide
+    both maps' widths (9 and 18), so that the last tile's last lane holds pair w, whose pixel 2w - 1
+    no other tile counts for the head weight."""
     monkeypatch.setattr(decoder_module, "_strip_rows", lambda h: strip_rows)
-    monkeypatch.setattr(decoder_module, "_tile", lambda channels, gpu_channels, gpu_elements: (16, 16))  # all kernels
-    # head input: (1, 6, 18, 20), 19 column pairs: two forward tiles
+    # the tiles of all kernels: ``lanes`` columns (or column pairs) by 16 channels
+    monkeypatch.setattr(decoder_module, "_tile", lambda channels, gpu_channels, gpu_elements: (lanes, 16))
+    # block input (1, 3, 9, 40); head input (1, 6, 18, 20), 19 column pairs: two forward tiles of 16
     assert_two_block_decoder_matches((80, 40), rand(1, 3, 9, 80, seed=4), rand(1, 1, 12, 36, seed=5), 3,
                                      assert_within_rule)
 
 
+@pytest.mark.usefixtures("backward_lanes")
 def test_the_gpu_tiles(monkeypatch, assert_within_rule):
     """The tiles the launchers choose on a GPU (the interpreter's are 16x larger), in fp32: forward
     tiles of 32 column pairs x 64 channels for a block of 192 channels and 64 x 32 for the head's 96
@@ -129,6 +144,7 @@ def test_the_gpu_tiles(monkeypatch, assert_within_rule):
                                      assert_within_rule)
 
 
+@pytest.mark.usefixtures("backward_lanes")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B, h, w, C", [(2, 5, 7, 24), (1, 3, 1, 96), (1, 1, 6, 5)])
 def test_kernels_in_low_precision(dtype, B, h, w, C, assert_within_rule):
@@ -218,6 +234,7 @@ def test_mixed_devices_are_named():
         fused_decoder(torch.randn(2, 3, 5, 16, device="cuda"), [w.cpu() for w in weights], head_weight)
 
 
+@pytest.mark.usefixtures("backward_lanes")
 @requires_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_whole_decoder_at_real_size_on_gpu(dtype, assert_within_rule):
@@ -240,6 +257,7 @@ def test_low_precision_whole_decoder_at_real_size_on_gpu(dtype, assert_within_ru
         assert_within_rule(ours, theirs, exact, 1e-3 * exact.abs().max().item(), name)
 
 
+@pytest.mark.usefixtures("backward_lanes")
 @requires_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B, h, w, C", [(8, 30, 30, 1536), (3, 17, 45, 96), (2, 1, 240, 192)])

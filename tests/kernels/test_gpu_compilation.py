@@ -70,6 +70,14 @@ KERNELS = [
       for head in (False, True)
       for j, c, warps, stages, elements in ((16, 64, 8, 1, HALF), (32, 32, 8, 1, HALF), (16, 32, 4, 1, ("fp32",)),
                                             (16, 64, 8, 2, HALF), (16, 64, 8, 3, HALF))],
+    # its lanes on column pairs: tune_decoder's variants, at the default tiles and with 4 warps (the head
+    # at 4 warps as at 480/16, its 96 channels in 32-channel tiles: 64-channel tiles, as at patch 8's 192
+    # channels, take 138-168 registers a thread, 12 resident warps per SM)
+    *[("decoder", "_upsample_act_bwd_pairs_kernel", "T GY WEIGHT GT WEIGHT_PARTIAL:fp32",
+       dict(HEAD=head, BLOCK_Q=q, BLOCK_C=c, NUM_STAGES=1, **({"stride_gw": 1} if head else {})), warps, elements)
+      for head in (False, True)
+      for q, c, warps, elements in ((16, 64, 8, HALF), (32, 32, 8, HALF), (16, 32, 4, ("fp32",)), (32, 32, 4, HALF),
+                                    *([] if head else [(16, 64, 4, HALF)]))],
 ]
 FLOAT_TYPES = ("fp32", "fp64")
 REGISTERS_PER_SM = 65536  # sm_90
@@ -188,9 +196,10 @@ def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
         assert_case("_upsample_act_fwd_kernel", warps, BLOCK_Q=block_q, BLOCK_C=block_c)
         assert_case("_upsample_act_head_fwd_kernel", warps, HAS_BIAS=True, BLOCK_Q=block_q, BLOCK_C=block_c)
         for dtype, element in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
-            block_j, block_c, warps = decoder._backward_blocks(channels, dtype)
+            lanes, block_c, warps = decoder._backward_blocks(channels, dtype)
+            kernel, lane_name = (("_upsample_act_bwd_pairs_kernel", "BLOCK_Q") if decoder.BACKWARD_ON_COLUMN_PAIRS
+                                 else ("_upsample_act_bwd_kernel", "BLOCK_J"))
             stages = decoder.BACKWARD_STAGES
-            assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=False, BLOCK_J=block_j, BLOCK_C=block_c,
-                        NUM_STAGES=stages)
-            assert_case("_upsample_act_bwd_kernel", warps, (element,), HEAD=True, BLOCK_J=block_j, BLOCK_C=block_c,
-                        NUM_STAGES=stages, stride_gw=1)
+            assert_case(kernel, warps, (element,), HEAD=False, **{lane_name: lanes}, BLOCK_C=block_c, NUM_STAGES=stages)
+            assert_case(kernel, warps, (element,), HEAD=True, **{lane_name: lanes}, BLOCK_C=block_c, NUM_STAGES=stages,
+                        stride_gw=1)
