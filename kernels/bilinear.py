@@ -36,12 +36,12 @@ def upsampled_pair(T_IMAGE, o, q, cols, ok, h, w, scale_h, scale_w, stride_th, s
     right = (tl.minimum(q, w - 1) * stride_tw)[:, None] + cols[None, :]
     v_left = (1.0 - ly) * tl.load(row0 + left, mask=ok, other=0.0).to(tl.float32) \
         + ly * tl.load(row1 + left, mask=ok, other=0.0).to(tl.float32)
-    v_right = (1.0 - ly) * tl.load(row0 + right, mask=ok, other=0.0).to(tl.float32) \
-        + ly * tl.load(row1 + right, mask=ok, other=0.0).to(tl.float32)
+    across = (1.0 - ly) * tl.load(row0 + right, mask=ok, other=0.0).to(tl.float32) \
+        + ly * tl.load(row1 + right, mask=ok, other=0.0).to(tl.float32) - v_left
     fq = (q - 1).to(tl.float32)  # the left input column; -1 for q = 0: output column 0 reads input column 0 alone
     lx_odd = ((2 * q - 1).to(tl.float32) * scale_w - fq)[:, None]
     lx_even = ((2 * q).to(tl.float32) * scale_w - fq)[:, None]
-    return (1.0 - lx_odd) * v_left + lx_odd * v_right, (1.0 - lx_even) * v_left + lx_even * v_right
+    return v_left + lx_odd * across, v_left + lx_even * across
 
 
 @triton.jit

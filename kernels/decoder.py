@@ -358,7 +358,7 @@ def _channel_tile(channels: int) -> int:
 
 def _row_blocks(channels: int) -> tuple[int, int, int]:
     """(BLOCK_Q, BLOCK_C, num_warps) of the forward kernels: column pairs by channels, 2K in a tile,
-    8 per thread (32-38 registers for the block kernel, 48 with the head on sm_90). A map of w
+    8 per thread (32-34 registers for the block kernel, 40-48 with the head on sm_90). A map of w
     columns has w + 1 pairs, so where w is a multiple of BLOCK_Q the last column tile holds one
     pair (640/16: the head's 320 columns in 6 tiles of 64 pairs)."""
     return (*_tile(channels, _channel_tile(channels), 2048), 8)
