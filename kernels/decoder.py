@@ -184,18 +184,18 @@ def _upsample_act_bwd_kernel(
         upper_m = tl.load(upper + column_m, mask=ok_m, other=0.0).to(tl.float32)
         upper_0 = tl.load(upper + column_0, mask=ok, other=0.0).to(tl.float32)
         upper_p = tl.load(upper + column_p, mask=ok_p, other=0.0).to(tl.float32)
-        lower_m = tl.load(lower + column_m, mask=ok_m, other=0.0).to(tl.float32)
-        lower_0 = tl.load(lower + column_0, mask=ok, other=0.0).to(tl.float32)
-        lower_p = tl.load(lower + column_p, mask=ok_p, other=0.0).to(tl.float32)
+        down_m = tl.load(lower + column_m, mask=ok_m, other=0.0).to(tl.float32) - upper_m
+        down_0 = tl.load(lower + column_0, mask=ok, other=0.0).to(tl.float32) - upper_0
+        down_p = tl.load(lower + column_p, mask=ok_p, other=0.0).to(tl.float32) - upper_p
         for half in tl.static_range(2):
             o = 2 * q - 1 + half  # output row
             o_ok = (o >= 0) & (o < 2 * h)
             # the lower row's weight; pair h reads row h - 1 twice, which gets the whole weight
             ly = tl.where(q < h, tl.cast(o, tl.float32) * scale_h - tl.cast(q - 1, tl.float32), 0.0)
             # t interpolated between the pair's rows, at input columns j - 1, j, j + 1
-            v_m = (1.0 - ly) * upper_m + ly * lower_m
-            v_0 = (1.0 - ly) * upper_0 + ly * lower_0
-            v_p = (1.0 - ly) * upper_p + ly * lower_p
+            v_m = upper_m + ly * down_m
+            v_0 = upper_0 + ly * down_0
+            v_p = upper_p + ly * down_p
             g_row = g_image + tl.cast(o, tl.int64) * stride_gh
             owned = (q - 1 + half >= first) & (q - 1 + half < end)  # o // 2 in this strip
             # grad_row: sum over the output columns p of reads(p, j) * leaky_relu'(u) * grad_u(o, p)
@@ -378,14 +378,14 @@ def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
 # The backward kernel's lanes: input columns (_upsample_act_bwd_kernel), or with True pairs of output
 # columns (_upsample_act_bwd_pairs_kernel), which recomputes each upsampled value once instead of
 # twice. On sm_90 (bf16, the launchers' tiles; Triton 3.8 / 3.6), per output row, input column and
-# channel: 41.0 / 41.0 SASS instructions instead of 56.0 / 58.4 for a block, 42.2 / 42.2 instead of
-# 60.2 / 60.8 for the head, with 80 and 104 / 110 registers a thread instead of 108 / 90 and 116; but
+# channel: 41.0 / 41.0 SASS instructions instead of 54.2 / 56.6 for a block, 42.2 / 42.2 instead of
+# 58.5 / 59.2 for the head, with 80 and 104 / 110 registers a thread instead of 120 / 92 and 117 / 115; but
 # a stored row's left shares cross lanes through shared memory, 6 barriers a loop iteration.
 # ``python -m benchmarks.tune_decoder`` times both on a GPU.
 BACKWARD_ON_COLUMN_PAIRS = False
 
 # Pipeline stages of the backward's walk: 1, no prefetching. Prefetching the next pair's loads (2
-# stages) takes the block kernel from 90 / 108 to 76 / 78 registers a thread on sm_90 with Triton
+# stages) takes the block kernel from 92 / 120 to 80 / 80 registers a thread on sm_90 with Triton
 # 3.6 / 3.8 (3 programs of 8 warps per SM instead of 2) but adds 8-13 % to the loop's instructions;
 # ``python -m benchmarks.tune_decoder`` times both on a GPU.
 BACKWARD_STAGES = 1
