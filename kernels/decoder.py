@@ -244,11 +244,11 @@ def _upsample_act_bwd_pairs_kernel(
     columns, so that each upsampled value is recomputed once instead of twice.
 
     Programs: (B * strips of ``rows_per_strip`` input rows, tiles of BLOCK_Q column pairs overlapping
-    by one, channel tiles). Lane q holds the pair of output columns 2q - 1 and 2q, which read input
+    by one, channel tiles). A lane holds pair q, output columns 2q - 1 and 2q, which read input
     columns q - 1 and q. The walk sums each column's gradients (times leaky_relu') for the input rows
     as in :func:`_upsample_act_bwd_kernel`, with its weights at the last row; a finished row's sums
     split into shares of columns q (``to_right``) and q - 1 (``to_left``), the column weights
-    depending on the lane alone. Input column q gets lane q's right share and lane q + 1's left
+    depending on the lane alone. Input column q gets pair q's right share and pair q + 1's left
     share, brought over with ``tl.gather``; a tile's last lane only lends its left share, so a
     program stores BLOCK_Q - 1 columns. With HEAD, a pixel's share of the head weight's gradient
     counts in the program that owns its row (as there) and its pair: lanes but the last, and pair w,
@@ -268,8 +268,9 @@ def _upsample_act_bwd_pairs_kernel(
     odd_ok = (q >= 1) & (q <= w)  # output column 2q - 1 exists
     even_ok = q < w  # output column 2q exists
     fq = (q - 1).to(tl.float32)
-    # the right column's weight at output columns 2q - 1 and 2q (at 2w - 1, an ulp at most of rounding of
-    # the source coordinate, for column w: off the map, never stored)
+    # the right column's weight at output columns 2q - 1 and 2q; at 2w - 1 only the source coordinate's
+    # rounding, an ulp of either sign: column w's share is off the map, never stored, and column w - 1
+    # gets 1 - lx_odd (PyTorch: 1 - ulp to column w - 1, ulp to w - 2 where the ulp is negative)
     lx_odd = ((2 * q - 1).to(tl.float32) * scale_w - fq)[:, None]
     lx_even = ((2 * q).to(tl.float32) * scale_w - fq)[:, None]
     next_lane = tl.broadcast_to(tl.minimum(lane + 1, BLOCK_Q - 1)[:, None], (BLOCK_Q, BLOCK_C))
@@ -378,9 +379,10 @@ def _backward_blocks(channels: int, dtype: torch.dtype) -> tuple[int, int, int]:
 # The backward kernel's lanes: input columns (_upsample_act_bwd_kernel), or with True pairs of output
 # columns (_upsample_act_bwd_pairs_kernel), which recomputes each upsampled value once instead of
 # twice. On sm_90 (bf16, the launchers' tiles; Triton 3.8 / 3.6), per output row, input column and
-# channel: 41.0 / 41.0 SASS instructions instead of 54.2 / 56.6 for a block, 42.2 / 42.2 instead of
-# 58.5 / 59.2 for the head, with 80 and 104 / 110 registers a thread instead of 120 / 92 and 117 / 115; but
-# a stored row's left shares cross lanes through shared memory, 6 barriers a loop iteration.
+# channel: 43.7 / 43.7 SASS instructions instead of 54.2 / 56.6 for a block, 43.6 / 43.6 instead of
+# 58.5 / 59.2 for the head (41.0 and 42.2 per lane: a tile of 16 or 32 pairs stores one column fewer),
+# with 80 and 104 / 110 registers a thread instead of 120 / 92 and 117 / 115; but a stored row's left
+# shares cross lanes through shared memory, 6 barriers a loop iteration.
 # ``python -m benchmarks.tune_decoder`` times both on a GPU.
 BACKWARD_ON_COLUMN_PAIRS = False
 

@@ -1,13 +1,16 @@
 """The fused decoder kernels against the reference decoder (DESIGN.md section 6)."""
 import importlib
 
+import numpy
 import pytest
 import torch
+import torch.nn.functional as F
 
 from restr_fast import get_config
 from restr_fast.kernels import fused_decoder, op_registry, upsample_linear_act
 from restr_fast.kernels.decoder import decoder_reference, upsample_linear_act_reference
-from restr_fast.models.decoder import Decoder
+from restr_fast.kernels.sizes import cdiv
+from restr_fast.models.decoder import Decoder, upsample2x
 
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
@@ -131,6 +134,60 @@ def test_backward_split_into_strips_and_tiles(monkeypatch, backward_lanes, strip
                                      assert_within_rule)
 
 
+@pytest.fixture
+def stored_addresses(monkeypatch):
+    """The addresses the kernels' stores write, one array per store, recorded in Triton's
+    interpreter: it runs programs one after another, so a value one program stores and another
+    overwrites would otherwise go unseen, where on a GPU the two race."""
+    if not op_registry.INTERPRETED:
+        pytest.skip("records the stores of Triton's interpreter: run with TRITON_INTERPRET=1")
+    from triton.runtime.interpreter import InterpreterBuilder
+    store, stored = InterpreterBuilder.create_masked_store, []
+
+    def record(self, pointers, value, mask, *args):
+        addresses = numpy.asarray(pointers.data)
+        stored.append(addresses[numpy.broadcast_to(numpy.asarray(mask.data, dtype=bool), addresses.shape)])
+        return store(self, pointers, value, mask, *args)
+    monkeypatch.setattr(InterpreterBuilder, "create_masked_store", record)
+    return stored
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["block", "head"])
+@pytest.mark.parametrize("lanes, strip_rows", [(2, 1), (4, 2)])
+@pytest.mark.parametrize("shape", [(2, 1, 1, 20), (2, 4, 1, 20), (2, 1, 5, 20), (2, 5, 7, 20)])
+def test_backward_stores_each_gradient_once(monkeypatch, backward_lanes, stored_addresses, shape, lanes, strip_rows,
+                                            head, assert_within_rule):
+    """A GPU runs the backward's programs in any order and at once, so each element of grad t, and
+    of the head weight's partial sums, must be stored by exactly one program and lane. Tiles of 2
+    and 4 lanes, 20 channels in tiles of 16; a single row or column (where pair w, on the last lane
+    of the last tile, is counted there alone), several strips and batch rows."""
+    monkeypatch.setattr(decoder_module, "_strip_rows", lambda h: strip_rows)
+    monkeypatch.setattr(decoder_module, "_backward_blocks", lambda channels, dtype: (lanes, 16, 4))
+    B, h, w, C = shape
+    t = rand(*shape, seed=h * w)
+    grad = rand(B, 2 * h, 2 * w, *(() if head else (C,)), seed=h + w)
+    head_weight = rand(C, seed=C) if head else None
+    grad_t = torch.empty_like(t)
+    grad_weight = decoder_module._launch_upsample_act_backward(t, grad, head_weight, grad_t, SLOPE)
+
+    stored = numpy.concatenate(stored_addresses)
+    first = grad_t.data_ptr()
+    in_grad_t = (stored >= first) & (stored < first + grad_t.numel() * grad_t.element_size())
+    every_element = first + numpy.arange(grad_t.numel()) * grad_t.element_size()
+    assert numpy.array_equal(numpy.sort(stored[in_grad_t]), every_element)
+    programs = B * cdiv(h, strip_rows) * cdiv(w, lanes - 1 if backward_lanes else lanes)
+    partials = stored[~in_grad_t]  # with the head, each program's partial sums of its weight's gradient
+    assert len(partials) == (programs * C if head else 0) and len(numpy.unique(partials)) == len(partials)
+
+    def backward(t, head_weight=None):
+        y = F.leaky_relu(upsample2x(t), SLOPE)
+        return y if head_weight is None else y @ head_weight
+    exact, theirs = (grads_of(backward, [t.to(dtype)] + ([head_weight.to(dtype)] if head else []), grad.to(dtype))[1]
+                     for dtype in (torch.float64, torch.float32))
+    for name, ours, torch_grad, exact_grad in zip(("grad t", "grad head weight"), [grad_t, grad_weight], theirs, exact):
+        assert_within_rule(ours, torch_grad, exact_grad, 1e-5 * (h * w) ** 0.5, name)
+
+
 @pytest.mark.usefixtures("backward_lanes")
 def test_the_gpu_tiles(monkeypatch, assert_within_rule):
     """The tiles the launchers choose on a GPU (the interpreter's are 16x larger), in fp32: forward
@@ -191,6 +248,7 @@ def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     torch.testing.assert_close(upsample_linear_act(x, weights[0]), upsample_linear_act_reference(x, weights[0]))
 
 
+@pytest.mark.usefixtures("backward_lanes")
 def test_compiled_function_traces_through_the_ops_without_graph_breaks():
     weights, head_weight, head_bias = decoder_weights((16, 8), seed=2)
     x, grad = rand(2, 3, 5, 16, seed=3), rand(2, 1, 12, 20, seed=4)

@@ -156,18 +156,19 @@ def test_kernel_neither_spills_nor_starves_the_sm(compilation_results, index):
         f"fewer than {MIN_RESIDENT_WARPS} resident warps")
 
 
-def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch):
+@pytest.mark.parametrize("column_pairs", [False, True], ids=["decoder backward on input columns", "on column pairs"])
+def test_the_cases_use_the_tiles_the_launchers_choose_on_a_gpu(monkeypatch, column_pairs):
     """KERNELS above must describe real launches: the paper's sizes (D = 768, decoder channels
-    1536 ... 96) outside the interpreter."""
+    1536 ... 96) outside the interpreter, with either form of the decoder's backward."""
     decoder, seed_mask = (importlib.import_module(f"restr_fast.kernels.{name}") for name in ("decoder", "seed_mask"))
     monkeypatch.setattr(op_registry, "INTERPRETED", False)
-    launched = {(name, element, tuple(sorted(c.items()))): warps
+    monkeypatch.setattr(decoder, "BACKWARD_ON_COLUMN_PAIRS", column_pairs)
+    launched = {(name, element, tuple(sorted(c.items())), warps)
                 for _, name, _, c, warps, elements in KERNELS for element in elements}
 
     def assert_case(name, warps, elements=ANY, **constexprs):
         for element in elements:
-            key = (name, element, tuple(sorted(constexprs.items())))
-            assert launched.get(key) == warps, (
+            assert (name, element, tuple(sorted(constexprs.items())), warps) in launched, (
                 f"{name} launches on {element} with {constexprs}, num_warps={warps}: not in KERNELS")
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))

@@ -17,8 +17,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PRELUDE = r"""
-import functools, importlib, json, torch, torch.utils._triton, triton
+import functools, importlib, json, sys, torch, torch.utils._triton, triton
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
@@ -35,6 +37,7 @@ op_registry = importlib.import_module("restr_fast.kernels.op_registry")
 assert not op_registry.INTERPRETED
 op_registry.kernel_can_run = lambda tensor: True  # CPU tensors take the kernels' path
 modules = {name: importlib.import_module(f"restr_fast.kernels.{name}") for name in ("seed_mask", "decoder")}
+modules["decoder"].BACKWARD_ON_COLUMN_PAIRS = json.loads(sys.argv[1])  # which backward kernel the decoder runs
 launches = []
 for module in modules.values():
     for name, kernel in vars(module).items():
@@ -133,40 +136,50 @@ WRITTEN = {
     "_upsample_act_fwd_kernel": ["Y"],
     "_upsample_act_head_fwd_kernel": ["OUT"],
 }
-HEAD_BACKWARD, BLOCK_BACKWARD = ["_upsample_act_bwd_kernel", ["GT", "WEIGHT_PARTIAL"]], ["_upsample_act_bwd_kernel", ["GT"]]
-
-EXPECTED_LAUNCHES = {
-    "seed_mask_train": ["_seed_mask_bwd_kernel", "_seed_mask_bwd_sum_kernel", "_seed_mask_fwd_kernel"],
-    "seed_mask_inference": ["_seed_mask_fwd_kernel"],
-    "seed_mask_out": ["_seed_mask_fwd_kernel"],
-    # block 2's activation (again in its backward, for the weight's gradient), the head, both backwards
-    "decoder_train": ["_upsample_act_bwd_kernel", "_upsample_act_bwd_kernel", "_upsample_act_fwd_kernel",
-                      "_upsample_act_fwd_kernel", "_upsample_act_head_fwd_kernel"],
-    "block_train": ["_upsample_act_bwd_kernel", "_upsample_act_fwd_kernel"],
-}
+# the decoder's backward kernel: lanes on input columns (the default) or on column pairs
+BACKWARD_KERNELS = {False: "_upsample_act_bwd_kernel", True: "_upsample_act_bwd_pairs_kernel"}
+column_pairs = pytest.mark.parametrize("column_pairs", BACKWARD_KERNELS, ids=["input columns", "column pairs"])
 
 
-def run_probe(probe: str) -> dict:
+def expected_launches(column_pairs: bool) -> dict:
+    backward = BACKWARD_KERNELS[column_pairs]
+    return {
+        "seed_mask_train": ["_seed_mask_bwd_kernel", "_seed_mask_bwd_sum_kernel", "_seed_mask_fwd_kernel"],
+        "seed_mask_inference": ["_seed_mask_fwd_kernel"],
+        "seed_mask_out": ["_seed_mask_fwd_kernel"],
+        # block 2's activation (again in its backward, for the weight's gradient), the head, both backwards
+        "decoder_train": sorted([backward, backward, "_upsample_act_fwd_kernel", "_upsample_act_fwd_kernel",
+                                 "_upsample_act_head_fwd_kernel"]),
+        "block_train": sorted([backward, "_upsample_act_fwd_kernel"]),
+    }
+
+
+def run_probe(probe: str, column_pairs: bool) -> dict:
     """The JSON report the probe prints last, run without Triton's interpreter."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, "-c", probe, json.dumps(column_pairs)], capture_output=True, text=True,
+                            env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_eager_calls_launch_bare_kernels():
-    report = run_probe(EAGER_PROBE)
+@column_pairs
+def test_eager_calls_launch_bare_kernels(column_pairs):
+    report = run_probe(EAGER_PROBE, column_pairs)
     assert report.pop("bare_inside") and report.pop("wrapped_outside")  # torch.compile still traces launches
-    for case, expected in EXPECTED_LAUNCHES.items():
+    for case, expected in expected_launches(column_pairs).items():
         assert report[case] == dict(launches=expected, side_table_entries=0), case
 
 
-def test_compile_traces_every_op_and_copies_no_input():
-    report = run_probe(COMPILE_PROBE)
+@column_pairs
+def test_compile_traces_every_op_and_copies_no_input(column_pairs):
+    report = run_probe(COMPILE_PROBE, column_pairs)
+    expected = expected_launches(column_pairs)
     for case in ("seed_mask_train", "seed_mask_out"):
-        assert report[case]["written"] == sorted([name, WRITTEN[name]] for name in EXPECTED_LAUNCHES[case]), case
+        assert report[case]["written"] == sorted([name, WRITTEN[name]] for name in expected[case]), case
+    backward = BACKWARD_KERNELS[column_pairs]  # the head's backward also writes its weight's partial sums
     assert report["decoder_train"]["written"] == sorted(
-        [HEAD_BACKWARD, BLOCK_BACKWARD, *([name, WRITTEN[name]] for name in (
+        [[backward, ["GT", "WEIGHT_PARTIAL"]], [backward, ["GT"]], *([name, WRITTEN[name]] for name in (
             "_upsample_act_fwd_kernel", "_upsample_act_fwd_kernel", "_upsample_act_head_fwd_kernel"))])
     for case, result in report.items():  # the compiled graphs launch what eager calls launch
-        assert result["launches"] == EXPECTED_LAUNCHES[case], case
+        assert result["launches"] == expected[case], case
