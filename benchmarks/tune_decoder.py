@@ -4,12 +4,12 @@ GPU: ``python -m benchmarks.tune_decoder [--image-size 480] [--patch-size 16]``.
 The launchers in :mod:`restr_fast.kernels.decoder` choose tiles from static analysis (ptxas's
 registers, SASS instructions per element; see ``tests/kernels/test_gpu_compilation.py``). This
 replaces one choice at a time (the backward's lanes, on input columns or on column pairs, its tile
-and warps, its strip height and pipeline stages, the forward's tile and warps), times the fused decoder's forward + backward (batch 8, bf16
-autocast, as in the ``decoder`` benchmark group) with each, and prints them fastest first, the
-defaults marked, so that a GPU session can confirm or replace them. With ``--then-benchmark
-JSON``, where a variant beats the defaults (:func:`benchmarks.tuning.best_variant`), it then runs
-the ``decoder`` benchmark group's eager and fast cases with that variant into JSON: what making it
-the default would measure. Needs a CUDA GPU.
+and warps, its strip height and pipeline stages, the forward's tile and warps), times the fused
+decoder's forward + backward (batch 8, bf16 autocast, as in the ``decoder`` benchmark group) with
+each, and prints them fastest first, the defaults marked, so that a GPU session can confirm or
+replace them. With ``--then-benchmark JSON``, where a variant beats the defaults
+(:func:`benchmarks.tuning.best_variant`), it then runs the ``decoder`` benchmark group's eager and
+fast cases with that variant into JSON: what making it the default would measure. Needs a CUDA GPU.
 """
 from __future__ import annotations
 

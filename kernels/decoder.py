@@ -254,6 +254,7 @@ def _upsample_act_bwd_pairs_kernel(
     counts in the program that owns its row (as there) and its pair: lanes but the last, and pair w,
     which no later tile holds.
     """
+    tl.static_assert(BLOCK_Q >= 2, "a tile of column pairs stores BLOCK_Q - 1 columns")
     scale_h, scale_w, negative_slope = fp32(scale_h), fp32(scale_w), fp32(negative_slope)
     b = (tl.program_id(0) // n_strips).to(tl.int64)
     first = (tl.program_id(0) % n_strips) * rows_per_strip  # this strip's input rows: [first, end)
