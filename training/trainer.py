@@ -33,7 +33,8 @@ from ..losses import loss_terms
 from ..models import build_model
 from ..text import Vocabulary, load_glove
 from . import distributed
-from .checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state,
+                         write_text_atomically)
 from .evaluate import autocast, evaluate
 from .optim import build_optimizer, warmup_poly_schedule
 
@@ -118,6 +119,30 @@ class TrainConfig:
             if value is None and type(None) in allowed:
                 continue
             setattr(self, field.name, _as_setting(field.name, value, [k for k in allowed if k is not type(None)]))
+
+
+def _rebase_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float]) -> None:
+    """Go on with the schedule at its current step from ``base_lrs`` instead of the ones it was saved with."""
+    scheduler.base_lrs = list(base_lrs)
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+
+
+def _keep_log_records(path: Path, up_to_step: int) -> None:
+    """Keep the records of steps up to ``up_to_step`` in the log ``path`` (and drop a line that a crash
+    cut short)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= up_to_step:
+            kept.append(line + "\n")
+    write_text_atomically(path, "".join(kept))
 
 
 def _as_setting(name: str, value: Any, kinds: list[type]) -> Any:
@@ -241,8 +266,11 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     step, best_iou = 0, -1.0
     if state is not None:
         load_weights(model, state["model"])
+        configured_lrs = list(scheduler.base_lrs)  # this invocation's, from config.lr
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scheduler.base_lrs != configured_lrs:  # resumed with another --lr: it holds from this step on
+            _rebase_schedule(scheduler, configured_lrs)
         step, best_iou = state["step"], state.get("best_overall_iou", -1.0)
         set_rng_state(state["rng"], device)
     trained = DistributedDataParallel(model) if processes.world > 1 else model
@@ -254,8 +282,11 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         out.mkdir(parents=True, exist_ok=True)
         if state is None:
             vocabulary.save(out / "vocab.txt")
-            run_config = {"model": model_config.to_dict(), "train": config.run_settings()}
-            (out / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        else:  # the steps lost since the checkpoint are trained again: their records go
+            _keep_log_records(out / "log.jsonl", up_to_step=state["step"])
+        # rewritten on resume too: a later --resume takes the settings from here (a new --steps or --lr)
+        run_config = {"model": model_config.to_dict(), "train": config.run_settings()}
+        write_text_atomically(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
 
     sampler = StepBatchSampler(len(train_set), config.batch_size, config.accumulate, config.steps, config.seed,
                                step, processes.rank, processes.world)
@@ -318,7 +349,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             means = distributed.mean_over_processes(torch.stack([window[key] for key in ("loss", "patch", "pixel")]))
             loss, patch, pixel = (means / window["steps"]).tolist()  # waits for the window's GPU work
             seconds = time.perf_counter() - window["start"]
-            record = {"step": step, "lr": scheduler.get_last_lr()[-1],
+            record = {"step": step, "lr": config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch),  # the base lr
                       "images_per_s": window["steps"] * images_per_step / seconds,
                       "loss": loss, "patch_loss": patch, "pixel_loss": pixel}
             if not math.isfinite(record["loss"]):
@@ -331,13 +362,17 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             window.update(loss=torch.zeros((), device=device), patch=torch.zeros((), device=device),
                           pixel=torch.zeros((), device=device), steps=0)
         if evaluating:
-            metrics = run_evaluation(None if last else config.eval_samples)
+            # the best checkpoint is chosen on the same samples every time (eval_samples of them)
+            metrics = run_evaluation(config.eval_samples)
             log({"step": step, "eval": config.val_split, **metrics})
             if metrics["overall_iou"] > best_iou:
                 best_iou = metrics["overall_iou"]
                 checkpoint(out / "checkpoints" / "best.pt", metrics)
                 if main:
                     save_model_folder(out / "model", model, vocabulary)
+            if last and config.eval_samples is not None and metrics["samples"] < len(val_set):
+                metrics = run_evaluation(None)  # and the final model on the whole split
+                log({"step": step, "eval": config.val_split, **metrics})
             if main:
                 bar.write(f"step {step}: {config.val_split} overall IoU {100 * metrics['overall_iou']:.2f} %, "
                           f"mean IoU {100 * metrics['mean_iou']:.2f} %")

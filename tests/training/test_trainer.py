@@ -65,8 +65,13 @@ def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == [2, 3, 4, 6] and all(r["images_per_s"] > 0 for r in records if "loss" in r)
-    assert [r["step"] for r in records if "eval" in r] == [3, 6]
+    # evaluations on the same 8 samples choose the best checkpoint; the final model is also evaluated whole
+    assert [(r["step"], r["samples"]) for r in records if "eval" in r] == [(3, 8), (6, 8), (6, metrics["samples"])]
     assert 0.0 <= metrics["overall_iou"] <= 1.0 and metrics["samples"] > 8  # the last evaluation: the whole split
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["metrics"]["samples"] == 8
+    # the base learning rate (the vision encoder's is a tenth of it): warm-up to 1e-3 in the first step
+    # of six, then (1 - progress) ** 0.9
+    assert [r["lr"] for r in records if "loss" in r] == pytest.approx([1e-3 * (1 - k / 5) ** 0.9 for k in (1, 2, 3, 5)])
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 6 and state["vocabulary"][:4] == ["<pad>", "<go>", "<eos>", "<unk>"]
     model, vocabulary = model_from_checkpoint(state)
@@ -99,6 +104,54 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(data_root,
     assert any(not torch.equal(tensor, first_part["model"][name]) for name, tensor in whole.items())  # steps 4-6 updated
     for name, tensor in whole.items():
         assert torch.equal(tensor, parts[name]), name
+
+
+def test_resume_after_a_crash_drops_the_log_records_of_the_lost_steps(data_root, tmp_path, monkeypatch):
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    real, calls = trainer.loss_terms, [0]
+
+    def crashing(*args):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise KeyboardInterrupt("a crash in step 5")
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "loss_terms", crashing)
+    run_config = config(data_root, log_every=1, eval_every=100, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run")
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 5, "lo')  # and a record the crash cut short
+    monkeypatch.setattr(trainer, "loss_terms", real)
+    train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run", resume=True)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 3 once, from the resumed run
+
+
+def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
+    """A resumed run given another --lr trains with it from there on, and another --steps holds for the
+    next --resume too."""
+    run = tmp_path / "run"
+    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
+            "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
+            "--device", "cpu", "--workers", "0", "--eval-every", "100", "--checkpoint-every", "1", "--log-every", "1",
+            "--lr", "1e-3"]
+    assert main(args + ["--stop-after", "2"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--lr", "1e-2", "--steps", "8", "--stop-after", "2"]) == 0
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert state["step"] == 4 and state["train"]["lr"] == 1e-2 and state["train"]["steps"] == 8
+    assert state["scheduler"]["base_lrs"] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])  # the vision encoder's: a tenth
+    factor = (1 - 3 / 7) ** 0.9  # after step 4 of 8, one of them warm-up
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx(
+        [1e-2 * factor, 1e-2 * factor, 1e-3 * factor, 1e-3 * factor])
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert saved["lr"] == 1e-2 and saved["steps"] == 8 and saved["stop_after"] is None
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "loss" in line]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[2]["lr"] == pytest.approx(1e-2 * (1 - 2 / 7) ** 0.9)  # the new lr from the first resumed step
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # to step 8, as the last invocation said
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 8
+    capsys.readouterr()
 
 
 def test_gpu_random_state_is_saved_for_the_training_gpu_and_restored_on_any(monkeypatch):
