@@ -49,6 +49,12 @@ def default_image_root(data_root: Path, dataset: str) -> Path:
     return data_root / IMAGE_DIRS.get(dataset, f"images/{dataset}")
 
 
+def polygon_mask(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """The (height, width) bool union of COCO polygons [[x0, y0, x1, y1, ...], ...], rasterised as
+    the COCO tools rasterise them."""
+    return coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))).astype(bool)
+
+
 class ReferAnnotations:
     """The refs, images and annotations of one dataset and split scheme, with lookup by id.
 
@@ -132,7 +138,7 @@ class ReferAnnotations:
                 polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
                 if not polygons:
                     return np.zeros((height, width), dtype=bool)
-                rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
+                return polygon_mask(polygons, height, width)
             elif isinstance(segmentation, dict):
                 rle = _rle(segmentation, height, width)
             else:
