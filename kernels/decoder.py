@@ -658,7 +658,7 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     t = F.linear(x, weights[0].to(x.dtype))  # (B, h, w, C/2), low resolution; autocast may change its dtype
     # the rest in t's dtype, as autocast would run them
     later_weights = [weight.to(t.dtype) for weight in weights[1:]]
-    head_weight = head_weight.to(t.dtype)
+    head_weight = head_weight.to(t.dtype).contiguous()  # the kernels read it with unit stride
     head_bias = None if head_bias is None else head_bias.to(t.dtype)
     if not op_registry.kernel_can_run(x) or t.numel() == 0:
         for weight in later_weights:

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy
 import torch
 import triton
+from torch.autograd.function import once_differentiable
 from torch.library import custom_op, triton_op, wrap_triton
 
 # Triton decides at import (``@triton.jit``) whether kernels run on its CPU interpreter.
@@ -115,7 +116,10 @@ def eager_autograd(forward: Callable, setup_context: Callable, backward: Callabl
             return output
 
         @staticmethod
+        @once_differentiable  # the kernels' gradients are not differentiable again: an error, not zeros
         def backward(ctx, *grads):
+            if all(grad is None for grad in grads):  # no gradient reached any output
+                return (None,) * len(ctx.needs_input_grad)
             with eager_launches(device_of(grads)):  # autograd may run this on another thread
                 return backward(ctx, *grads)
 

@@ -545,6 +545,8 @@ def _backward(ctx, grad_logits, grad_out, backward=None):
     if grad_out is not None:  # upstream gradients may be expanded (zero strides)
         dp = ctx.prefix_dim or 0
         grad_masked = unit_stride(grad_out[:, :, dp:])
+        if grad_masked.stride(1) * (grad_masked.shape[1] - 1) + grad_masked.shape[2] >= 2 ** 31:
+            grad_masked = grad_masked.contiguous()  # rows the kernel's int32 offsets reach (as the forward's)
         grad_prefix = grad_out[:, :, :dp].to(ctx.prefix_dtype) if ctx.prefix_dim is not None else None
     grad_patches, grad_classifier, grad_bias = backward(patches, classifier, bias, grad_logits, grad_masked, ctx.sigmoid)
     grad_bias = None if bias is None else grad_bias.to(bias.dtype)
@@ -576,7 +578,8 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         patches: (B, N, D) patch tokens z'_v; fp32, fp16 or bf16.
         classifier: (B, D) adaptive classifier e'_s, same dtype.
         out: optional (B, N, >=D) tensor (e.g. the right half of the decoder's input buffer); the
-            masked patches are written into ``out[..., :D]``. Not differentiable: for inference.
+            masked patches are written into ``out[..., :D]``. Not differentiable: for inference. It may
+            be ``patches`` itself (in place) but must not overlap it otherwise.
         bias: optional (B,) score offset added before the 1/sqrt(D) scaling; any supported float dtype.
         prefix: optional (B, N, Dp) tensor placed before the masked patches: the second result is
             then ``[prefix, masked]`` (B, N, Dp + D) in the dtype of ``patches``, the decoder's
@@ -587,16 +590,17 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         patch_logits (B, N) = (patches . classifier + bias) / sqrt(D), and the masked patches
         (B, N, D), or ``[prefix, masked]`` with ``prefix``, or ``out`` with ``out``.
 
-    On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), and for D > 8192,
-    this runs the same computation in plain PyTorch.
+    On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), for rows wider than
+    8192 (patches or prefix) and for a batch row of 2^31 elements or more, this runs the same
+    computation in plain PyTorch, with the same result dtypes.
     """
     _check_inputs(patches, classifier, out, bias, prefix, mask_form)
-    if not op_registry.kernel_can_run(patches) or patches.shape[-1] > MAX_D or patches.numel() == 0:
-        logits, masked = seed_mask_reference(patches, classifier, bias, mask_form)
+    if not op_registry.kernel_can_run(patches) or not _kernel_fits(patches, prefix, out):
+        logits, masked = (result.to(patches.dtype) for result in seed_mask_reference(patches, classifier, bias, mask_form))
         if out is not None:
             out[..., : patches.shape[-1]].copy_(masked)
             return logits, out
-        return logits, masked if prefix is None else torch.cat([prefix, masked], dim=-1)
+        return logits, masked if prefix is None else torch.cat([prefix.to(patches.dtype), masked], dim=-1)
 
     patches, classifier, prefix = (unit_stride(t) for t in (patches, classifier, prefix))
     bias = None if bias is None else bias.contiguous()
@@ -611,12 +615,27 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
     return logits, out
 
 
+def _kernel_fits(patches: torch.Tensor, prefix: torch.Tensor | None, out: torch.Tensor | None) -> bool:
+    """Whether the kernels take these tensors: rows of at most MAX_D columns (patches and prefix), and
+    offsets within a batch row that fit 32 bits (the kernels' row offsets are int32, only the batch's int64)."""
+    B, N, D = patches.shape
+    if patches.numel() == 0 or D > MAX_D or (prefix is not None and prefix.shape[-1] > MAX_D):
+        return False
+    width = D + (0 if prefix is None else prefix.shape[-1])  # of the output built when out is None
+    row_strides = [patches.stride(1), width if out is None else out.stride(1)]
+    if prefix is not None:
+        row_strides.append(prefix.stride(1))
+    return max(row_strides) * (N - 1) + max(width, 0 if out is None else out.shape[-1]) < 2 ** 31
+
+
 def _check_inputs(patches, classifier, out, bias, prefix, mask_form) -> None:
     if mask_form not in ("sigmoid", "logit"):
         raise ValueError(f"mask_form must be 'sigmoid' or 'logit', got {mask_form!r}")
     if not isinstance(patches, torch.Tensor) or patches.dim() != 3:
         raise ValueError(f"patches must be a (B, N, D) tensor, got {_describe(patches)}")
     B, N, D = patches.shape
+    if D == 0:
+        raise ValueError(f"patches must have at least one channel, got shape {tuple(patches.shape)}")
     if not isinstance(classifier, torch.Tensor) or classifier.shape != (B, D):
         raise ValueError(f"classifier must have shape (B, D) = ({B}, {D}) to match patches {tuple(patches.shape)}, "
                          f"got {_describe(classifier)}")

@@ -238,6 +238,42 @@ def test_channels_first_views_and_strided_inputs():
                                upsample_linear_act_reference(x.double(), weight.double()), rtol=1e-5, atol=1e-5)
 
 
+def test_strided_and_expanded_head_weights():
+    weights, head_weight, head_bias = decoder_weights((16, 8), seed=2)
+    x = rand(2, 3, 5, 16, seed=3)
+    channels = head_weight.numel()
+    strided = torch.stack([head_weight.reshape(-1), torch.full((channels,), float("nan"), device=DEVICE)], 1)[:, 0]
+    expanded = head_weight.reshape(-1)[:1].expand(channels)
+    assert strided.stride() == (2,) and expanded.stride() == (0,)
+    for weight in (strided, expanded):
+        exact = decoder_reference(x.double(), [w.double() for w in weights], weight.double(), head_bias.double())
+        torch.testing.assert_close(fused_decoder(x, weights, weight, head_bias).double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_are_not_differentiable_again_and_absent_ones_are_none():
+    """As for seed_mask: double backward raises, and a gradient that never arrives gives none."""
+    weights, head_weight, head_bias = decoder_weights((16, 8), seed=2)
+    x = rand(2, 3, 5, 16, seed=3).requires_grad_()
+    for decode in (lambda: fused_decoder(x, weights, head_weight, head_bias), lambda: upsample_linear_act(x, weights[0])):
+        (grad,) = torch.autograd.grad(decode().square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            grad.sum().backward()
+
+    class NoGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, y):
+            return y.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    other = torch.ones(3, requires_grad=True)
+    for decode in (lambda: fused_decoder(x, weights, head_weight, head_bias), lambda: upsample_linear_act(x, weights[0])):
+        loss = NoGradient.apply(decode()).sum() + other.sum()
+        assert torch.autograd.grad(loss, [x, other], allow_unused=True)[0] is None
+
+
 def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     monkeypatch.setattr(op_registry, "INTERPRETED", False)
     monkeypatch.setattr(decoder_module, "_call", lambda *args: pytest.fail("a kernel was called"))

@@ -304,6 +304,73 @@ def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     torch.testing.assert_close(out, torch.cat([prefix, exact_masked], -1))
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "fallback"])
+def test_results_take_the_patches_dtype_whatever_the_bias_and_prefix(monkeypatch, kernels):
+    """The kernels and the PyTorch fallback return the same dtypes: fp16 patches with an fp32 bias and
+    prefix give fp16 logits and an fp16 decoder input."""
+    if not kernels:
+        monkeypatch.setattr(op_registry, "kernel_can_run", lambda tensor: False)
+    patches, classifier, bias, prefix = inputs(2, 5, 64, prefix_dim=8)
+    logits, out = seed_mask(patches.half(), classifier.half(), bias=bias, prefix=prefix)
+    assert logits.dtype == out.dtype == torch.float16
+    exact_logits, exact_masked = seed_mask_reference(patches.half().double(), classifier.half().double(), bias.double())
+    torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out.double(), torch.cat([prefix.half().double(), exact_masked], -1), rtol=1e-3, atol=1e-3)
+
+
+def test_the_kernels_take_rows_that_32_bit_offsets_reach_and_no_wider_rows():
+    """Wider rows (patches or prefix), or rows spread over 2^31 elements or more (the kernels' row
+    offsets are int32), take the PyTorch fallback. Shapes and strides only: meta tensors."""
+    def tensor(shape, strides=None):
+        strides = strides or torch.empty(shape, device="meta").stride()
+        return torch.empty_strided(shape, strides, device="meta")
+    fits = seed_mask_module._kernel_fits
+    assert fits(tensor((8, 3600, 768)), tensor((8, 3600, 768)), None)
+    assert not fits(tensor((1, 3, 16), (3 * 2 ** 30, 2 ** 30, 1)), None, None)
+    assert fits(tensor((1, 2, 16), (3 * 2 ** 30, 2 ** 30 - 1, 1)), None, None)
+    assert not fits(tensor((2, 3, 64)), None, tensor((2, 3, 64), (3 * 2 ** 30, 2 ** 30, 1)))  # out=
+    assert not fits(tensor((1, 2 ** 21, 768)), tensor((1, 2 ** 21, 768)), None)  # [prefix, masked] rows
+    assert fits(tensor((1, 2 ** 21, 768)), None, None)
+    assert not fits(tensor((1, 4, seed_mask_module.MAX_D + 1)), None, None)
+    assert not fits(tensor((1, 4, 64)), tensor((1, 4, seed_mask_module.MAX_D + 1)), None)
+    assert not fits(tensor((1, 0, 64)), None, None)
+
+
+def test_a_wide_prefix_takes_the_fallback(monkeypatch):
+    monkeypatch.setattr(seed_mask_module, "_seed_mask_eager", lambda *args: pytest.fail("a kernel was called"))
+    patches, classifier, bias, _ = inputs(1, 3, 16)
+    prefix = torch.randn(1, 3, seed_mask_module.MAX_D + 1, device=DEVICE)
+    logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
+    exact_logits, exact_masked = seed_mask_reference(patches, classifier, bias)
+    torch.testing.assert_close(out, torch.cat([prefix, exact_masked], -1))
+
+
+def test_gradients_are_not_differentiable_again_and_absent_ones_are_none():
+    """Double backward raises (the kernels' gradients have no graph of their own), as the registered
+    op does, rather than giving gradients without their second-order terms; an output whose gradient
+    never arrives backpropagates nothing."""
+    patches, classifier, _, _ = inputs(2, 5, 64)
+    patches.requires_grad_()
+    logits, masked = seed_mask(patches, classifier)
+    (grad,) = torch.autograd.grad(masked.square().sum(), patches, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+    class NoGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    other = torch.ones(3, requires_grad=True)
+    logits, masked = seed_mask(patches, classifier)
+    loss = NoGradient.apply(logits).sum() + NoGradient.apply(masked).sum() + other.sum()
+    assert torch.autograd.grad(loss, [patches, other], allow_unused=True)[0] is None
+
+
 def test_compiled_function_traces_through_the_op_without_graph_breaks():
     B, N, D = 2, 9, 64
     patches, classifier, bias, prefix = inputs(B, N, D, prefix_dim=16)
@@ -333,6 +400,7 @@ def test_compiled_function_traces_through_the_op_without_graph_breaks():
     (lambda z, c: seed_mask(z, c, prefix=z[:1]), ValueError, r"prefix must have shape \(B, N, Dp\)"),
     (lambda z, c: seed_mask(z, c, torch.empty(2, 5, 63)), ValueError, r"out must have shape \(B, N, >=D\)"),
     (lambda z, c: seed_mask(z, c, mask_form="tanh"), ValueError, "mask_form must be"),
+    (lambda z, c: seed_mask(z[..., :0], c[:, :0]), ValueError, "patches must have at least one channel"),
 ])
 def test_bad_inputs_are_named(call, error, message):
     patches, classifier, _, _ = inputs(2, 5, 64)
