@@ -600,8 +600,8 @@ def upsample_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
     Returns:
         (B, 2h, 2w, C_out). The product runs at the low resolution and the upsampling and
-        activation in one Triton kernel; on CPU tensors without Triton's interpreter, the same
-        order in PyTorch.
+        activation in one Triton kernel; on CPU tensors without Triton's interpreter, and in
+        float64, the same order in PyTorch.
     """
     _check_map(x, "x")
     _check_weight(weight, x, "weight", x.shape[-1])
@@ -611,7 +611,7 @@ def upsample_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         if tensor is not None and tensor.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {tensor.dtype} but x {x.dtype}: cast them to one dtype")
     t = F.linear(x, weight, bias)  # (B, h, w, C_out), low resolution
-    if not op_registry.kernel_can_run(x) or t.numel() == 0:
+    if not _kernels_take(t):
         return F.leaky_relu(upsample2x(t), negative_slope)
     return _call("upsample_act", t.contiguous(), float(negative_slope))
 
@@ -640,7 +640,7 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     Returns:
         pixel logits (B, 1, 2^K h, 2^K w) in the compute dtype. Only the low-resolution products are kept
         for the backward; the final full-resolution map is never materialised. On CPU tensors
-        without Triton's interpreter, the same low-resolution order in PyTorch.
+        without Triton's interpreter, and in float64, the same low-resolution order in PyTorch.
     """
     _check_map(x, "x")
     if len(weights) == 0:
@@ -660,7 +660,7 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     later_weights = [weight.to(t.dtype) for weight in weights[1:]]
     head_weight = head_weight.to(t.dtype).contiguous()  # the kernels read it with unit stride
     head_bias = None if head_bias is None else head_bias.to(t.dtype)
-    if not op_registry.kernel_can_run(x) or t.numel() == 0:
+    if not _kernels_take(t):
         for weight in later_weights:
             t = F.linear(F.leaky_relu(upsample2x(t), slope), weight)
         logits = F.linear(F.leaky_relu(upsample2x(t), slope), head_weight[None], head_bias)
@@ -671,12 +671,19 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     return _call("upsample_act_head", t, head_weight, head_bias, slope).unsqueeze(1)
 
 
+def _kernels_take(t: torch.Tensor) -> bool:
+    """Whether the kernels run on the low-resolution product ``t``: where Triton runs, in their dtypes
+    (float64 runs in PyTorch), on a non-empty map."""
+    return op_registry.kernel_can_run(t) and t.dtype in SUPPORTED_DTYPES and t.numel() > 0
+
+
 def _check_map(x, name: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a channels-last (B, h, w, C) map, got {shape}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} has dtype {x.dtype}; the decoder kernels support float32, float16 and bfloat16")
+    if x.dtype not in SUPPORTED_DTYPES + (torch.float64,):
+        raise TypeError(f"{name} has dtype {x.dtype}; the decoder kernels support float32, float16 and bfloat16 "
+                        f"(and float64, in PyTorch)")
 
 
 def _check_weight(weight, x: torch.Tensor, name: str, in_channels: int) -> None:
@@ -699,5 +706,6 @@ def _check_vector(vector, size: int, x: torch.Tensor, name: str) -> None:
 def _check_like(tensor: torch.Tensor, x: torch.Tensor, name: str) -> None:
     if tensor.device != x.device:
         raise ValueError(f"{name} is on {tensor.device} but x on {x.device}")
-    if tensor.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} has dtype {tensor.dtype}; the decoder kernels support float32, float16 and bfloat16")
+    if tensor.dtype not in SUPPORTED_DTYPES + (torch.float64,):
+        raise TypeError(f"{name} has dtype {tensor.dtype}; the decoder kernels support float32, float16 and "
+                        f"bfloat16 (and float64, in PyTorch)")

@@ -29,7 +29,7 @@ from .jit_helpers import fp32
 from .op_registry import eager_autograd, eager_launches, launcher, register_triton_op, unit_stride
 from .sizes import cdiv, next_power_of_2
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the kernels'; float64 runs in PyTorch
 MAX_D = 8192  # one row of patches must fit a block
 # In fp16 and bf16 the backward's loop loads each block of rows one iteration ahead (cp.async into
 # 16 KB of shared memory a program), so that its loads overlap the work on the rows before: without
@@ -590,12 +590,12 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         patch_logits (B, N) = (patches . classifier + bias) / sqrt(D), and the masked patches
         (B, N, D), or ``[prefix, masked]`` with ``prefix``, or ``out`` with ``out``.
 
-    On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), for rows wider than
-    8192 (patches or prefix) and for a batch row of 2^31 elements or more, this runs the same
-    computation in plain PyTorch, with the same result dtypes.
+    On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), in float64, for rows
+    wider than 8192 (patches or prefix) and for a batch row of 2^31 elements or more, this runs the
+    same computation in plain PyTorch, with the same result dtypes.
     """
     _check_inputs(patches, classifier, out, bias, prefix, mask_form)
-    if not op_registry.kernel_can_run(patches) or not _kernel_fits(patches, prefix, out):
+    if not op_registry.kernel_can_run(patches) or not _kernel_fits(patches, bias, prefix, out):
         logits, masked = (result.to(patches.dtype) for result in seed_mask_reference(patches, classifier, bias, mask_form))
         if out is not None:
             out[..., : patches.shape[-1]].copy_(masked)
@@ -615,11 +615,15 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
     return logits, out
 
 
-def _kernel_fits(patches: torch.Tensor, prefix: torch.Tensor | None, out: torch.Tensor | None) -> bool:
-    """Whether the kernels take these tensors: rows of at most MAX_D columns (patches and prefix), and
-    offsets within a batch row that fit 32 bits (the kernels' row offsets are int32, only the batch's int64)."""
+def _kernel_fits(patches: torch.Tensor, bias: torch.Tensor | None, prefix: torch.Tensor | None,
+                 out: torch.Tensor | None) -> bool:
+    """Whether the kernels take these tensors: their dtypes (not float64), rows of at most MAX_D columns
+    (patches and prefix), and offsets within a batch row that fit 32 bits (the kernels' row offsets are
+    int32, only the batch's int64)."""
     B, N, D = patches.shape
     if patches.numel() == 0 or D > MAX_D or (prefix is not None and prefix.shape[-1] > MAX_D):
+        return False
+    if any(t is not None and t.dtype not in SUPPORTED_DTYPES for t in (patches, bias, prefix)):
         return False
     width = D + (0 if prefix is None else prefix.shape[-1])  # of the output built when out is None
     row_strides = [patches.stride(1), width if out is None else out.stride(1)]
@@ -660,8 +664,9 @@ def _check_inputs(patches, classifier, out, bias, prefix, mask_form) -> None:
                              "pass prefix= instead to build the decoder's input differentiably")
     tensors = {"patches": patches, "classifier": classifier, "bias": bias, "prefix": prefix, "out": out}
     for name, tensor in tensors.items():
-        if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} has dtype {tensor.dtype}; seed_mask supports float32, float16 and bfloat16")
+        if tensor is not None and tensor.dtype not in SUPPORTED_DTYPES + (torch.float64,):
+            raise TypeError(f"{name} has dtype {tensor.dtype}; seed_mask supports float32, float16 and bfloat16 "
+                            f"(and float64, in PyTorch)")
         if tensor is not None and tensor.device != patches.device:
             raise ValueError(f"{name} is on {tensor.device} but patches on {patches.device}")
     for name in ("classifier", "out"):

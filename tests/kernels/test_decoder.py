@@ -274,6 +274,16 @@ def test_gradients_are_not_differentiable_again_and_absent_ones_are_none():
         assert torch.autograd.grad(loss, [x, other], allow_unused=True)[0] is None
 
 
+def test_float64_runs_in_pytorch(monkeypatch):
+    monkeypatch.setattr(decoder_module, "_call", lambda *args: pytest.fail("a kernel was called"))
+    weights, head_weight, head_bias = decoder_weights((16, 8), seed=2, dtype=torch.float64)
+    x = rand(2, 3, 5, 16, seed=3, dtype=torch.float64)
+    out = fused_decoder(x, weights, head_weight, head_bias)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, decoder_reference(x, weights, head_weight, head_bias))
+    torch.testing.assert_close(upsample_linear_act(x, weights[0]), upsample_linear_act_reference(x, weights[0]))
+
+
 def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     monkeypatch.setattr(op_registry, "INTERPRETED", False)
     monkeypatch.setattr(decoder_module, "_call", lambda *args: pytest.fail("a kernel was called"))

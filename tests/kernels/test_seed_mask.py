@@ -324,7 +324,10 @@ def test_the_kernels_take_rows_that_32_bit_offsets_reach_and_no_wider_rows():
     def tensor(shape, strides=None):
         strides = strides or torch.empty(shape, device="meta").stride()
         return torch.empty_strided(shape, strides, device="meta")
-    fits = seed_mask_module._kernel_fits
+
+    def fits(patches, prefix, out):
+        return seed_mask_module._kernel_fits(patches, None, prefix, out)
+
     assert fits(tensor((8, 3600, 768)), tensor((8, 3600, 768)), None)
     assert not fits(tensor((1, 3, 16), (3 * 2 ** 30, 2 ** 30, 1)), None, None)
     assert fits(tensor((1, 2, 16), (3 * 2 ** 30, 2 ** 30 - 1, 1)), None, None)
@@ -343,6 +346,18 @@ def test_a_wide_prefix_takes_the_fallback(monkeypatch):
     logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
     exact_logits, exact_masked = seed_mask_reference(patches, classifier, bias)
     torch.testing.assert_close(out, torch.cat([prefix, exact_masked], -1))
+
+
+def test_float64_runs_in_pytorch(monkeypatch):
+    monkeypatch.setattr(seed_mask_module, "_seed_mask_eager", lambda *args: pytest.fail("a kernel was called"))
+    patches, classifier, bias, prefix = (t.double() for t in inputs(2, 5, 64, prefix_dim=8))
+    grads = [torch.randn(2, 5, dtype=torch.float64, device=DEVICE),
+             torch.randn(2, 5, 8 + 64, dtype=torch.float64, device=DEVICE)]
+    fused_out, fused_grads = run(fused("sigmoid"), [patches, classifier, bias, prefix], grads)
+    exact_out, exact_grads = run(reference("sigmoid"), [patches, classifier, bias, prefix], grads)
+    for ours, exact in zip(fused_out + fused_grads, exact_out + exact_grads):
+        assert ours.dtype == torch.float64
+        torch.testing.assert_close(ours, exact)
 
 
 def test_gradients_are_not_differentiable_again_and_absent_ones_are_none():

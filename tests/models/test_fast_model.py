@@ -77,6 +77,18 @@ def test_bf16_autocast_runs_the_fast_path(tiny_config, make_inputs):
         assert ours <= 2 * theirs + 1e-2, f"{name}: fast error {ours:.3g}, reference bf16 error {theirs:.3g}"
 
 
+def test_float64_runs_the_fast_models_pytorch_form(tiny_config, make_inputs):
+    """The kernels take fp32, fp16 and bf16: a float64 fast model (e.g. for gradcheck) runs their
+    PyTorch form, anywhere."""
+    reference, fast = (model.double() for model in pair(tiny_config))
+    images, tokens = on_device(*make_inputs(tiny_config))
+    ref_out, fast_out = reference(images.double(), tokens), fast(images.double(), tokens)
+    for name in ("patch_logits", "pixel_logits"):
+        assert getattr(fast_out, name).dtype == torch.float64
+        torch.testing.assert_close(getattr(fast_out, name), getattr(ref_out, name))
+    fast_out.pixel_logits.sum().backward()
+
+
 def test_compiled_fast_model_calls_the_kernel_without_graph_breaks(tiny_config, make_inputs):
     reference, fast = pair(tiny_config)
     images, tokens = on_device(*make_inputs(tiny_config))
