@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from .compute import PARTS, count_macs, count_parameters
-from .config import PRESETS, get_config
+from .config import ATTENTION_BACKENDS, PRESETS, get_config
 from .devices import resolve_device
 from .models import build_model
 from .text import Vocabulary
@@ -152,7 +152,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     processes = setup(args.device)  # under torchrun: one shard of the split per process
     try:
         device = processes.device
-        model, vocabulary = load_model(args.checkpoint)
+        model, vocabulary = load_model(args.checkpoint, attention=args.attention)
         model.to(device)
         dataset = ReferDataset(args.data_root, args.dataset, args.split_by, args.split, vocabulary,
                                model.config.image_size, image_root=args.image_root,
@@ -185,11 +185,12 @@ def _predict(args: argparse.Namespace) -> None:
         if not tokenize(text):
             raise ValueError(f"--text {text!r} has no words: give a sentence describing the object")
     for number in range(1, len(args.text) + 1):
-        _check_output(_numbered(args.out, number, len(args.text)), "--out", IMAGE_SUFFIXES)
+        _check_output(_numbered(args.out, number, len(args.text)), "--out", MASK_SUFFIXES)
         if args.overlay:
             _check_output(_numbered(args.overlay, number, len(args.text)), "--overlay", IMAGE_SUFFIXES)
     image = to_rgb_image(args.image)  # read once
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast,
+                                          attention=args.attention)
     predictions = predictor.predict(image, list(args.text))
     for number, (text, prediction) in enumerate(zip(args.text, predictions), start=1):
         mask = prediction.mask.numpy()
@@ -204,6 +205,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")  # lossless: a mask stays black and white
 
 
 def _check_output(path: str | Path, flag: str, suffixes: tuple[str, ...] | None = None) -> None:
@@ -297,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=0)
     evaluate.add_argument("--limit", type=int, help="evaluate a fixed random subset of N samples (the same every run)")
     evaluate.add_argument("--sentence", help="replace every sentence by this text (e.g. one neutral word)")
+    evaluate.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                          help="attention backend (default: auto, the fastest here; all compute the same function)")
     evaluate.set_defaults(run=_evaluate)
 
     predict = commands.add_parser("predict", help="mask of the region a sentence refers to in an image")
@@ -312,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     predict.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, fp32 on the CPU), float32, bfloat16")
     predict.add_argument("--no-fast", action="store_true", help="run the reference model instead of the Triton kernels")
+    predict.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                         help="attention backend (default: auto, the fastest here; all compute the same function)")
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="synthetic data -> train restr-tiny -> evaluate -> figures")

@@ -97,10 +97,26 @@ class ReSTRConfig:
         _check_positive(self, "image_size", "patch_size", "in_chans", "vision_dim", "vision_depth",
                         "vision_heads", "vocab_size", "max_words", "word_dim", "text_depth", "text_heads",
                         "text_mlp_dim", "dim", "fusion_depth", "fusion_heads")
+        for name in ("weight_sharing", "patch_projection", "decoder", "fast"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("vision_mlp_ratio", "fusion_mlp_ratio", "negative_slope", "patch_label_threshold",
+                     "patch_loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for name, width in (("vision_mlp_ratio", "vision_dim"), ("fusion_mlp_ratio", "dim")):
+            if int(getattr(self, width) * getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} leaves the MLPs of {width}={getattr(self, width)} "
+                                 f"without a hidden unit: it must be positive")
         p = self.patch_size
         if p < 2 or p & (p - 1):
             raise ValueError(f"patch_size must be a power of two >= 2 (the decoder doubles the "
                              f"resolution log2(patch_size) times), got {p}")
+        if self.decoder and (2 * self.dim) >> self.decoder_blocks < 1:
+            raise ValueError(f"the decoder halves its 2 * dim = {2 * self.dim} channels {self.decoder_blocks} "
+                             f"times (log2(patch_size)), leaving none for its head: dim must be at least "
+                             f"{2 ** (self.decoder_blocks - 1)} at patch_size {p}")
         if self.image_size % p:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {p}: "
                              f"use e.g. {round(self.image_size / p) * p or p}")

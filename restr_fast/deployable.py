@@ -61,7 +61,12 @@ def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabular
         vocabulary.save(tmp / VOCABULARY)
         if directory.exists():
             directory.rename(old)
-        tmp.rename(directory)
+        try:
+            tmp.rename(directory)
+        except BaseException:
+            if old.exists() and not directory.exists():  # the previous model goes back where it was
+                old.rename(directory)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

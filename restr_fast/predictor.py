@@ -51,8 +51,9 @@ class Predictor:
         config: how to run the model; default ``model.config``. It may differ from the model's config in
             implementation settings only (``fast``, ``attention``): the weights then move into a model
             built from ``config``.
-        dtype: ``auto`` (bf16 autocast on a GPU, fp32 on the CPU), ``float32``, ``bfloat16`` or
-            ``float16`` (autocast), or a torch dtype.
+        dtype: ``auto`` (bf16 autocast on a GPU; on the CPU fp32, or autocast in the weights' dtype
+            where they are bf16 or fp16), ``float32``, ``bfloat16`` or ``float16`` (autocast), or a
+            torch dtype.
         max_batch: pairs per forward pass; longer lists run in several passes.
         cuda_graphs: on a GPU, replay each forward from a CUDA graph captured for its batch shape
             (the number of distinct images and of pairs): much lower latency for small batches, at
@@ -81,7 +82,11 @@ class Predictor:
         self.vocabulary = vocabulary
         self.config = config
         self.device = next(model.parameters()).device
-        self.dtype = resolve_dtype(dtype, self.device)
+        weights = next(model.parameters()).dtype
+        self.dtype = resolve_dtype(dtype, self.device, weights)
+        if self.dtype == torch.float32 and weights != torch.float32:
+            raise ValueError(f"dtype float32 runs without autocast, but the model's weights are {weights}: "
+                             f"pass dtype='auto' (autocast in {weights}) or cast the model with model.float()")
         self.max_batch = max_batch
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
@@ -89,7 +94,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                        fast: bool = True, max_batch: int = 32, cuda_graphs: bool = False) -> "Predictor":
+                        fast: bool = True, max_batch: int = 32, cuda_graphs: bool = False,
+                        attention: str = "auto") -> "Predictor":
         """A predictor of a saved model.
 
         Args:
@@ -100,8 +106,10 @@ class Predictor:
             dtype: see :class:`Predictor`.
             fast: run the fused Triton kernels (same weights, same results within rounding).
             max_batch, cuda_graphs: see :class:`Predictor`.
+            attention: the attention backend, whichever the model was trained with: ``auto`` (the
+                fastest on the device), ``xformers``, ``sdpa`` or ``math`` (the same function).
         """
-        model, vocabulary = load_model(path, fast=fast)
+        model, vocabulary = load_model(path, fast=fast, attention=attention)
         return cls(model.to(resolve_device(device)), vocabulary, dtype=dtype, max_batch=max_batch,
                    cuda_graphs=cuda_graphs)
 
@@ -267,10 +275,14 @@ def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
     return model.eval(), vocabulary
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA, fp32 elsewhere; names as in :data:`DTYPES`."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device,
+                  weights: torch.dtype = torch.float32) -> torch.dtype:
+    """``auto``: bf16 on CUDA, elsewhere the dtype of the model's ``weights`` where it is a low
+    precision one, else fp32; names as in :data:`DTYPES`."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        return weights if weights in (torch.bfloat16, torch.float16) else torch.float32
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype in DTYPES:

@@ -36,6 +36,12 @@ def test_overrides_and_round_trip():
     ({"vision_depth": 0}, "positive integer"),
     ({"patch_label_threshold": 1.5}, "patch_label_threshold"),
     ({"not_a_field": 1}, "unknown ReSTRConfig field"),
+    ({"weight_sharing": "false"}, "weight_sharing must be true or false, got 'false'"),  # as quoted YAML gives it
+    ({"fast": 1}, "fast must be true or false"),
+    ({"negative_slope": "0.1"}, "negative_slope must be a finite number"),
+    ({"patch_loss_weight": float("nan")}, "patch_loss_weight must be a finite number"),
+    ({"fusion_mlp_ratio": -1.0}, "fusion_mlp_ratio=-1.0 leaves the MLPs"),
+    ({"dim": 4, "fusion_heads": 4}, "leaving none for its head: dim must be at least 8 at patch_size 16"),
 ])
 def test_invalid_settings_are_refused_with_a_reason(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -50,6 +56,12 @@ def test_unknown_preset_lists_the_choices():
 def test_config_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_config("restr-tiny").dim = 3
+
+
+def test_the_smallest_decoder_and_integral_numbers_are_accepted():
+    assert get_config("restr-b16", dim=8, fusion_heads=4).decoder_channels == (16, 8, 4, 2, 1)
+    assert get_config("restr-b16", dim=4, fusion_heads=4, decoder=False).dim == 4  # no decoder: no channels to halve
+    assert get_config("restr-tiny", negative_slope=0, vision_mlp_ratio=2).vision_mlp_ratio == 2
 
 
 def test_vme_accepts_odd_depth():

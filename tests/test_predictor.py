@@ -174,6 +174,30 @@ def test_save_and_from_checkpoint_give_identical_predictions(predictor, model, v
     assert_same_in_another_batch(fast.predict(image, SENTENCES[0]), expected)  # fused kernels round differently
 
 
+def test_a_model_saved_with_xformers_attention_runs_anywhere(model, vocabulary, tmp_path, capsys):
+    """The attention backend is the predictor's choice (auto by default), not the training machine's."""
+    folder = Predictor(model.__class__(model.config.replace(attention="xformers")), vocabulary).save(tmp_path / "m")
+    loaded = Predictor.from_checkpoint(folder, device="cpu", fast=False)
+    assert loaded.config.attention == "auto"
+    assert loaded.predict(random_image(20, 30), SENTENCES[0]).mask.shape == (20, 30)
+    assert Predictor.from_checkpoint(folder, device="cpu", fast=False, attention="math").config.attention == "math"
+    Image.fromarray(random_image(20, 30)).save(tmp_path / "photo.png")
+    assert main(["predict", "--checkpoint", str(folder), "--image", str(tmp_path / "photo.png"), "--device", "cpu",
+                 "--text", SENTENCES[0], "--out", str(tmp_path / "mask.png")]) == 0
+    capsys.readouterr()
+
+
+def test_low_precision_weights_run_under_autocast_in_their_dtype(model, vocabulary):
+    half = build_model(model.config)
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16)
+    predictor = Predictor(half, vocabulary)
+    assert predictor.dtype == torch.bfloat16  # auto, on the CPU: the weights' dtype
+    assert predictor.predict(random_image(20, 30), SENTENCES[0]).mask.shape == (20, 30)
+    with pytest.raises(ValueError, match="dtype float32 runs without autocast, but the model's weights are"):
+        Predictor(half, vocabulary, dtype="float32")
+
+
 def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
@@ -184,6 +208,23 @@ def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path)
     with pytest.raises(ValueError, match="but the model .* embedding rows: build the model with vocab_size"):
         wider.save(tmp_path / "wider")  # a folder that could not be loaded
     assert not (tmp_path / "wider").exists()
+
+
+def test_a_failed_replacement_keeps_the_previous_model_folder(predictor, tmp_path, monkeypatch):
+    folder = predictor.save(tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    rename = type(folder).rename
+
+    def failing_rename(self, target):
+        if self.name.startswith(".model.") and not self.name.startswith(".model.old."):
+            raise OSError("disk full")  # the new folder cannot take the old one's place
+        return rename(self, target)
+
+    monkeypatch.setattr(type(folder), "rename", failing_rename)
+    with pytest.raises(OSError, match="disk full"):
+        predictor.save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 def to_mode(image, mode):
@@ -322,7 +363,8 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
         (["--text", "   ", "--checkpoint", str(tmp_path / "nowhere")], "has no words"),  # before the model loads
         (["--checkpoint", str(tmp_path / "nowhere")], "checkpoint not found"),
         (["--out", str(tmp_path / "no-folder" / "m.png")], "does not exist; create it first"),
-        (["--out", str(tmp_path / "mask")], "expected a file name ending in .png, .jpg"),
+        (["--out", str(tmp_path / "mask")], "expected a file name ending in .png, .bmp"),
+        (["--out", str(tmp_path / "mask.jpg")], "expected a file name ending in .png, .bmp"),  # lossy
         (["--out", str(tmp_path)], "is a folder: give a file name"),
         (["--out", str(tmp_path / "mask.png"), "--overlay", str(tmp_path / "overlay")], "--overlay"),
         (["--device", "foo"], "unknown device 'foo'"),

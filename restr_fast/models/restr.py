@@ -48,7 +48,7 @@ class ReSTR(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> ReSTROutput:
         """images (B, C, H, W) float, H and W multiples of the patch size; tokens (B, max_words)
         integer word ids, 0 = padding, at least one word per row."""
-        check_inputs(images, tokens, self.config)
+        check_inputs(images, tokens, self.config, weight_dtype=self.vision.vit.patch_embed.proj.weight.dtype)
         return self.segment(self.encode_images(images), tokens, images.shape[-2:])
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,12 +92,14 @@ class ReSTR(nn.Module):
                 module.grad_checkpointing = enable
 
 
-def check_inputs(images: torch.Tensor, tokens: torch.Tensor, config: ReSTRConfig) -> None:
+def check_inputs(images: torch.Tensor, tokens: torch.Tensor, config: ReSTRConfig,
+                 weight_dtype: torch.dtype | None = None) -> None:
     """Raise a ValueError/TypeError naming what is wrong with a forward pass's inputs.
 
-    Shapes, dtypes and devices are always checked. Token values (ids in range, at least one word
-    per row) are checked for CPU tensors only: on a GPU it would cost a synchronisation per step,
-    and the tokenizer already guarantees them.
+    Shapes, dtypes and devices are always checked; with ``weight_dtype``, the model's, images must
+    have that dtype unless autocast is on. Token values (ids in range, at least one word per row) are
+    checked for CPU tensors only: on a GPU it would cost a synchronisation per step, and the
+    tokenizer already guarantees them.
     """
     if not isinstance(images, torch.Tensor) or not isinstance(tokens, torch.Tensor):
         raise TypeError(f"images and tokens must be tensors, got {type(images).__name__} and "
@@ -106,6 +108,10 @@ def check_inputs(images: torch.Tensor, tokens: torch.Tensor, config: ReSTRConfig
         raise ValueError(f"images must have shape (B, {config.in_chans}, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError(f"images must be a floating-point tensor (normalised pixels), got {images.dtype}")
+    if (weight_dtype is not None and images.dtype != weight_dtype
+            and not torch.is_autocast_enabled(images.device.type)):
+        raise TypeError(f"images are {images.dtype} but the model's weights {weight_dtype}: cast the images with "
+                        f".to({weight_dtype}), or run under torch.autocast")
     B, _, H, W = images.shape
     P = config.patch_size
     if H == 0 or W == 0 or H % P or W % P:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
@@ -33,6 +34,7 @@ def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
     if suffix not in SUFFIXES:
         raise ValueError(f"unsupported ViT weights file {path}: expected one of {', '.join(SUFFIXES)}")
     if suffix == ".npz":
+        _check_npz_depth(vit, path)
         try:
             _load_weights(vit, str(path))
         except Exception as error:  # numpy, zip and key errors from a foreign or damaged file
@@ -48,6 +50,20 @@ def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(HEAD_PREFIXES)}
     _check_fits(vit, state_dict, path)
     vit.load_state_dict(state_dict, strict=False)
+
+
+def _check_npz_depth(vit: VisionTransformer, path: Path) -> None:
+    """A ValueError unless the .npz at ``path`` holds as many encoder blocks as ``vit`` (timm's
+    loader would leave extra ones out without a word)."""
+    try:
+        with numpy.load(path) as weights:
+            names = list(weights.files)
+    except Exception as error:
+        raise ValueError(f"could not read ViT weights from {path}: {type(error).__name__}: {error}") from error
+    blocks = {name.split("/")[1] for name in names if name.startswith("Transformer/encoderblock_")}
+    if blocks and len(blocks) != len(vit.blocks):
+        raise ValueError(f"{path} holds a ViT of {len(blocks)} blocks but the vision encoder has "
+                         f"{len(vit.blocks)} (vision_depth): pass the checkpoint of a ViT of that depth")
 
 
 def _read_state_dict(path: Path, suffix: str) -> dict[str, torch.Tensor]:

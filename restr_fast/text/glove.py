@@ -75,13 +75,17 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, dim: int | None = None,
 
 def _read_text(path: Path, dim: int | None, wanted: Callable[[str], bool]) -> Iterator[tuple[str, np.ndarray]]:
     """(word, vector) per line of a ``wanted`` word (the others' numbers are never parsed: most of a
-    GloVe file); words may contain spaces (the vector is the last ``dim`` fields)."""
-    with open(path, encoding="utf-8", errors="strict") as lines:
+    GloVe file); words may contain spaces (the vector is the last ``dim`` fields). A UTF-8 byte-order
+    mark and a word2vec header line (``count dim``) are skipped."""
+    with open(path, encoding="utf-8-sig", errors="strict") as lines:
         try:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 fields = line.rstrip("\n").rstrip(" ").split(" ")
+                if number == 1 and len(fields) == 2 and all(field.isdigit() for field in fields):
+                    dim = _header_dim(path, int(fields[1]), dim)
+                    continue
                 if dim is None:
                     dim = len(fields) - 1
                     if dim < 1:
@@ -96,9 +100,19 @@ def _read_text(path: Path, dim: int | None, wanted: Callable[[str], bool]) -> It
                     vector = np.asarray(fields[-dim:], dtype=np.float32)
                 except ValueError as error:
                     raise ValueError(f"{path}, line {number}: {error}") from error
+                if not np.isfinite(vector).all():
+                    raise ValueError(f"{path}, line {number}: the vector of {word!r} is not finite (nan or inf): "
+                                     f"a corrupt file?")
                 yield word, vector
         except UnicodeDecodeError as error:
             raise ValueError(f"{path} is not a UTF-8 GloVe text file: {error}") from error
+
+
+def _header_dim(path: Path, header_dim: int, dim: int | None) -> int:
+    """The vector size a word2vec header line states, checked against ``dim``."""
+    if dim is not None and header_dim != dim:
+        raise ValueError(f"{path}: its header line says vectors of size {header_dim}, expected {dim}")
+    return header_dim
 
 
 def _read_npy(path: Path, words_path: str | Path | None, dim: int | None) -> Iterator[tuple[str, np.ndarray]]:
@@ -116,4 +130,6 @@ def _read_npy(path: Path, words_path: str | Path | None, dim: int | None) -> Ite
                          f"for the {len(words)} words of {words_path}")
     if dim is not None and matrix.shape[1] != dim:
         raise ValueError(f"GloVe matrix {path} has vectors of size {matrix.shape[1]}, expected {dim}")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"GloVe matrix {path} holds values that are not finite (nan or inf): a corrupt file?")
     return zip(words, matrix.astype(np.float32, copy=False))

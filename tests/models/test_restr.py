@@ -162,3 +162,8 @@ def test_bad_dtypes_and_values_are_named(tiny_config):
         model(images, empty)
     with pytest.raises(TypeError, match="must be tensors"):
         model(images.numpy(), tokens)
+    for dtype in (torch.float64, torch.float16):
+        with pytest.raises(TypeError, match=f"images are {dtype} but the model's weights torch.float32: cast"):
+            model(images.to(dtype), tokens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts the images itself
+        assert model(images.bfloat16(), tokens).pixel_logits.shape == (2, 1, 32, 32)

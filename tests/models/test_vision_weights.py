@@ -146,6 +146,12 @@ def test_missing_corrupt_and_mismatched_files_are_named(tmp_path):
     torch.save(shallower.state_dict(), tmp_path / "shallower.pth")
     with pytest.raises(ValueError, match="is missing"):
         ours.load_pretrained(tmp_path / "shallower.pth")
+    save_npz(deeper, tmp_path / "deeper.npz")  # timm's .npz loader alone would leave the extra block out
+    with pytest.raises(ValueError, match=f"holds a ViT of {DEPTH + 1} blocks but the vision encoder has {DEPTH}"):
+        ours.load_pretrained(tmp_path / "deeper.npz")
+    save_npz(shallower, tmp_path / "shallower.npz")
+    with pytest.raises(ValueError, match=f"holds a ViT of {DEPTH - 1} blocks"):
+        ours.load_pretrained(tmp_path / "shallower.npz")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         ours.load_pretrained(tmp_path / "list.pth")

@@ -60,6 +60,13 @@ def test_npy_matrix_with_its_word_list(tmp_path, vocabulary):
         load_glove(tmp_path / "alone.npy", vocabulary)
 
 
+def test_a_byte_order_mark_and_a_word2vec_header_are_skipped(tmp_path, vocabulary):
+    (tmp_path / "plain.txt").write_text("the 1 2 3\nred 4 5 6\n")
+    (tmp_path / "marked.txt").write_text("\ufeff2 3\nthe 1 2 3\nred 4 5 6\n", encoding="utf-8")
+    plain, marked = (load_glove(tmp_path / name, vocabulary, missing="mean") for name in ("plain.txt", "marked.txt"))
+    assert torch.equal(plain, marked) and marked[vocabulary.index("the")].tolist() == [1, 2, 3]
+
+
 def test_glove_table_loads_into_a_model(glove_txt, vocabulary):
     from restr_fast import build_model
     table = load_glove(glove_txt, vocabulary)
@@ -87,5 +94,11 @@ def test_bad_glove_files_are_named(tmp_path, vocabulary):
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\xfa 1 2\n")
     with pytest.raises(ValueError, match="not a UTF-8 GloVe text file"):
         load_glove(tmp_path / "binary.txt", vocabulary)
+    (tmp_path / "infinite.txt").write_text("the 1 2 3\nred 1 inf 3\n")
+    with pytest.raises(ValueError, match="infinite.txt, line 2: the vector of 'red' is not finite"):
+        load_glove(tmp_path / "infinite.txt", vocabulary)
+    (tmp_path / "header.txt").write_text("2 4\nthe 1 2 3 4\n")
+    with pytest.raises(ValueError, match="its header line says vectors of size 4, expected 3"):
+        load_glove(tmp_path / "header.txt", vocabulary, dim=3)
     with pytest.raises(ValueError, match="missing must be one of"):
         load_glove(tmp_path / "none.txt", vocabulary, missing="zero")
