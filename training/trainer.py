@@ -184,21 +184,24 @@ def load_run_config(path: str | Path) -> tuple[str | ReSTRConfig, dict[str, Any]
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    """Index batches for steps ``start_step`` .. ``steps`` - 1: a deterministic function of the seed
-    and the step, so a resumed run sees exactly the samples an uninterrupted one would. Each global
-    batch (batch_size x world) is cut into one share per process."""
+    """Index batches for steps ``start_step`` .. ``steps`` - 1 from an endless stream of epochs, each a
+    permutation drawn from the seed: a resumed run sees exactly the samples an uninterrupted one would.
+    Each global batch (batch_size x world) is cut into one share per process. ``start_position``: where
+    in the stream the first batch starts (the samples trained on before it, whatever their batch sizes;
+    default: ``start_step`` steps of this sampler's global batches)."""
 
     def __init__(self, num_samples: int, batch_size: int, accumulate: int, steps: int, seed: int,
-                 start_step: int = 0, rank: int = 0, world: int = 1) -> None:
+                 start_step: int = 0, rank: int = 0, world: int = 1, start_position: int | None = None) -> None:
         self.num_samples, self.batch_size, self.accumulate = num_samples, batch_size, accumulate
         self.steps, self.seed, self.start_step, self.rank, self.world = steps, seed, start_step, rank, world
+        self.start_position = start_step * accumulate * batch_size * world if start_position is None else start_position
 
     def __len__(self) -> int:
         return (self.steps - self.start_step) * self.accumulate
 
     def __iter__(self) -> Iterator[list[int]]:
         global_batch = self.batch_size * self.world
-        position = self.start_step * self.accumulate * global_batch  # in the endless stream of epochs
+        position = self.start_position  # in the endless stream of epochs
         for _ in range(len(self)):
             indices = [self._index(position + self.rank * self.batch_size + i) for i in range(self.batch_size)]
             position += global_batch
@@ -263,7 +266,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     model.set_grad_checkpointing(config.grad_checkpointing)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.vision_lr_scale)
     scheduler = warmup_poly_schedule(optimizer, config.steps, config.warmup_fraction, config.power)
-    step, best_iou = 0, -1.0
+    step, best_iou, samples_seen = 0, -1.0, 0
     if state is not None:
         load_weights(model, state["model"])
         configured_lrs = list(scheduler.base_lrs)  # this invocation's, from config.lr
@@ -272,6 +275,8 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         if scheduler.base_lrs != configured_lrs:  # resumed with another --lr: it holds from this step on
             _rebase_schedule(scheduler, configured_lrs)
         step, best_iou = state["step"], state.get("best_overall_iou", -1.0)
+        # checkpoints before 2026-11-28 did not count them: their run's batches, as this invocation's
+        samples_seen = state.get("samples_seen", step * config.accumulate * config.batch_size * processes.world)
         set_rng_state(state["rng"], device)
     trained = DistributedDataParallel(model) if processes.world > 1 else model
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -289,7 +294,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         write_text_atomically(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
 
     sampler = StepBatchSampler(len(train_set), config.batch_size, config.accumulate, config.steps, config.seed,
-                               step, processes.rank, processes.world)
+                               step, processes.rank, processes.world, start_position=samples_seen)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
                         persistent_workers=config.workers > 0, pin_memory=device.type == "cuda")
     batches = iter(loader)
@@ -299,6 +304,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             save_checkpoint(path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                "samples_seen": samples_seen,
                 "rng": rng_state(device),
                 "config": model_config.to_dict(), "vocabulary": vocabulary.words,
                 "train": config.run_settings(), "best_overall_iou": best_iou, "metrics": metrics or {},
@@ -338,6 +344,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
             scheduler.step()
         step += 1
+        samples_seen += images_per_step
         window["steps"] += 1
         bar.update(1)
 

@@ -54,6 +54,11 @@ def test_sampler_is_deterministic_resumable_and_sharded():
     assert [a + b for a, b in zip(*shards)] == whole  # two processes see the single process's batches
     epoch = [i for b in list(StepBatchSampler(8, 4, 1, steps=2, seed=0)) for i in b]
     assert sorted(epoch) == list(range(8))  # one epoch: every sample once
+    # resumed with another batch size: the stream goes on after the samples already trained on
+    first = list(StepBatchSampler(10, 4, 1, steps=2, seed=3))
+    rest = list(StepBatchSampler(10, 3, 1, steps=5, seed=3, start_step=2, start_position=8))
+    stream = [i for b in list(StepBatchSampler(10, 1, 1, steps=17, seed=3)) for i in b]
+    assert [i for b in first + rest for i in b] == stream
 
 
 def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
@@ -137,9 +142,11 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
             "--device", "cpu", "--workers", "0", "--eval-every", "100", "--checkpoint-every", "1", "--log-every", "1",
             "--lr", "1e-3"]
     assert main(args + ["--stop-after", "2"]) == 0
-    assert main(["train", "--out", str(run), "--resume", "--lr", "1e-2", "--steps", "8", "--stop-after", "2"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--lr", "1e-2", "--steps", "8", "--stop-after", "2",
+                 "--batch-size", "3"]) == 0
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 4 and state["train"]["lr"] == 1e-2 and state["train"]["steps"] == 8
+    assert state["samples_seen"] == 2 * 2 + 2 * 3  # where the next invocation's batches start
     assert state["scheduler"]["base_lrs"] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])  # the vision encoder's: a tenth
     factor = (1 - 3 / 7) ** 0.9  # after step 4 of 8, one of them warm-up
     assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx(
@@ -150,7 +157,8 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[2]["lr"] == pytest.approx(1e-2 * (1 - 2 / 7) ** 0.9)  # the new lr from the first resumed step
     assert main(["train", "--out", str(run), "--resume"]) == 0  # to step 8, as the last invocation said
-    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 8
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert state["step"] == 8 and state["samples_seen"] == 2 * 2 + 6 * 3
     capsys.readouterr()
 
 
