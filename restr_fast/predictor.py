@@ -258,7 +258,7 @@ def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
         if is_model_folder(path):
             return load_model_folder(path, **overrides)
         for candidate in (path / "model", path / "checkpoints" / "best.pt", path / "checkpoints" / "latest.pt"):
-            if candidate.exists():
+            if candidate.is_file() or is_model_folder(candidate):  # (an incomplete model/ is passed over)
                 return load_model(candidate, **overrides)
         raise FileNotFoundError(f"{path} holds no restr_fast checkpoint: expected a model folder ({WEIGHTS}, "
                                 f"{CONFIG}, {VOCABULARY}) or a run folder (model/ or checkpoints/best.pt)")

@@ -166,6 +166,7 @@ def test_save_and_from_checkpoint_give_identical_predictions(predictor, model, v
     # a training checkpoint, as a file and through its run folder
     state = {"model": model.state_dict(), "config": model.config.to_dict(), "vocabulary": vocabulary.words}
     save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", state)
+    (tmp_path / "run" / "model").mkdir()  # not a model folder (yet): passed over for best.pt
     for path in (tmp_path / "run" / "checkpoints" / "best.pt", tmp_path / "run"):
         assert_same(Predictor.from_checkpoint(path, device="cpu", fast=False).predict(image, SENTENCES[0]), expected)
 

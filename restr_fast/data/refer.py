@@ -127,6 +127,9 @@ class ReferAnnotations:
         (ReferIt stores a list of them), or its one RLE."""
         ann = self.annotations[ann_id]
         image = self.images[ann["image_id"]]
+        if not all(isinstance(image.get(key), int) and image[key] > 0 for key in ("height", "width")):
+            raise ValueError(f"image {ann['image_id']} of {self.dataset} needs a positive integer height and width "
+                             f"in instances.json, got {image.get('height')!r} and {image.get('width')!r}")
         height, width = image["height"], image["width"]
         segmentation = ann.get("segmentation")
         try:

@@ -129,6 +129,13 @@ def test_masks_polygon_multipolygon_rle_and_rle_list(refer_root, vocabulary):
     assert np.array_equal(annotations.mask(31), masks[31])  # compressed RLE
     assert np.array_equal(annotations.mask(41), masks[41])  # uncompressed RLE
     assert np.array_equal(annotations.mask(51), masks[51])  # a list of RLEs: their union
+    image = annotations.images[annotations.annotations[11]["image_id"]]
+    size = image.pop("height")
+    try:
+        with pytest.raises(ValueError, match="image 1 of tiny needs a positive integer height and width"):
+            annotations.mask(11)
+    finally:
+        image["height"] = size
 
 
 def test_letterboxed_mask_and_back_mapping(refer_root, vocabulary):
