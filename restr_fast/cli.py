@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="synthetic data -> train restr-tiny -> evaluate -> figures")
     demo.add_argument("--out", default="restr-demo")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: about 8 minutes on 2 CPU cores)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: 2,600, 4.5 to 8 minutes on 2 CPU cores)")
     demo.add_argument("--images", type=int, default=3000)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--seed", type=int, default=0)
