@@ -51,11 +51,16 @@ def attention_backend(name: str) -> Iterator[None]:
         _override.name = previous
 
 
+def backend_override() -> str | None:
+    """The backend :func:`attention_backend` sets in this thread, or None."""
+    return getattr(_override, "name", None)
+
+
 def resolve_backend(configured: str, device: torch.device | str = "cpu") -> str:
     """The concrete backend a call on ``device`` runs: the active override, else ``configured``,
     with ``auto`` replaced by its choice for the device type. Raises a ValueError naming the device
     and the alternatives when the chosen backend cannot run there."""
-    name = getattr(_override, "name", None) or configured
+    name = backend_override() or configured
     _check_name(name)
     device = torch.device(device)
     if name == "auto":
@@ -125,7 +130,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
     Args:
         q, k, v: (B, H, N, d) queries, keys and values.
         key_mask: optional (B, N) bool, True for keys that may be attended to (real tokens);
-            every row must keep at least one key. Masked keys never change any output.
+            every row must keep at least one key. Masked keys never change any output (as long as
+            their values are finite: a weight of zero times inf or nan is nan).
         backend: ``auto``, ``xformers``, ``sdpa`` or ``math`` (overridden by :func:`attention_backend`).
 
     Returns:

@@ -179,6 +179,23 @@ def test_auto_picks_sdpa_on_cpu_and_cuda_and_runs_it(tiny_config, make_inputs):
     assert torch.equal(auto.pixel_logits, sdpa.pixel_logits)
 
 
+def test_checkpointed_blocks_recompute_under_the_forwards_backend(tiny_config, make_inputs, monkeypatch):
+    """With activation checkpointing, each block runs again in the backward pass: under the backend
+    its forward ran with, wherever (and whenever) the backward runs."""
+    ran = []
+    resolve = attention_module.resolve_backend
+    monkeypatch.setattr(attention_module, "resolve_backend", lambda *args: ran.append(resolve(*args)) or ran[-1])
+    torch.manual_seed(0)
+    model = build_model(tiny_config.replace(attention="sdpa"))
+    model.set_grad_checkpointing(True)
+    images, tokens = make_inputs(tiny_config)
+    with attention_backend("math"):
+        out = model(images, tokens)
+    assert set(ran) == {"math"}
+    out.pixel_logits.sum().backward()  # outside the override: the recomputed blocks keep to math
+    assert set(ran) == {"math"} and len(ran) > 2 * tiny_config.fusion_depth
+
+
 def test_backend_status_lists_every_backend():
     status = backend_status("cpu")
     assert list(status) == ["xformers", "sdpa", "math", "auto"]

@@ -1,18 +1,26 @@
 """Transformer building blocks shared by the vision, language and fusion encoders."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import attention
+from ..attention import attention, attention_backend, backend_override
 
 
 def run_block(block: nn.Module, x: torch.Tensor, *args, checkpointing: bool = False) -> torch.Tensor:
     """``block(x, *args)``; with ``checkpointing`` (and gradients on) its activations are recomputed
-    in the backward pass instead of being stored."""
+    in the backward pass instead of being stored, under the attention backend of the forward (an
+    :func:`attention_backend` override is per thread, and the backward may run elsewhere)."""
     if checkpointing and torch.is_grad_enabled():
-        return checkpoint(block, x, *args, use_reentrant=False)
+        override = backend_override()
+
+        def recomputed(*inputs: torch.Tensor) -> torch.Tensor:
+            with attention_backend(override) if override else contextlib.nullcontext():
+                return block(*inputs)
+        return checkpoint(recomputed, x, *args, use_reentrant=False)
     return block(x, *args)
 
 
