@@ -86,21 +86,31 @@ def memory_ratio(group: str, numerator: tuple[str, str], denominator: tuple[str,
 
 def worst_case(group: str, impl: str, measure: Callable[[dict, list[dict]], float | None],
                at_least: float | None = None, at_most: float | None = None, fmt: str = "{:.2f}x") -> Check:
-    """Over every case of ``group`` where ``measure(row of impl, rows of the case)`` is defined,
-    the worst value (the lowest against ``at_least``, the highest against ``at_most``): met when
-    every value is within the bound."""
+    """Over every case of ``group`` (any implementation's row names one), ``measure(row of impl, rows
+    of the case)``, and the worst value (the lowest against ``at_least``, the highest against
+    ``at_most``): met when every case has a value within the bound; not met when one is outside it;
+    not measured otherwise (a case without ``impl``'s row, or without the value: skipped, or its
+    timing failed)."""
     def check(groups):
-        values = []
-        for row in groups.get(group, []):
-            if row["impl"] == impl:
-                value = measure(row, [r for r in groups[group] if r["case"] == row["case"]])
-                if value is not None:
-                    values.append((value, row["case"]))
+        rows = groups.get(group, [])
+        values, missing = [], []
+        for case in dict.fromkeys(row["case"] for row in rows):
+            case_rows = [r for r in rows if r["case"] == case]
+            row = next((r for r in case_rows if r["impl"] == impl), None)
+            value = None if row is None else measure(row, case_rows)
+            if value is None:
+                missing.append(case)
+            else:
+                values.append((value, case))
         if not values:
             return "", None
+        unmeasured = f"; not measured: {', '.join(missing)}" if missing else ""
         value, case = min(values) if at_least is not None else max(values)
-        met = value >= at_least if at_least is not None else value <= at_most
-        return (f"all {len(values)} cases" if met else f"{fmt.format(value)} (worst: {case})"), met
+        if not (value >= at_least if at_least is not None else value <= at_most):
+            return f"{fmt.format(value)} (worst: {case}){unmeasured}", False
+        if missing:
+            return f"met in {len(values)} of {len(values) + len(missing)} cases{unmeasured}", None
+        return f"all {len(values)} cases", True
     return check
 
 

@@ -17,7 +17,7 @@ import torch
 from restr_fast import attention as attention_module
 from restr_fast.config import ATTENTION_BACKENDS
 
-from .conftest import is_out_of_memory, release_memory, requires_gpu
+from .conftest import is_out_of_memory, release_memory, requires_gpu, skip_unless_time
 
 B, H, HEAD_DIM, PADDED_WORDS = 8, 12, 64, 10
 BACKENDS = {"reference": "math", "eager-sdpa": "sdpa", "xformers": "xformers", "fast": "auto"}
@@ -40,6 +40,7 @@ def unavailable(backend: str) -> str | None:
 @pytest.mark.parametrize("n, masked, impl", CASES,
                          ids=[f"{impl}-N{n}{'-keymask' if masked else ''}" for n, masked, impl in CASES])
 def test_attention(benchmark, measure, n, masked, impl):
+    skip_unless_time(3)
     backend = BACKENDS[impl]
     reason = unavailable(backend)
     if reason:

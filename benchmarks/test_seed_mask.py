@@ -55,8 +55,9 @@ def bytes_moved(n: int, forward_only: bool) -> int:
     """The bytes a call must move, in bf16."""
     if forward_only:  # read patches, write masked and logits
         return 2 * (2 * B * n * D + B * n + B * D)
-    # forward: read patches, write masked; backward: read patches and grad masked, write grad patches
-    return 2 * 5 * B * n * D
+    # forward: read patches and the classifier, write masked and logits; backward: read patches, the
+    # classifier, grad masked and grad logits, write grad patches and grad classifier
+    return 2 * (5 * B * n * D + 2 * B * n + 3 * B * D)
 
 
 def same_size_copy_seconds(moved: int) -> float:

@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 
 from .profile_step import workload
-from .tuning import Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants
+from .tuning import (Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants,
+                     variants_deadline)
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("tune_decoder needs a CUDA GPU")
 
     step = workload("fast", args.image_size, args.patch_size, decoder_only=True)
-    results = time_variants(variants(), lambda: {"ms": median_ms(step)})
+    results = time_variants(variants(), lambda: {"ms": median_ms(step)}, deadline=variants_deadline(args))
     print_fastest_first(f"fused decoder forward + backward, {args.image_size}/{args.patch_size}, batch 8, bf16, "
                         f"{torch.cuda.get_device_name()}", results)
     benchmark_fastest("decoder", results, args.then_benchmark, args.benchmark_timeout)

@@ -26,7 +26,8 @@ import torch
 
 from .conftest import graphed_gpu_seconds, l2_rotation, measure_copy_bandwidth
 from .test_seed_mask import bytes_moved, call, inputs
-from .tuning import Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants
+from .tuning import (Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants,
+                     variants_deadline)
 
 seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                                                               for tensors in rotation])
                 for case, rotation in rotations.items()}
 
-    results = time_variants(variants(), measure)
+    results = time_variants(variants(), measure, deadline=variants_deadline(args))
     bandwidth = measure_copy_bandwidth()
     print_fastest_first(f"seed_mask GPU time per call, B = 8, D = 768, bf16, {torch.cuda.get_device_name()}", results)
     floors = ", ".join(f"{case_name(*case)} {1e6 * bytes_moved(*case) / bandwidth:.4g}" for case in CASES)

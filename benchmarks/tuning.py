@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator, Sequence
@@ -44,13 +45,28 @@ def replaced(replacements: Sequence[Replacement]) -> Iterator[None]:
             setattr(module, name, original)
 
 
-def time_variants(variants: Sequence[Variant], measure: Callable[[], Times]) -> list[tuple[str, Times]]:
+def process_age_s() -> float:
+    """Seconds since this process started (Linux's /proc; 0 elsewhere)."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime_s - int(after_name[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start time
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def time_variants(variants: Sequence[Variant], measure: Callable[[], Times],
+                  deadline: float | None = None) -> list[tuple[str, Times]]:
     """(label, times) of the defaults, of each variant, and of the defaults again, each also printed
     as it is measured. A variant a kernel cannot take (registers, shared memory) gets infinite
-    times and the error in its label."""
+    times and the error in its label. Past ``deadline`` (``time.monotonic()``), the variants left
+    are not timed (said so, and not in the results)."""
     results = [("defaults", measure())]
     print(f"defaults: {results[0][1]}", flush=True)
     for label, replacements in variants:
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"{label}: not timed (--time-limit)", flush=True)
+            continue
         with replaced(replacements):
             try:
                 results.append((label, measure()))
@@ -136,6 +152,19 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, tool: str, timeout_
                              "if one beats the defaults, into JSON")
     parser.add_argument("--benchmark-timeout", type=float, default=timeout_s,
                         help=f"time bound of that benchmark run, in seconds (default {timeout_s:g})")
+    parser.add_argument("--time-limit", type=float,
+                        help="the time bound the whole command runs under, in seconds: no variant is timed once "
+                             "too little of it is left for the defaults' second measurement and the benchmark run")
+
+
+def variants_deadline(args: argparse.Namespace, reserve_s: float = 10.0) -> float | None:
+    """The ``time.monotonic()`` after which no variant is timed: ``--time-limit`` after the process
+    started, less the benchmark run's bound (with ``--then-benchmark``) and ``reserve_s`` for the
+    defaults' second measurement and the table; None without ``--time-limit``."""
+    if args.time_limit is None:
+        return None
+    started = time.monotonic() - process_age_s()
+    return started + args.time_limit - (args.benchmark_timeout if args.then_benchmark else 0.0) - reserve_s
 
 
 def benchmark_fastest(tool: str, results: list[tuple[str, Times]], json_path: str | None, timeout_s: float) -> None:

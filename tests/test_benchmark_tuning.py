@@ -52,6 +52,23 @@ def test_each_variant_is_timed_alone_and_a_failing_one_is_named(capsys):
     assert lines[7].endswith("| 0.00x |")
 
 
+def test_variants_past_the_deadline_are_left_out(monkeypatch, capsys):
+    clock = [100.0]
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
+
+    def measure():
+        clock[0] += 10.0  # each measurement takes 10 s
+        return {"case": 1.0}
+    variants = [(f"variant {k}", []) for k in range(4)]
+    results = time_variants(variants, measure, deadline=125.0)  # the defaults end at 110, variants 0, 1 at 130
+    assert [label for label, _ in results] == ["defaults", "variant 0", "variant 1", "defaults, measured again last"]
+    assert "variant 2: not timed (--time-limit)" in capsys.readouterr().out
+    monkeypatch.setattr(tuning, "process_age_s", lambda: 4.0)
+    args = SimpleNamespace(time_limit=80.0, then_benchmark="x.json", benchmark_timeout=35.0)
+    assert tuning.variants_deadline(args) == clock[0] - 4.0 + 80.0 - 35.0 - 10.0  # from the process's start
+    assert tuning.variants_deadline(SimpleNamespace(time_limit=None)) is None
+
+
 def results_of(*variants, defaults=None, defaults_again=None):
     """time_variants' results: the defaults, the ``variants`` (label, times), the defaults again."""
     defaults = defaults or {"a": 10.0, "b": 20.0}
