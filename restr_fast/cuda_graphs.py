@@ -17,8 +17,9 @@ class CUDAGraphed:
     The first call with a given set of input shapes and dtypes runs ``fn`` twice on a side stream
     (compiling the Triton kernels, choosing the cuBLAS algorithms) and captures a third run; later
     calls copy the inputs into the graph's static buffers, replay it and return a copy of its
-    output. Calls are serialised by a lock, as the static buffers are shared, so one instance may
-    serve several threads. Beyond ``max_graphs`` distinct shapes, ``fn`` runs eagerly.
+    output. Calls are serialised by a lock, as the static buffers are shared, and each call's GPU work
+    waits for the previous call's on the same graph (an event), whatever stream either ran on: one
+    instance may serve several threads. Beyond ``max_graphs`` distinct shapes, ``fn`` runs eagerly.
 
     ``fn`` must run entirely on the GPU without synchronising with the host (no ``.item()``, no
     data-dependent shapes), and set up its own modes (``torch.inference_mode``, autocast).
@@ -27,7 +28,8 @@ class CUDAGraphed:
     def __init__(self, fn: Callable[..., torch.Tensor], max_graphs: int = 8) -> None:
         self.fn = fn
         self.max_graphs = max_graphs
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        # input shapes -> (graph, its static inputs, its static output, done: recorded after each replay's copy)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor, torch.cuda.Event]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -40,11 +42,15 @@ class CUDAGraphed:
                 if len(self._graphs) >= self.max_graphs:
                     return self.fn(*inputs)
                 entry = self._graphs[key] = self._capture(inputs)
-            graph, static_inputs, static_output = entry
+            graph, static_inputs, static_output, done = entry
+            stream = torch.cuda.current_stream()
+            stream.wait_event(done)  # the previous call may have queued its replay on another stream
             for buffer, value in zip(static_inputs, inputs):
                 buffer.copy_(value)
             graph.replay()
-            return static_output.clone()
+            output = static_output.clone()
+            done.record(stream)
+            return output
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]):
         """Warm up ``fn`` and capture it on the current device, on a stream of its own (torch's
@@ -61,4 +67,4 @@ class CUDAGraphed:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
             static_output = self.fn(*static_inputs)
-        return graph, static_inputs, static_output
+        return graph, static_inputs, static_output, torch.cuda.Event()

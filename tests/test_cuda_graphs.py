@@ -25,6 +25,30 @@ def test_replays_equal_eager_calls_for_each_shape():
 
 
 @requires_gpu
+def test_calls_queued_on_different_streams_do_not_overwrite_each_others_buffers():
+    """A call on a second stream, queued while the first call's replay still runs on the first,
+    waits for it before copying its input into the shared static buffer."""
+    def slow(x):  # about a millisecond of GPU work: the second call is queued long before it ends
+        for _ in range(20):
+            x = torch.tanh(x @ x.T / x.shape[1]) + 1
+        return x
+    graphed = CUDAGraphed(slow)
+    inputs = [torch.randn(1024, 1024, device="cuda") + k for k in range(2)]
+    expected = [slow(x) for x in inputs]
+    graphed(inputs[0])  # captured
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream() for _ in inputs]
+    outputs = []
+    for stream, x in zip(streams, inputs):
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            outputs.append(graphed(x))
+    torch.cuda.synchronize()
+    for output, exact in zip(outputs, expected):
+        torch.testing.assert_close(output, exact)
+
+
+@requires_gpu
 def test_another_thread_allocates_and_synchronises_during_a_capture():
     """The capture is held open until another thread has allocated GPU memory (a cudaMalloc: the
     capture emptied the allocator's cache) and waited for a result; in CUDA's global capture mode
