@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from restr_fast import get_config
 from restr_fast.models.decoder import Decoder, upsample2x
 
+from .cases import DECODER_SIZES
 from .conftest import requires_gpu, skip_unless_time
 
 B = 8
-SIZES = {"480/16": (480, 16), "480/8": (480, 8), "640/16": (640, 16)}
 IMPLS = ("eager", "eager-commuted", "compile", "fast")  # the baseline first in each case
 
 
@@ -35,7 +35,7 @@ def commuted(decoder: Decoder):
 
 
 def decoder_for(impl: str, case: str):
-    size, patch = SIZES[case]
+    size, patch = DECODER_SIZES[case]
     config = get_config("restr-b16", image_size=size, patch_size=patch, fast=impl == "fast")
     torch.manual_seed(0)
     decoder = Decoder(config).cuda()
@@ -48,7 +48,7 @@ def decoder_for(impl: str, case: str):
 
 CASES = [pytest.param(case, impl, id=f"{impl}-{case}",
                       marks=[pytest.mark.costly] if impl == "compile" and case != "480/16" else [])
-         for case in SIZES for impl in IMPLS]
+         for case in DECODER_SIZES for impl in IMPLS]
 
 
 @requires_gpu

@@ -20,10 +20,11 @@ import torch
 from restr_fast.kernels import seed_mask
 from restr_fast.kernels.seed_mask import seed_mask_reference
 
+from .cases import SEED_MASK_N, SEED_MASK_PASSES, seed_mask_case
 from .conftest import graphed_gpu_seconds, l2_rotation, requires_gpu, skip_unless_time
 
 B, D = 8, 768
-CASES = [(n, p, impl) for n in (900, 3600) for p in ("forward", "forward+backward")
+CASES = [(n, p, impl) for n in SEED_MASK_N for p in SEED_MASK_PASSES
          for impl in ("eager", "compile", "fast")]  # the baseline first in each case
 
 _compiled_reference = None
@@ -91,7 +92,7 @@ def test_seed_mask(benchmark, measure, copy_bandwidth, n, pass_, impl):
     forward_only = pass_ == "forward"
     moved = bytes_moved(n, forward_only)
     rotation = [inputs(n, not forward_only, seed) for seed in range(l2_rotation(moved))]
-    median = measure(call(op, forward_only, rotation[0]), impl=impl, case=f"{pass_}-N{n}", bytes_moved=moved,
+    median = measure(call(op, forward_only, rotation[0]), impl=impl, case=seed_mask_case(n, pass_), bytes_moved=moved,
                      graph_calls=[call(op, forward_only, tensors) for tensors in rotation])
     floor = moved / copy_bandwidth
     info = benchmark.extra_info
