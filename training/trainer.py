@@ -122,7 +122,8 @@ class TrainConfig:
 
 
 def _rebase_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float]) -> None:
-    """Go on with the schedule at its current step from ``base_lrs`` instead of the ones it was saved with."""
+    """Go on with the schedule at its current step from ``base_lrs`` and its own factors (this invocation's
+    --lr and --steps) instead of the lrs it was saved with."""
     scheduler.base_lrs = list(base_lrs)
     for group, base_lr, factor in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
         group["initial_lr"] = base_lr
@@ -272,8 +273,8 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         configured_lrs = list(scheduler.base_lrs)  # this invocation's, from config.lr
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        if scheduler.base_lrs != configured_lrs:  # resumed with another --lr: it holds from this step on
-            _rebase_schedule(scheduler, configured_lrs)
+        # the saved lrs came from the saved --lr and --steps: this invocation's hold from this step on
+        _rebase_schedule(scheduler, configured_lrs)
         step, best_iou = state["step"], state.get("best_overall_iou", -1.0)
         # checkpoints before 2026-11-28 did not count them: their run's batches, as this invocation's
         samples_seen = state.get("samples_seen", step * config.accumulate * config.batch_size * processes.world)

@@ -122,7 +122,7 @@ def test_resume_after_a_crash_drops_the_log_records_of_the_lost_steps(data_root,
         return real(*args)
 
     monkeypatch.setattr(trainer, "loss_terms", crashing)
-    run_config = config(data_root, log_every=1, eval_every=100, checkpoint_every=2)
+    run_config = config(data_root, log_every=1, eval_every=100, checkpoint_every=3)  # step 4 is lost in the crash
     with pytest.raises(KeyboardInterrupt):
         train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run")
     log = tmp_path / "run" / "log.jsonl"
@@ -130,7 +130,7 @@ def test_resume_after_a_crash_drops_the_log_records_of_the_lost_steps(data_root,
     monkeypatch.setattr(trainer, "loss_terms", real)
     train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run", resume=True)
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 3 once, from the resumed run
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 4 once, from the resumed run
 
 
 def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
@@ -160,6 +160,28 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 8 and state["samples_seen"] == 2 * 2 + 6 * 3
     capsys.readouterr()
+
+
+def test_resume_with_new_steps_trains_the_first_step_on_the_new_schedule(data_root, tmp_path, monkeypatch):
+    """The optimizer's lr in the first resumed step follows the new --steps (the checkpoint's was set
+    by the old schedule), not only the logged one."""
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    used = []  # the lr of the first parameter group in each optimizer step
+
+    def recording(*args, **kwargs):
+        optimizer = real_build(*args, **kwargs)
+        optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["lr"]))
+        return optimizer
+    real_build = trainer.build_optimizer
+    monkeypatch.setattr(trainer, "build_optimizer", recording)
+    run = tmp_path / "run"
+    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
+            "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
+            "--device", "cpu", "--workers", "0", "--eval-every", "100", "--lr", "1e-3", "--stop-after", "2"]
+    assert main(args) == 0
+    assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--stop-after", "1"]) == 0
+    new_schedule = trainer.warmup_poly_schedule(torch.optim.SGD([torch.zeros(1)], lr=1e-3), 8, 0.1, 0.9)
+    assert used[2] == pytest.approx(1e-3 * new_schedule.lr_lambdas[0](2))  # (1 - 1/7) ** 0.9, not (1 - 1/3) ** 0.9
 
 
 def test_gpu_random_state_is_saved_for_the_training_gpu_and_restored_on_any(monkeypatch):
