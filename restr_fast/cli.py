@@ -314,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "per sentence numbered in --text order: mask.png -> mask_1.png, mask_2.png, ...")
     predict.add_argument("--overlay", help="also write the image with the region tinted red (numbered like --out)")
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    predict.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU, fp32 on the CPU), float32, bfloat16")
+    predict.add_argument("--dtype", default="auto",
+                         help="auto (bf16 on a GPU; on the CPU the weights' dtype, fp32 or bf16/fp16 under autocast), "
+                              "float32, bfloat16, float16")
     predict.add_argument("--no-fast", action="store_true", help="run the reference model instead of the Triton kernels")
     predict.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
                          help="attention backend (default: auto, the fastest here; all compute the same function)")

@@ -82,7 +82,12 @@ class Predictor:
         self.vocabulary = vocabulary
         self.config = config
         self.device = next(model.parameters()).device
-        weights = next(model.parameters()).dtype
+        weight_dtypes = {parameter.dtype for parameter in model.parameters()}
+        if len(weight_dtypes) > 1 or not weight_dtypes <= set(DTYPES.values()):
+            names = ", ".join(sorted(str(d).removeprefix("torch.") for d in weight_dtypes))
+            raise ValueError(f"the model's weights are {names}: the predictor runs weights of one dtype, float32, "
+                             f"bfloat16 or float16; cast the model with model.float()")
+        weights = weight_dtypes.pop()
         self.dtype = resolve_dtype(dtype, self.device, weights)
         if self.dtype == torch.float32 and weights != torch.float32:
             raise ValueError(f"dtype float32 runs without autocast, but the model's weights are {weights}: "

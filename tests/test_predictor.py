@@ -199,6 +199,20 @@ def test_low_precision_weights_run_under_autocast_in_their_dtype(model, vocabula
         Predictor(half, vocabulary, dtype="float32")
 
 
+@pytest.mark.parametrize("cast", ["double", "mixed"])
+def test_weights_the_predictor_cannot_run_are_a_clear_error(model, vocabulary, cast):
+    other = build_model(model.config)
+    other.load_state_dict(model.state_dict())
+    if cast == "double":
+        other = other.double()
+        expected = "the model's weights are float64: .* cast the model with model.float()"
+    else:
+        other.decoder.to(torch.bfloat16)
+        expected = "the model's weights are bfloat16, float32: .* weights of one dtype"
+    with pytest.raises(ValueError, match=expected):
+        Predictor(other, vocabulary)
+
+
 def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
