@@ -130,6 +130,16 @@ def _rebase_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: lis
         group["lr"] = base_lr * factor(scheduler.last_epoch)
 
 
+def _samples_seen(state: dict, config: TrainConfig, world: int) -> int:
+    """The training samples a checkpoint's run has drawn; checkpoints before 2026-11-28 did not count
+    them: their steps times the batch and accumulation they saved, on this invocation's processes."""
+    if "samples_seen" in state:
+        return state["samples_seen"]
+    saved = state.get("train", {})
+    batch_size, accumulate = saved.get("batch_size", config.batch_size), saved.get("accumulate", config.accumulate)
+    return state["step"] * batch_size * accumulate * world
+
+
 def _keep_log_records(path: Path, up_to_step: int) -> None:
     """Keep the records of steps up to ``up_to_step`` in the log ``path`` (and drop a line that a crash
     cut short)."""
@@ -276,8 +286,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         # the saved lrs came from the saved --lr and --steps: this invocation's hold from this step on
         _rebase_schedule(scheduler, configured_lrs)
         step, best_iou = state["step"], state.get("best_overall_iou", -1.0)
-        # checkpoints before 2026-11-28 did not count them: their run's batches, as this invocation's
-        samples_seen = state.get("samples_seen", step * config.accumulate * config.batch_size * processes.world)
+        samples_seen = _samples_seen(state, config, processes.world)
         set_rng_state(state["rng"], device)
     trained = DistributedDataParallel(model) if processes.world > 1 else model
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")

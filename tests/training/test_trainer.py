@@ -23,7 +23,7 @@ from restr_fast.training import (StepBatchSampler, TrainConfig, TrainingDiverged
                                  model_from_checkpoint, train)
 from restr_fast.data import ReferDataset, sentences_of
 from restr_fast.text import Vocabulary
-from restr_fast.training.checkpoint import rng_state, set_rng_state
+from restr_fast.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 
 MODEL = dict(image_size=32, vision_dim=32, vision_depth=1, vision_heads=2, word_dim=16, text_depth=1, text_heads=2,
              text_mlp_dim=32, dim=32, fusion_heads=2, fusion_depth=2)
@@ -182,6 +182,22 @@ def test_resume_with_new_steps_trains_the_first_step_on_the_new_schedule(data_ro
     assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--stop-after", "1"]) == 0
     new_schedule = trainer.warmup_poly_schedule(torch.optim.SGD([torch.zeros(1)], lr=1e-3), 8, 0.1, 0.9)
     assert used[2] == pytest.approx(1e-3 * new_schedule.lr_lambdas[0](2))  # (1 - 1/7) ** 0.9, not (1 - 1/3) ** 0.9
+
+
+def test_resume_of_a_checkpoint_without_samples_seen_counts_its_saved_batch_size(data_root, tmp_path, capsys):
+    """Checkpoints before samples_seen: their steps drew the batch size they saved, whatever this
+    invocation's --batch-size is."""
+    run = tmp_path / "run"
+    assert main(["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
+                 "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
+                 "--device", "cpu", "--workers", "0", "--eval-every", "100", "--stop-after", "2"]) == 0
+    latest = run / "checkpoints" / "latest.pt"
+    older = load_checkpoint(latest)
+    del older["samples_seen"]
+    save_checkpoint(latest, older)
+    assert main(["train", "--out", str(run), "--resume", "--batch-size", "3", "--stop-after", "1"]) == 0
+    assert load_checkpoint(latest)["samples_seen"] == 2 * 2 + 1 * 3
+    capsys.readouterr()
 
 
 def test_gpu_random_state_is_saved_for_the_training_gpu_and_restored_on_any(monkeypatch):
