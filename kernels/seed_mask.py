@@ -40,6 +40,7 @@ BACKWARD_STAGES = 2
 # walk strips of several blocks (``python -m benchmarks.tune_seed_mask``'s variants), the loop's
 # pipeline stages: 2 or more prefetch the next block.
 FORWARD_STAGES = 1
+MAX_GRID_Y = 65535  # CUDA's bound on a grid's second dimension: the forward's programs per batch row
 # the backward's partial sums are summed by 4-warp programs, in tiles of up to 4K elements that
 # hold up to 128 programs' partials each
 SUM_ELEMENTS, SUM_MAX_SPLITS, SUM_WARPS = 4096, 128, 4
@@ -441,6 +442,12 @@ def _rows_per_program(batch: int, n: int, block_n: int, device: torch.device, pr
     return cdiv(cdiv(n, splits), block_n) * block_n
 
 
+def _rows_within_grid(n: int, block_n: int) -> int:
+    """The fewest rows, whole blocks, a forward program may write so that the N rows take at most
+    MAX_GRID_Y programs (N > 262,140 at D = 768; a program then walks a strip of blocks)."""
+    return cdiv(cdiv(n, MAX_GRID_Y), block_n) * block_n
+
+
 def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: bool) -> None:
     """Write logits (B, N) and [prefix, masked] into out (B, N, >= Dp + D): any row strides.
 
@@ -450,7 +457,7 @@ def _launch_forward(patches, classifier, bias, prefix, logits, out, sigmoid: boo
     DP = 0 if prefix is None else prefix.shape[-1]
     block_n, block_d, num_warps = _forward_blocks(D, DP)
     chunk = _forward_chunk(D, DP, patches.element_size())
-    rows = _forward_rows_per_program(B, N, block_n, patches.device)
+    rows = max(_forward_rows_per_program(B, N, block_n, patches.device), _rows_within_grid(N, block_n))
     strips = rows > block_n
     prefix_arg = patches if prefix is None else prefix
     launcher(_seed_mask_fwd_kernel)[(B, cdiv(N, rows))](

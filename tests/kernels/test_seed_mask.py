@@ -227,6 +227,26 @@ def test_a_forward_strip_ends_where_it_should(monkeypatch):
     assert logits[:, 6:].isnan().all() and buffer[:, 6:].isnan().all()
 
 
+def test_a_forward_of_more_row_blocks_than_a_grid_holds_walks_strips(monkeypatch):
+    """Where N's blocks of rows outnumber what CUDA's grid takes in its second dimension (65,535;
+    4 here), each program walks a strip of blocks: 21 rows in blocks of 2 take 4 programs of 6 rows."""
+    monkeypatch.setattr(seed_mask_module, "MAX_GRID_Y", 4)
+    monkeypatch.setattr(seed_mask_module, "_forward_blocks", lambda d, dp: (2, next_power_of_2(max(d, dp)), 4))
+    grids, launch = [], seed_mask_module.launcher
+
+    class RecordingLauncher:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return launch(self.kernel)[grid]
+
+    monkeypatch.setattr(seed_mask_module, "launcher", RecordingLauncher)
+    assert_forward_matches_the_reference(N=21, D=96, DP=40, seed=5)
+    assert grids == [(2, 4), (2, 4)]  # with a prefix, and into out=
+
+
 def test_backward_programs_and_sum_tiles_on_an_h200(monkeypatch):
     """What the launchers choose at B = 8, D = 768 on an H200's 132 SMs: 57 and 65 backward programs
     a batch row at N = 900 and 3600, whose partial sums the summing kernel loads in one tile each."""
