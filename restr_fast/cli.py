@@ -153,7 +153,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     try:
         device = processes.device
         model, vocabulary = load_model(args.checkpoint, attention=args.attention)
-        model.to(device)
+        model.to(device, torch.float32)  # --amp sets the precision; weights saved in bf16 or fp16 widen exactly
         dataset = ReferDataset(args.data_root, args.dataset, args.split_by, args.split, vocabulary,
                                model.config.image_size, image_root=args.image_root,
                                max_words=model.config.max_words, originals=True, sentences=args.sentence)
@@ -315,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", help="also write the image with the region tinted red (numbered like --out)")
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     predict.add_argument("--dtype", default="auto",
-                         help="auto (bf16 on a GPU; on the CPU the weights' dtype, fp32 or bf16/fp16 under autocast), "
-                              "float32, bfloat16, float16")
+                         help="auto (autocast in the weights' dtype where the model was saved in bf16 or fp16; with fp32 "
+                              "weights bf16 autocast on a GPU, fp32 on the CPU), float32, bfloat16, float16")
     predict.add_argument("--no-fast", action="store_true", help="run the reference model instead of the Triton kernels")
     predict.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
                          help="attention backend (default: auto, the fastest here; all compute the same function)")

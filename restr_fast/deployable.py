@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -74,7 +75,7 @@ def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabular
 
 
 def load_model_folder(directory: str | Path, **overrides: Any) -> tuple[ReSTR, Vocabulary]:
-    """The model (on the CPU, with its weights) and vocabulary of a model folder; ``overrides``
+    """The model (on the CPU, with its weights, in their dtype) and vocabulary of a model folder; ``overrides``
     change implementation settings such as ``fast`` or ``attention``.
 
     Raises FileNotFoundError when the folder or one of its files is missing, ValueError when a
@@ -104,6 +105,9 @@ def load_model_folder(directory: str | Path, **overrides: Any) -> tuple[ReSTR, V
         load_weights(model, weights)
     except ValueError as error:
         raise ValueError(f"{directory / WEIGHTS} does not match {directory / CONFIG}: {error}") from error
+    saved = {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()}
+    if len(saved) == 1 and saved <= {torch.bfloat16, torch.float16}:
+        model.to(saved.pop())  # weights saved in bf16 or fp16 stay so (Predictor's 'auto' autocasts in it)
     return model.eval(), vocabulary
 
 

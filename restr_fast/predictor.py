@@ -51,9 +51,9 @@ class Predictor:
         config: how to run the model; default ``model.config``. It may differ from the model's config in
             implementation settings only (``fast``, ``attention``): the weights then move into a model
             built from ``config``.
-        dtype: ``auto`` (bf16 autocast on a GPU; on the CPU fp32, or autocast in the weights' dtype
-            where they are bf16 or fp16), ``float32``, ``bfloat16`` or ``float16`` (autocast), or a
-            torch dtype.
+        dtype: ``auto`` (autocast in the weights' dtype where they are bf16 or fp16; with fp32
+            weights bf16 autocast on a GPU, fp32 on the CPU), ``float32``, ``bfloat16`` or ``float16``
+            (autocast; with bf16 or fp16 weights only their own dtype), or a torch dtype.
         max_batch: pairs per forward pass; longer lists run in several passes.
         cuda_graphs: on a GPU, replay each forward from a CUDA graph captured for its batch shape
             (the number of distinct images and of pairs): much lower latency for small batches, at
@@ -70,6 +70,7 @@ class Predictor:
             raise TypeError(f"model must be a restr_fast ReSTR, got {type(model).__name__}")
         if not isinstance(vocabulary, Vocabulary):
             raise TypeError(f"vocabulary must be a restr_fast.text.Vocabulary, got {type(vocabulary).__name__}")
+        weights = _weight_dtype(model)
         config = model.config if config is None else config
         if config != model.config:
             model = _rebuilt(model, config)
@@ -82,16 +83,12 @@ class Predictor:
         self.vocabulary = vocabulary
         self.config = config
         self.device = next(model.parameters()).device
-        weight_dtypes = {parameter.dtype for parameter in model.parameters()}
-        if len(weight_dtypes) > 1 or not weight_dtypes <= set(DTYPES.values()):
-            names = ", ".join(sorted(str(d).removeprefix("torch.") for d in weight_dtypes))
-            raise ValueError(f"the model's weights are {names}: the predictor runs weights of one dtype, float32, "
-                             f"bfloat16 or float16; cast the model with model.float()")
-        weights = weight_dtypes.pop()
         self.dtype = resolve_dtype(dtype, self.device, weights)
-        if self.dtype == torch.float32 and weights != torch.float32:
-            raise ValueError(f"dtype float32 runs without autocast, but the model's weights are {weights}: "
-                             f"pass dtype='auto' (autocast in {weights}) or cast the model with model.float()")
+        if weights != torch.float32 and self.dtype != weights:  # autocast meets weights of another dtype
+            ran = "without autocast" if self.dtype == torch.float32 else f"under autocast in {self.dtype}"
+            raise ValueError(f"dtype {str(self.dtype).removeprefix('torch.')} runs {ran}, but the model's weights "
+                             f"are {weights}: pass dtype='auto' (autocast in {weights}) or cast the model with "
+                             f"model.float()")
         self.max_batch = max_batch
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {self.device}")
@@ -199,6 +196,16 @@ def _identity(image: ImageLike) -> tuple:
     return ("path", os.fspath(image)) if isinstance(image, (str, os.PathLike)) else ("object", id(image))
 
 
+def _weight_dtype(model: ReSTR) -> torch.dtype:
+    """The one dtype of ``model``'s parameters, float32, bfloat16 or float16; a clear error otherwise."""
+    weight_dtypes = {parameter.dtype for parameter in model.parameters()}
+    if len(weight_dtypes) > 1 or not weight_dtypes <= set(DTYPES.values()):
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in weight_dtypes))
+        raise ValueError(f"the model's weights are {names}: the predictor runs weights of one dtype, float32, "
+                         f"bfloat16 or float16; cast the model with model.float()")
+    return weight_dtypes.pop()
+
+
 def _rebuilt(model: ReSTR, config: ReSTRConfig) -> ReSTR:
     """A model of ``config`` holding ``model``'s weights, when the two differ in implementation settings only."""
     if not isinstance(config, ReSTRConfig):
@@ -207,7 +214,8 @@ def _rebuilt(model: ReSTR, config: ReSTRConfig) -> ReSTR:
         changed = sorted(k for k, v in config.to_dict().items() if v != model.config.to_dict()[k])
         raise ValueError(f"config differs from the model's config in {changed}: only fast and attention may "
                          f"differ (pass the config the model was built with)")
-    rebuilt = build_model(config).to(next(model.parameters()).device)
+    parameter = next(model.parameters())
+    rebuilt = build_model(config).to(parameter.device, parameter.dtype)
     rebuilt.load_state_dict(model.state_dict())
     return rebuilt
 
@@ -282,12 +290,12 @@ def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device,
                   weights: torch.dtype = torch.float32) -> torch.dtype:
-    """``auto``: bf16 on CUDA, elsewhere the dtype of the model's ``weights`` where it is a low
-    precision one, else fp32; names as in :data:`DTYPES`."""
+    """``auto``: the dtype of the model's ``weights`` where it is a low precision one, else bf16 on
+    CUDA and fp32 elsewhere; names as in :data:`DTYPES`."""
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16
-        return weights if weights in (torch.bfloat16, torch.float16) else torch.float32
+        if weights in (torch.bfloat16, torch.float16):
+            return weights
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype in DTYPES:

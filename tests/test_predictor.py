@@ -9,6 +9,7 @@ from PIL import Image
 
 from restr_fast import Predictor, build_model
 from restr_fast.cli import main
+from restr_fast.predictor import resolve_dtype
 from restr_fast.data.transforms import letterbox_image, unletterbox
 from restr_fast.text import UNK_INDEX, Vocabulary
 from restr_fast.training import save_checkpoint
@@ -188,15 +189,26 @@ def test_a_model_saved_with_xformers_attention_runs_anywhere(model, vocabulary, 
     capsys.readouterr()
 
 
-def test_low_precision_weights_run_under_autocast_in_their_dtype(model, vocabulary):
+@pytest.mark.parametrize("weights, other", [(torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16)])
+def test_low_precision_weights_run_under_autocast_in_their_dtype(model, vocabulary, tmp_path, weights, other):
     half = build_model(model.config)
     half.load_state_dict(model.state_dict())
-    half = half.to(torch.bfloat16)
+    half = half.to(weights)
     predictor = Predictor(half, vocabulary)
-    assert predictor.dtype == torch.bfloat16  # auto, on the CPU: the weights' dtype
-    assert predictor.predict(random_image(20, 30), SENTENCES[0]).mask.shape == (20, 30)
+    assert predictor.dtype == weights  # auto: the weights' dtype
+    expected = predictor.predict(random_image(20, 30), SENTENCES[0])
+    assert expected.mask.shape == (20, 30)
+    for device in ("cpu", "cuda"):  # on a GPU too, rather than bf16 with any weights
+        assert resolve_dtype("auto", torch.device(device), weights) == weights
     with pytest.raises(ValueError, match="dtype float32 runs without autocast, but the model's weights are"):
         Predictor(half, vocabulary, dtype="float32")
+    with pytest.raises(ValueError, match=f"runs under autocast in {other}, but the model's weights are {weights}"):
+        Predictor(half, vocabulary, dtype=other)  # autocast would mix the two dtypes: an error deep inside
+    with pytest.raises(ValueError, match="weights are"):
+        Predictor(half, vocabulary, model.config.replace(fast=not model.config.fast), dtype=other)
+    loaded = Predictor.from_checkpoint(predictor.save(tmp_path / "model"), device="cpu", fast=model.config.fast)
+    assert next(loaded.model.parameters()).dtype == weights and loaded.dtype == weights  # the folder's dtype
+    assert_same(loaded.predict(random_image(20, 30), SENTENCES[0]), expected)
 
 
 @pytest.mark.parametrize("cast", ["double", "mixed"])

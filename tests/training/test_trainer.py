@@ -306,7 +306,9 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
         assert main(evaluate + ["--checkpoint", str(run)] + wrong) == 2
         assert message in capsys.readouterr().err
     out = tmp_path / "metrics.json"
-    for checkpoint in (run, run / "model"):  # a run folder and a model folder, as predict takes them
+    trained = Predictor.from_checkpoint(run / "model", device="cpu")
+    bf16 = Predictor(trained.model.to(torch.bfloat16), trained.vocabulary).save(tmp_path / "bf16")
+    for checkpoint in (run, run / "model", bf16):  # a run folder and model folders, as predict takes them
         assert main(evaluate + ["--checkpoint", str(checkpoint), "--limit", "3"]) == 0
         assert "| all | 3 |" in capsys.readouterr().out
     assert main(evaluate + ["--checkpoint", str(run / "checkpoints" / "best.pt"), "--json", str(out)]) == 0
