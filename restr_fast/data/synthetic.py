@@ -49,6 +49,11 @@ class Shape:
             points = [(self.x, self.y - r), (self.x + r, self.y + 0.8 * r), (self.x - r, self.y + 0.8 * r)]
         return [round(v, 2) for point in points for v in point]
 
+    def reach(self) -> float:
+        """Distance from the centre to the outline's farthest point: the square's corners lie
+        0.9 * sqrt(2) * radius away, the triangle's base corners sqrt(1.64) * radius."""
+        return self.radius * {"circle": 1.0, "square": 0.9 * math.sqrt(2), "triangle": math.sqrt(1.64)}[self.kind]
+
 
 def describe(target: Shape, shapes: list[Shape], rng: random.Random) -> list[str]:
     """Sentences that fit ``target`` and no other shape of ``shapes`` (one to three of them): by its
@@ -95,14 +100,14 @@ def _place(width: int, height: int, count: int, rng: random.Random) -> list[Shap
             break
         radius = side * rng.choice((rng.uniform(0.14, 0.18), rng.uniform(0.23, 0.29)))
         x, y = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
-        if any(math.hypot(x - s.x, y - s.y) < radius + s.radius + 3 for s in shapes):
-            continue
         if shapes and rng.random() < 0.2:  # a twin of an earlier shape: only place or size can tell
             twin = rng.choice(shapes)
             kind, colour = twin.kind, twin.colour
         else:
             kind, colour = rng.choice(KINDS), rng.choice(list(COLOURS))
-        shapes.append(Shape(kind, colour, x, y, radius))
+        shape = Shape(kind, colour, x, y, radius)
+        if all(math.hypot(x - s.x, y - s.y) >= shape.reach() + s.reach() + 3 for s in shapes):
+            shapes.append(shape)
     return shapes
 
 
@@ -147,12 +152,13 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
             split = "testA" if len(shapes) == 2 else "testB"
         file_name = f"{name}_{image_id:06d}.png"
         pixels = np.array(_background(width, height, rng))  # (H, W, 3)
-        for shape in shapes:  # painted exactly where its annotation's mask is
-            pixels[polygon_mask([shape.polygon()], height, width)] = COLOURS[shape.colour]
+        masks = [polygon_mask([shape.polygon()], height, width) for shape in shapes]  # (H, W) each, disjoint
+        for shape, mask in zip(shapes, masks):  # painted exactly where its annotation's mask is
+            pixels[mask] = COLOURS[shape.colour]
         Image.fromarray(pixels).save(image_dir / file_name)
         records.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         counts[split]["images"] += 1
-        for shape in shapes:
+        for shape, mask in zip(shapes, masks):
             ann_id += 1
             polygon = shape.polygon()
             xs, ys = polygon[0::2], polygon[1::2]
@@ -160,7 +166,7 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
                 "id": ann_id, "image_id": image_id, "category_id": KINDS.index(shape.kind) + 1,
                 "segmentation": [polygon], "iscrowd": 0,
                 "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
-                "area": (max(xs) - min(xs)) * (max(ys) - min(ys)),
+                "area": int(mask.sum()),
             })
             texts = describe(shape, shapes, rng)
             if not texts:
