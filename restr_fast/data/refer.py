@@ -114,6 +114,15 @@ class ReferAnnotations:
             if ref["image_id"] not in self.images:
                 raise ValueError(f"ref {ref['ref_id']} points to image {ref['image_id']}, which "
                                  f"{self.dataset}/instances.json does not have")
+            annotation_image = self.annotations[ref["ann_id"]].get("image_id")
+            if annotation_image != ref["image_id"]:  # the mask would be drawn for another image's size
+                raise ValueError(f"ref {ref['ref_id']} is of image {ref['image_id']}, but its annotation "
+                                 f"{ref['ann_id']} is of image {annotation_image!r} in {self.dataset}/instances.json")
+            if not isinstance(self.images[ref["image_id"]].get("file_name"), str):
+                raise ValueError(f"image {ref['image_id']} of {self.dataset}/instances.json has no 'file_name'")
+            if not isinstance(ref["sentences"], list) or not all(isinstance(s, dict) for s in ref["sentences"]):
+                raise ValueError(f"ref {ref['ref_id']} of {self.dataset}: 'sentences' must be a list of dicts "
+                                 f"with 'sent' or 'raw' text")
             for sentence in ref["sentences"]:
                 text = sentence.get("sent") or sentence.get("raw") or ""
                 samples.append(Sample(ref["ref_id"], ref["ann_id"], ref["image_id"],

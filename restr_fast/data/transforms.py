@@ -39,6 +39,9 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
             return to_rgb(ImageOps.exif_transpose(image) if upright else image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
+    except Image.DecompressionBombError as error:  # not an OSError
+        raise ValueError(f"cannot read image {path}: {error}; if the file is trusted, raise "
+                         f"PIL.Image.MAX_IMAGE_PIXELS (or resize the image first)") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

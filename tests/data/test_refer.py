@@ -1,6 +1,7 @@
 """REFER-layout datasets on a tiny fixture written by the test."""
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -193,3 +194,26 @@ def test_bad_data_is_named(refer_root, vocabulary, tmp_path):
         pickle.dump([], file)
     with pytest.raises(ValueError, match="COCO-style 'images' and 'annotations'"):
         ReferDataset(broken, "tiny", "unc", "train", vocabulary, SIZE)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda refs, instances: instances["images"][0].pop("file_name"), "image 1 of tiny/instances.json has no 'file_name'"),
+    (lambda refs, instances: instances["annotations"][0].update(image_id=2),
+     "ref 1 is of image 1, but its annotation 11 is of image 2 in tiny/instances.json"),
+    (lambda refs, instances: instances["annotations"][0].pop("image_id"),
+     "ref 1 is of image 1, but its annotation 11 is of image None"),
+    (lambda refs, instances: refs[0].update(sentences=["left box"]), "ref 1 of tiny: 'sentences' must be a list of dicts"),
+])
+def test_inconsistent_refs_and_instances_are_named(refer_root, vocabulary, tmp_path, break_it, message):
+    """Found when the dataset is opened, not as a KeyError when a worker reads the sample."""
+    root, _ = refer_root
+    with open(root / "tiny" / "refs(unc).p", "rb") as file:
+        refs = pickle.load(file)
+    instances = json.loads((root / "tiny" / "instances.json").read_text())
+    break_it(refs, instances)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "instances.json").write_text(json.dumps(instances))
+    with open(tmp_path / "tiny" / "refs(unc).p", "wb") as file:
+        pickle.dump(refs, file)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ReferDataset(tmp_path, "tiny", "unc", "train", vocabulary, SIZE, image_root=root / "images" / "tiny")
