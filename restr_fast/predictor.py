@@ -232,9 +232,11 @@ def to_rgb_image(image: ImageLike) -> Image.Image:
         if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
             raise ValueError(f"an image tensor must have shape (3, H, W), got {tuple(image.shape)}")
         if image.is_floating_point():
-            if image.numel() and (image.min() < 0 or image.max() > 1):
-                raise ValueError(f"a float image tensor must hold values in [0, 1], got "
-                                 f"[{float(image.min()):.3g}, {float(image.max()):.3g}]")
+            if not bool(((image >= 0) & (image <= 1)).all()):  # NaN fails both comparisons
+                numbers = image[~image.isnan()]
+                found = f"[{float(numbers.min()):.3g}, {float(numbers.max()):.3g}]" if numbers.numel() else "no numbers"
+                raise ValueError(f"a float image tensor must hold values in [0, 1], got {found}"
+                                 + (" and NaN" if numbers.numel() < image.numel() else ""))
             image = (image * 255).round().to(torch.uint8)
         image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, C)
     if not isinstance(image, np.ndarray):

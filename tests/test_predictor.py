@@ -279,11 +279,16 @@ def test_grayscale_rgba_16_bit_and_palette_images_are_converted(predictor, tmp_p
         assert_same(prediction, expected)
 
 
-def test_bad_images_are_clear_errors(predictor, tmp_path):
+def test_bad_images_are_clear_errors(predictor, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="image not found: .*missing.png"):
         predictor.predict(tmp_path / "missing.png", "the red circle")
     with pytest.raises(ValueError, match="is a folder, not an image file"):
         predictor.predict(tmp_path, "the red circle")
+    Image.fromarray(random_image(30, 45)).save(tmp_path / "large.png")
+    with monkeypatch.context() as patched:  # over twice PIL's bound: a DecompressionBombError, not an OSError
+        patched.setattr(Image, "MAX_IMAGE_PIXELS", 600)
+        with pytest.raises(ValueError, match="cannot read image .*large.png: .*raise PIL.Image.MAX_IMAGE_PIXELS"):
+            predictor.predict(tmp_path / "large.png", "the red circle")
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         predictor.predict(tmp_path / "broken.png", "the red circle")
@@ -294,8 +299,12 @@ def test_bad_images_are_clear_errors(predictor, tmp_path):
         predictor.predict(np.zeros((8, 8, 3)), "the red circle")
     with pytest.raises(ValueError, match=r"shape \(3, H, W\)"):
         predictor.predict(torch.zeros(1, 3, 8, 8), "the red circle")
-    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[-1, -1\]$"):
         predictor.predict(torch.full((3, 8, 8), -1.0), "the red circle")
+    with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[0.5, 0.5\] and NaN"):
+        predictor.predict(torch.full((3, 8, 8), 0.5).index_fill_(1, torch.tensor([3]), float("nan")), "the red circle")
+    with pytest.raises(ValueError, match=r"got no numbers and NaN"):
+        predictor.predict(torch.full((3, 8, 8), float("nan")), "the red circle")
     assert predictor.predict([], []) == [] and predictor.predict(random_image(8, 8), []) == []
     with pytest.raises(ValueError, match="lists must pair up"):
         predictor.predict([random_image(8, 8)] * 2, ["a", "b", "c"])
