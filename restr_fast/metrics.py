@@ -14,9 +14,14 @@ LENGTH_BUCKETS = {
 }
 
 
-def length_buckets(dataset: str) -> tuple[tuple[int, int], ...]:
-    """Table 2's buckets for ``dataset``; RefCOCO's for other datasets."""
-    return LENGTH_BUCKETS.get(dataset, LENGTH_BUCKETS["refcoco"])
+def length_buckets(dataset: str, max_words: int = 20) -> tuple[tuple[int, int], ...]:
+    """Table 2's buckets for ``dataset`` (the longest name it starts with, any case: ``refcocog_umd``
+    takes RefCOCOg's), RefCOCO's for other datasets; the last reaches ``max_words``, the longest
+    sentence a model reads, where that is over 20."""
+    name = dataset.lower()
+    known = max((key for key in LENGTH_BUCKETS if name.startswith(key)), key=len, default="refcoco")
+    *buckets, (low, high) = LENGTH_BUCKETS[known]
+    return (*buckets, (low, max(high, max_words)))
 
 
 class SegmentationMetrics:

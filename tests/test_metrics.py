@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from restr_fast.metrics import SegmentationMetrics, format_table, length_buckets
+from restr_fast.metrics import LENGTH_BUCKETS, SegmentationMetrics, format_table, length_buckets
 
 
 def masks(shape, *cells):
@@ -64,5 +64,9 @@ def test_an_empty_union_counts_as_iou_zero_and_empty_targets_are_reported():
 def test_buckets_per_dataset_and_shape_mismatch():
     assert length_buckets("refcocog") == ((1, 5), (6, 7), (8, 10), (11, 20))
     assert length_buckets("my-own-data") == length_buckets("refcoco")
+    assert length_buckets("RefCOCOg_umd") == length_buckets("refcocog")  # the longest known prefix, any case
+    assert length_buckets("refcoco+") == ((1, 2), (3, 3), (4, 5), (6, 20))
+    assert length_buckets("refclef", max_words=32) == ((1, 1), (2, 2), (3, 4), (5, 32))  # every sentence counts
+    assert length_buckets("refclef", max_words=8) == LENGTH_BUCKETS["refclef"]
     with pytest.raises(ValueError, match="differ in shape"):
         SegmentationMetrics().update(torch.zeros(2, 2), torch.zeros(3, 3), 1)

@@ -35,7 +35,7 @@ def evaluate(model: torch.nn.Module, dataset: ReferDataset, device: torch.device
     if dist.is_initialized():
         indices = indices[dist.get_rank()::dist.get_world_size()]
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    metrics = SegmentationMetrics(length_buckets(dataset.annotations.dataset))
+    metrics = SegmentationMetrics(length_buckets(dataset.annotations.dataset, dataset.max_words))
     for batch in loader if progress is None else progress(loader):
         with autocast(device, amp):
             logits = model(batch["image"].to(device), batch["tokens"].to(device)).pixel_logits

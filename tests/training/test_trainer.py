@@ -316,6 +316,7 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert set(result) == {"overall_iou", "mean_iou", "precision", "samples", "empty_targets", "by_length",
                            "wordless_left_out"}
     assert result["empty_targets"] == 0 and result["wordless_left_out"] == 0
+    assert sum(bucket["samples"] for bucket in result["by_length"].values()) == result["samples"]  # each in one
     assert set(result["precision"]) == {"0.5", "0.6", "0.7", "0.8", "0.9"}
     assert "| all |" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--data-root", str(data_root),
