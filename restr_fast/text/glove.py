@@ -115,6 +115,15 @@ def _header_dim(path: Path, header_dim: int, dim: int | None) -> int:
     return header_dim
 
 
+def _is_vector_line(line: str, dim: int) -> bool:
+    """Whether ``line`` ends in ``dim`` numbers after a word, as a GloVe text file's lines do."""
+    fields = line.rsplit(" ", dim)
+    try:
+        return len(fields) == dim + 1 and all(np.isfinite(float(value)) for value in fields[1:])
+    except ValueError:
+        return False
+
+
 def _read_npy(path: Path, words_path: str | Path | None, dim: int | None) -> Iterator[tuple[str, np.ndarray]]:
     words_path = Path(words_path) if words_path is not None else path.with_suffix(".txt")
     if not words_path.is_file():
@@ -130,6 +139,10 @@ def _read_npy(path: Path, words_path: str | Path | None, dim: int | None) -> Ite
                          f"for the {len(words)} words of {words_path}")
     if dim is not None and matrix.shape[1] != dim:
         raise ValueError(f"GloVe matrix {path} has vectors of size {matrix.shape[1]}, expected {dim}")
+    if _is_vector_line(words[0], matrix.shape[1]):
+        raise ValueError(f"{words_path}, the word list of {path}, holds a word and {matrix.shape[1]} numbers a line: "
+                         f"it is a GloVe text file, not a word list; load it as the path itself, or pass words_path "
+                         f"(one word per line, in the matrix's row order)")
     if not np.isfinite(matrix).all():
         raise ValueError(f"GloVe matrix {path} holds values that are not finite (nan or inf): a corrupt file?")
     return zip(words, matrix.astype(np.float32, copy=False))

@@ -60,6 +60,18 @@ def test_npy_matrix_with_its_word_list(tmp_path, vocabulary):
         load_glove(tmp_path / "alone.npy", vocabulary)
 
 
+def test_an_npy_matrix_beside_its_glove_text_file_is_not_read_with_it_as_the_word_list(glove_txt, vocabulary):
+    """The default word list of glove.tiny.3d.npy is glove.tiny.3d.txt: here the text file of the
+    same vectors, as one would have it after converting it, whose lines are a word and the numbers."""
+    matrix_path = glove_txt.with_suffix(".npy")
+    np.save(matrix_path, np.array(list(VECTORS.values()), dtype=np.float32))
+    with pytest.raises(ValueError, match="holds a word and 3 numbers a line: it is a GloVe text file, not a word list"):
+        load_glove(matrix_path, vocabulary)
+    (glove_txt.parent / "words.txt").write_text("\n".join(VECTORS) + "\n")
+    torch.testing.assert_close(load_glove(matrix_path, vocabulary, words_path=glove_txt.parent / "words.txt"),
+                               load_glove(glove_txt, vocabulary))
+
+
 def test_a_byte_order_mark_and_a_word2vec_header_are_skipped(tmp_path, vocabulary):
     (tmp_path / "plain.txt").write_text("the 1 2 3\nred 4 5 6\n")
     (tmp_path / "marked.txt").write_text("\ufeff2 3\nthe 1 2 3\nred 4 5 6\n", encoding="utf-8")
