@@ -649,7 +649,8 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     for k, weight in enumerate(weights):
         _check_weight(weight, x, f"weights[{k}]", in_channels=channels)
         channels = weight.shape[0]
-    head_weight = head_weight.reshape(-1) if head_weight.dim() == 2 and head_weight.shape[0] == 1 else head_weight
+    if isinstance(head_weight, torch.Tensor) and head_weight.dim() == 2 and head_weight.shape[0] == 1:
+        head_weight = head_weight.reshape(-1)
     _check_vector(head_weight, channels, x, "head_weight")
     if head_bias is not None:
         _check_vector(head_bias, 1, x, "head_bias")
