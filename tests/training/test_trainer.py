@@ -300,7 +300,7 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert "--img-size, --seed cannot change it" in capsys.readouterr().err
     assert main(args) == 2  # the folder holds a run
     assert "already holds a run" in capsys.readouterr().err
-    evaluate = ["evaluate", "--data-root", str(data_root), "--dataset", "synthetic", "--split", "testB", "--device", "cpu"]
+    evaluate = ["evaluate", "--data-root", str(data_root), "--dataset", "synthetic", "--split", "testA", "--device", "cpu"]
     for wrong, message in ((["--json", str(tmp_path / "nowhere" / "m.json")], "does not exist; create it first"),
                            (["--limit", "0"], "--limit must be >= 1"), (["--device", "foo"], "unknown device 'foo'")):
         assert main(evaluate + ["--checkpoint", str(run)] + wrong) == 2
