@@ -259,6 +259,8 @@ def to_mode(image, mode):
     rgb = Image.fromarray(image)
     if mode == "I;16":
         return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)  # 16-bit grayscale
+    if mode == "F":
+        return rgb.convert("L").convert("F")  # float grayscale, on the 0..255 scale
     return rgb.convert(mode)
 
 
@@ -266,11 +268,12 @@ def to_mode(image, mode):
     ("L", lambda im: im.convert("RGB")),
     ("RGBA", lambda im: im.convert("RGB")),
     ("P", lambda im: im.convert("RGB")),
-    ("I;16", lambda im: Image.fromarray((np.asarray(im) * (255 / np.asarray(im).max())).astype(np.uint8)).convert("RGB")),  # scaled by its maximum
+    ("I;16", lambda im: Image.fromarray((np.asarray(im) // 257).astype(np.uint8)).convert("RGB")),  # 0..65535 to 0..255
+    ("F", lambda im: im.convert("L").convert("RGB")),
 ])
-def test_grayscale_rgba_16_bit_and_palette_images_are_converted(predictor, tmp_path, mode, as_rgb):
+def test_grayscale_rgba_16_bit_float_and_palette_images_are_converted(predictor, tmp_path, mode, as_rgb):
     image = to_mode(random_image(30, 45, seed=5), mode)
-    path = tmp_path / "image.png"
+    path = tmp_path / ("image.tiff" if mode == "F" else "image.png")  # PNG holds no floats
     image.save(path)
     expected = predictor.predict(as_rgb(image), SENTENCES[3])
     for same in (image, path):

@@ -44,16 +44,22 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
                          f"PIL.Image.MAX_IMAGE_PIXELS (or resize the image first)") from error
 
 
+# The value each high-bit-depth PIL mode takes as full brightness (255 in 8 bits). 32-bit integer
+# images ("I") are how Pillow before 10 opened 16-bit PNGs, so they are read as 16-bit too; float
+# images ("F") are on the 8-bit scale, as Pillow's own conversions to and from "L" take them.
+_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 255.0}
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB version of any PIL image: 16/32-bit grayscale is scaled to 8 bits, alpha is dropped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = values.max() if values.size else 0.0
-        scale = 255.0 / top if top > 0 else 0.0
-        image = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8))
+    """RGB version of any PIL image; alpha is dropped. 16-bit grayscale (``I;16``, and 32-bit ``I``)
+    is scaled from 0..65535 to 0..255, float grayscale (``F``) is taken on the 0..255 scale, as Pillow
+    takes it; values beyond are clipped."""
+    if image.mode in _FULL_SCALE:
+        values = np.asarray(image, dtype=np.float64) * (255.0 / _FULL_SCALE[image.mode])
+        image = Image.fromarray(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8))
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image has no pixels (size {image.width}x{image.height})")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def letterbox_box(height: int, width: int, size: int) -> Letterbox:
@@ -64,7 +70,9 @@ def letterbox_box(height: int, width: int, size: int) -> Letterbox:
 
 
 def letterbox_image(image: Image.Image, size: int) -> tuple[torch.Tensor, Letterbox]:
-    """(3, size, size) float input normalised with mean = std = 0.5 (padding is 0, mid-grey), and its box."""
+    """(3, size, size) float input normalised with mean = std = 0.5 (padding is 0, mid-grey), and its box.
+    Images of any mode are converted to RGB first (:func:`to_rgb`)."""
+    image = to_rgb(image)
     box = letterbox_box(image.height, image.width, size)
     resized = image.resize((box.resized_width, box.resized_height), Image.BILINEAR)
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 255.0  # (3, h, w)
@@ -74,8 +82,13 @@ def letterbox_image(image: Image.Image, size: int) -> tuple[torch.Tensor, Letter
 
 
 def letterbox_mask(mask: np.ndarray, box: Letterbox, size: int) -> torch.Tensor:
-    """(1, size, size) float {0, 1} mask resized with nearest neighbours into the box."""
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((box.resized_width, box.resized_height),
+    """(1, size, size) float {0, 1} mask resized with nearest neighbours into the box; ``mask`` is
+    (height, width), non-zero where the object is (bool, {0, 1} or {0, 255})."""
+    mask = np.asarray(mask)
+    if mask.shape != (box.height, box.width):
+        raise ValueError(f"mask of shape {mask.shape} does not match its image's (height, width) "
+                         f"= {(box.height, box.width)}")
+    resized = Image.fromarray((mask != 0).astype(np.uint8) * 255).resize((box.resized_width, box.resized_height),
                                                                    Image.NEAREST)
     canvas = torch.zeros(1, size, size)
     canvas[0, box.top: box.top + box.resized_height, box.left: box.left + box.resized_width] = \

@@ -1,6 +1,7 @@
 """Word <-> id mapping, built from training sentences, saved as one word per line."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -19,15 +20,17 @@ class Vocabulary:
     """Words in id order: ``<pad>, <go>, <eos>, <unk>``, then the words.
 
     Args:
-        words: the words after the special tokens, without duplicates or empty strings.
+        words: the words after the special tokens, without duplicates, empty strings or whitespace
+            (:func:`tokenize` splits on it, and the saved file holds one word per line).
     """
 
     def __init__(self, words: Sequence[str]) -> None:
         words = list(words)
-        problems = [w for w in words if not isinstance(w, str) or not w or w in SPECIAL_TOKENS]
+        problems = [w for w in words if not isinstance(w, str) or not w or w in SPECIAL_TOKENS
+                    or any(c.isspace() for c in w)]
         if problems:
-            raise ValueError(f"vocabulary words must be non-empty strings other than the special "
-                             f"tokens {SPECIAL_TOKENS}, got {problems[:5]}")
+            raise ValueError(f"vocabulary words must be non-empty strings without whitespace, other than "
+                             f"the special tokens {SPECIAL_TOKENS}, got {problems[:5]}")
         duplicates = sorted(w for w, n in Counter(words).items() if n > 1)
         if duplicates:
             raise ValueError(f"vocabulary has duplicate words: {duplicates[:5]}")
@@ -92,6 +95,8 @@ class Vocabulary:
         Sentences longer than ``max_words`` keep their first ``max_words`` words (with a warning
         unless ``warn`` is False); a sentence without any word is an error.
         """
+        if isinstance(max_words, bool) or not isinstance(max_words, numbers.Integral) or max_words < 1:
+            raise ValueError(f"max_words must be a positive integer, got {max_words!r}")
         words = tokenize(text)
         if not words:
             raise ValueError(f"text {text!r} has no words: give a sentence describing the object")
@@ -106,7 +111,8 @@ class Vocabulary:
         """(len(texts), max_words) int64 ids."""
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of sentences; use encode for one")
-        return torch.stack([self.encode(t, max_words) for t in texts])
+        rows = [self.encode(t, max_words) for t in texts]
+        return torch.stack(rows) if rows else torch.empty(0, max_words, dtype=torch.long)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Words of non-padding ids."""

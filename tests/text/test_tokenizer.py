@@ -10,6 +10,7 @@ from restr_fast.text import tokenize
     ("2nd from right.", ["2nd", "from", "right"]),
     ("a...b", ["a", "b"]),
     ("Café crème", ["café", "crème"]),
+    ("Cafe\u0301 cre\u0300me", ["café", "crème"]),  # accents as separate marks (NFD) compose
     ("", []),
     ("   .  ", []),
 ])

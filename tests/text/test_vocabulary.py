@@ -25,6 +25,14 @@ def test_encode_left_pads_and_maps_unknown_words(vocabulary):
     assert vocabulary.decode(ids) == ["the", "red", "<unk>"]
     assert vocabulary.encode("naïve façade")[-2:].tolist() == [UNK_INDEX, UNK_INDEX]
     assert vocabulary.encode_batch(["a dog", "the red circle"]).shape == (2, 20)
+    none = vocabulary.encode_batch([], max_words=6)
+    assert none.shape == (0, 6) and none.dtype == torch.long
+
+
+@pytest.mark.parametrize("max_words", [0, -2, 2.5, True])
+def test_max_words_must_be_a_positive_integer(vocabulary, max_words):
+    with pytest.raises(ValueError, match="max_words must be a positive integer"):
+        vocabulary.encode("the red dog", max_words)
 
 
 def test_long_sentences_keep_their_first_words_with_a_warning(vocabulary):
@@ -45,6 +53,13 @@ def test_save_and_load_round_trip(vocabulary, tmp_path):
     vocabulary.save(path)
     assert Vocabulary.load(path) == vocabulary
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("word", ["a\nb", "a\rb", "a b", "tab\t"])
+def test_words_with_whitespace_are_refused(word):
+    # tokenize never yields them, and a line break would split the word in the saved file
+    with pytest.raises(ValueError, match="without whitespace"):
+        Vocabulary(["red", word])
 
 
 def test_bad_vocabulary_files_are_named(tmp_path):

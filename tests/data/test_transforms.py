@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from restr_fast.data import letterbox_box, letterbox_image, letterbox_mask
+from restr_fast.data.transforms import to_rgb
+
+
+def test_high_bit_depth_images_are_scaled_by_their_mode_not_their_content():
+    gray = np.random.default_rng(0).integers(0, 256, size=(7, 9), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(gray).convert("RGB"))
+    for same in (Image.fromarray(gray.astype(np.uint16) * 257),               # I;16
+                 Image.fromarray(gray.astype(np.int32) * 257),                # I, as old Pillow opens 16-bit PNGs
+                 Image.fromarray(gray).convert("F")):                         # F, on Pillow's 0..255 scale
+        assert np.array_equal(np.asarray(to_rgb(same)), expected), same.mode
+    flat = np.asarray(to_rgb(Image.fromarray(np.full((3, 4), 32768, np.uint16))))
+    assert (flat == 128).all()  # mid-grey, not stretched to white
+    bright_pixel = np.full((3, 4), 1000, np.uint16)
+    bright_pixel[0, 0] = 65535
+    assert (np.asarray(to_rgb(Image.fromarray(bright_pixel)))[1:] == 4).all()  # 1000 / 257, not 1000 / 65535 * 255 of its max
+    beyond = np.array([[-0.5, 300.0, np.nan]], np.float32)
+    assert np.asarray(to_rgb(Image.fromarray(beyond)))[0, :, 0].tolist() == [0, 255, 0]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_letterbox_image_takes_any_mode(mode):
+    rgb = np.random.default_rng(1).integers(0, 256, size=(11, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    image = Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257) if mode == "I;16" else image.convert(mode)
+    pixels, box = letterbox_image(image, 16)
+    expected, _ = letterbox_image(to_rgb(image), 16)
+    assert pixels.shape == (3, 16, 16) and box == letterbox_box(11, 6, 16)
+    assert pixels.equal(expected)
+
+
+def test_letterbox_mask_takes_any_nonzero_value_as_the_object():
+    box = letterbox_box(20, 30, 16)
+    mask = np.zeros((20, 30), bool)
+    mask[5:15, 4:21] = True
+    expected = letterbox_mask(mask, box, 16)
+    assert expected.shape == (1, 16, 16) and expected.sum() > 0
+    for same in (mask.astype(np.uint8), mask.astype(np.uint8) * 255, mask * np.float32(0.9)):
+        assert letterbox_mask(same, box, 16).equal(expected), same.dtype
+    with pytest.raises(ValueError, match=r"mask of shape \(30, 20\) does not match .* \(20, 30\)"):
+        letterbox_mask(mask.T, box, 16)
