@@ -74,6 +74,9 @@ class Predictor:
         config = model.config if config is None else config
         if config != model.config:
             model = _rebuilt(model, config)
+        if config.in_chans != 3:
+            raise ValueError(f"the model takes images of {config.in_chans} channels; the predictor feeds RGB "
+                             f"images (in_chans=3)")
         if len(vocabulary) > config.vocab_size:
             raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model only {config.vocab_size} "
                              f"embedding rows: is it the vocabulary the model was trained with?")
@@ -169,7 +172,7 @@ class Predictor:
         which = torch.tensor(order, device=self.device)  # (B,)
         forward = self._graphed or self._forward
         logits = forward(torch.stack(inputs).to(self.device), which, tokens.to(self.device))  # (B, 1, S, S)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference mode: the masks are the user's, to edit in place or use as targets
             return [_restore(logits[i, 0], boxes[order[i]]) for i in range(len(images))]
 
     def _forward(self, images: torch.Tensor, which: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

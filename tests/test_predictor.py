@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from restr_fast import Predictor, build_model
@@ -74,6 +75,10 @@ def test_predict_is_forward_threshold_and_back_mapping(predictor, model, vocabul
     assert prediction.probability.dtype == torch.float32
     assert torch.equal(prediction.mask, mask) and torch.equal(prediction.probability, probability)
     assert 0 < prediction.mask.float().mean() < 1  # a real threshold, not a constant mask
+    prediction.mask[0, 0] = True  # ordinary tensors (not inference mode's): editable, usable as targets
+    prediction.probability.clamp_(0.01, 0.99)
+    logits = torch.zeros(height, width, requires_grad=True)
+    F.binary_cross_entropy_with_logits(logits, prediction.probability).backward()
 
 
 def test_every_image_type_gives_the_same_prediction(predictor, tmp_path):
@@ -223,6 +228,12 @@ def test_weights_the_predictor_cannot_run_are_a_clear_error(model, vocabulary, c
         expected = "the model's weights are bfloat16, float32: .* weights of one dtype"
     with pytest.raises(ValueError, match=expected):
         Predictor(other, vocabulary)
+
+
+def test_a_model_of_other_than_three_image_channels_is_a_clear_error(vocabulary):
+    gray = build_model("restr-tiny", vocab_size=len(vocabulary), in_chans=1)
+    with pytest.raises(ValueError, match="images of 1 channels; the predictor feeds RGB images"):
+        Predictor(gray, vocabulary)
 
 
 def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path):
