@@ -7,12 +7,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from .compute import PARTS, count_macs, count_parameters
-from .config import ATTENTION_BACKENDS, PRESETS, get_config
+from .config import ATTENTION_BACKENDS, PRESETS, ReSTRConfig, get_config
 from .devices import resolve_device
 from .models import build_model
 from .text import Vocabulary
@@ -73,22 +73,18 @@ TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
 }
 
 
-# what a resumed run keeps from its config.yaml: the model, its data and its sample order
+# what a resumed run keeps from its config.yaml: the model, its data and its sample order (given again, the
+# same values are accepted; the first two are the model's, the rest TrainConfig fields)
 RESUME_FIXED = ("config", "img_size", "dataset", "split_by", "vocabulary", "glove", "vit_weights", "seed")
 
 
 def _train(args: argparse.Namespace) -> None:
     import yaml
 
-    from .config import ReSTRConfig
     from .training import TrainConfig, TrainingDiverged, train
 
     out = Path(args.out)
     if args.resume:  # the run's own settings; flags given now override those a resumed run can change
-        fixed = [f"--{name.replace('_', '-')}" for name in RESUME_FIXED if getattr(args, name) is not None]
-        if fixed:
-            raise ValueError(f"--resume continues the run as it was configured: {', '.join(fixed)} cannot "
-                             f"change it; start a new run in another --out instead")
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: {out / 'config.yaml'} not found; is {out} a run folder?")
         try:
@@ -98,6 +94,11 @@ def _train(args: argparse.Namespace) -> None:
             raise ValueError(f"--resume: {out / 'config.yaml'} is not a run config written by restr-fast train: "
                              f"{error!r}") from error
         train_values.pop("stop_after", None)  # an earlier invocation's limit (run folders of older versions)
+        changed = _changed_on_resume(args, model_config, train_values)
+        if changed:
+            raise ValueError(f"--resume continues the run as it was configured: {', '.join(changed)} "
+                             f"{'differs' if len(changed) == 1 else 'differ'} from {out / 'config.yaml'} and "
+                             f"cannot change it; start a new run in another --out instead")
     else:
         preset, model_overrides, train_values = _resolve_config(args.config or "restr-b16")
         if args.img_size is not None:
@@ -123,6 +124,33 @@ def _train(args: argparse.Namespace) -> None:
         print(f"the run in {out} is complete ({config.steps} steps): nothing to resume")
     else:
         print(f"stopped before the end; continue with --resume; run folder {out}")
+
+
+def _changed_on_resume(args: argparse.Namespace, model_config: ReSTRConfig, train_values: dict) -> list[str]:
+    """The flags of RESUME_FIXED given with other values than the run's (the same command with --resume
+    added, as a job requeued after an interruption runs it, repeats them)."""
+    given = {name: getattr(args, name) for name in RESUME_FIXED if getattr(args, name) is not None}
+    changed = []
+    if "config" in given:
+        preset, overrides, config_train = _resolve_config(given["config"])
+        if "img_size" in given:
+            overrides["image_size"] = given["img_size"]
+        described = get_config(preset, **overrides).replace(vocab_size=model_config.vocab_size)
+        if described != model_config or any(_differs(config_train[name], train_values.get(name))
+                                             for name in RESUME_FIXED if name in config_train):
+            changed.append("--config")
+    if "img_size" in given and given["img_size"] != model_config.image_size:
+        changed.append("--img-size")
+    changed += [f"--{name.replace('_', '-')}" for name in RESUME_FIXED[2:]
+                if name in given and _differs(given[name], train_values.get(name))]
+    return changed
+
+
+def _differs(given: Any, saved: Any) -> bool:
+    """Whether a setting given now differs from the run's (paths compared as paths)."""
+    if isinstance(given, (str, Path)) and isinstance(saved, (str, Path)):
+        return Path(given) != Path(saved)
+    return given != saved
 
 
 def _resolve_config(name: str):

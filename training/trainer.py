@@ -121,13 +121,25 @@ class TrainConfig:
             setattr(self, field.name, _as_setting(field.name, value, [k for k in allowed if k is not type(None)]))
 
 
-def _rebase_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float]) -> None:
+def _rebase_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float],
+                     weight_decays: list[float]) -> None:
     """Go on with the schedule at its current step from ``base_lrs`` and its own factors (this invocation's
-    --lr and --steps) instead of the lrs it was saved with."""
+    --lr and --steps) instead of the lrs it was saved with, and with ``weight_decays``, the groups' decay."""
     scheduler.base_lrs = list(base_lrs)
-    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+    groups = scheduler.optimizer.param_groups
+    for group, base_lr, factor, weight_decay in zip(groups, base_lrs, scheduler.lr_lambdas, weight_decays):
         group["initial_lr"] = base_lr
         group["lr"] = base_lr * factor(scheduler.last_epoch)
+        group["weight_decay"] = weight_decay
+
+
+def _best_overall_iou(state: dict, best: Path) -> float:
+    """The best evaluation so far: the checkpoint's, or that of ``best`` (best.pt), written after the
+    checkpoint when a run evaluated between its checkpoints and then stopped."""
+    scores = [state.get("best_overall_iou", -1.0)] if state is not None else [-1.0]
+    if best.is_file():
+        scores.append(load_checkpoint(best).get("best_overall_iou", -1.0))
+    return max(scores)
 
 
 def _samples_seen(state: dict, config: TrainConfig, world: int) -> int:
@@ -175,8 +187,9 @@ def _as_setting(name: str, value: Any, kinds: list[type]) -> Any:
 
 
 def load_run_config(path: str | Path) -> tuple[str | ReSTRConfig, dict[str, Any], dict[str, Any]]:
-    """(model preset, model overrides, training settings) from a YAML file with the keys
-    ``model`` (a preset name), ``model_overrides`` and ``train``."""
+    """(model preset or config, model overrides, training settings) from a YAML file with the keys
+    ``model`` (a preset name, or a whole model config as a run folder's config.yaml holds it),
+    ``model_overrides`` and ``train``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -191,7 +204,13 @@ def load_run_config(path: str | Path) -> tuple[str | ReSTRConfig, dict[str, Any]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if set(train) - fields:
         raise ValueError(f"{path}: unknown train settings {sorted(set(train) - fields)}")
-    return values.get("model", "restr-b16"), values.get("model_overrides") or {}, train
+    model = values.get("model", "restr-b16")
+    if isinstance(model, dict):
+        try:
+            model = ReSTRConfig.from_dict(model)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: model: {error}") from error
+    return model, values.get("model_overrides") or {}, train
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -229,16 +248,22 @@ class StepBatchSampler(Sampler[list[int]]):
 def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resume: bool = False) -> dict | None:
     """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
     evaluation's metrics ({} when stopped early by ``stop_after``; None when resuming a run that had
-    already reached ``config.steps``: nothing is done). Raises ValueError/FileNotFoundError for bad
-    input before any training step, and :class:`TrainingDiverged` when the loss stops being finite."""
+    already reached ``config.steps``: nothing is done). With ``resume``, a run that stopped before its
+    first checkpoint (config.yaml written, no checkpoint) starts over. Raises ValueError/FileNotFoundError
+    for bad input before any training step, and :class:`TrainingDiverged` when the loss stops being finite."""
     out = Path(out)
     latest = out / "checkpoints" / "latest.pt"
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run folder {out} is a file: choose a folder for --out")
     if resume and not latest.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
-    if not resume and (latest.exists() or (out / "log.jsonl").exists()):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if not (out / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
+        warnings.warn(f"--resume: {out} stopped before its first checkpoint ({latest} not found): it starts over "
+                      f"from step 0", stacklevel=2)
+        resume = False
+    elif not resume and (latest.exists() or (out / "log.jsonl").exists()):
+        hint = "" if latest.exists() else " (stopped before its first checkpoint: --resume starts it over)"
+        raise ValueError(f"{out} already holds a run{hint}; pass --resume to continue it or choose another --out")
     processes = distributed.setup(config.device)
     try:
         return _train(model_config, config, out, resume, processes)
@@ -277,17 +302,19 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     model.set_grad_checkpointing(config.grad_checkpointing)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.vision_lr_scale)
     scheduler = warmup_poly_schedule(optimizer, config.steps, config.warmup_fraction, config.power)
-    step, best_iou, samples_seen = 0, -1.0, 0
+    step, samples_seen = 0, 0
     if state is not None:
         load_weights(model, state["model"])
         configured_lrs = list(scheduler.base_lrs)  # this invocation's, from config.lr
+        configured_decays = [group["weight_decay"] for group in optimizer.param_groups]  # and config.weight_decay
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        # the saved lrs came from the saved --lr and --steps: this invocation's hold from this step on
-        _rebase_schedule(scheduler, configured_lrs)
-        step, best_iou = state["step"], state.get("best_overall_iou", -1.0)
+        # the saved lrs and decays came from the saved settings: this invocation's hold from this step on
+        _rebase_schedule(scheduler, configured_lrs, configured_decays)
+        step = state["step"]
         samples_seen = _samples_seen(state, config, processes.world)
         set_rng_state(state["rng"], device)
+    best_iou = _best_overall_iou(state, out / "checkpoints" / "best.pt")
     trained = DistributedDataParallel(model) if processes.world > 1 else model
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if state is not None and state.get("scaler"):  # fp16's loss scale goes on where it was
@@ -297,6 +324,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         out.mkdir(parents=True, exist_ok=True)
         if state is None:
             vocabulary.save(out / "vocab.txt")
+            (out / "log.jsonl").unlink(missing_ok=True)  # of a run started over before its first checkpoint
         else:  # the steps lost since the checkpoint are trained again: their records go
             _keep_log_records(out / "log.jsonl", up_to_step=state["step"])
         # rewritten on resume too: a later --resume takes the settings from here (a new --steps or --lr)
@@ -366,7 +394,8 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             means = distributed.mean_over_processes(torch.stack([window[key] for key in ("loss", "patch", "pixel")]))
             loss, patch, pixel = (means / window["steps"]).tolist()  # waits for the window's GPU work
             seconds = time.perf_counter() - window["start"]
-            record = {"step": step, "lr": config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch),  # the base lr
+            # the base lr (the vision encoder's is a tenth of it) this step trained with: the schedule has moved on
+            record = {"step": step, "lr": config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch - 1),
                       "images_per_s": window["steps"] * images_per_step / seconds,
                       "loss": loss, "patch_loss": patch, "pixel_loss": pixel}
             if not math.isfinite(record["loss"]):

@@ -74,9 +74,9 @@ def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
     assert [(r["step"], r["samples"]) for r in records if "eval" in r] == [(3, 8), (6, 8), (6, metrics["samples"])]
     assert 0.0 <= metrics["overall_iou"] <= 1.0 and metrics["samples"] > 8  # the last evaluation: the whole split
     assert load_checkpoint(run / "checkpoints" / "best.pt")["metrics"]["samples"] == 8
-    # the base learning rate (the vision encoder's is a tenth of it): warm-up to 1e-3 in the first step
-    # of six, then (1 - progress) ** 0.9
-    assert [r["lr"] for r in records if "loss" in r] == pytest.approx([1e-3 * (1 - k / 5) ** 0.9 for k in (1, 2, 3, 5)])
+    # the base learning rate each logged step trained with (the vision encoder's is a tenth of it): warm-up to
+    # 1e-3 in the first step of six, then (1 - progress) ** 0.9, steps 2, 3, 4 and 6 at progress 0, 1/5, 2/5, 4/5
+    assert [r["lr"] for r in records if "loss" in r] == pytest.approx([1e-3 * (1 - k / 5) ** 0.9 for k in (0, 1, 2, 4)])
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 6 and state["vocabulary"][:4] == ["<pad>", "<go>", "<eos>", "<unk>"]
     model, vocabulary = model_from_checkpoint(state)
@@ -133,6 +133,67 @@ def test_resume_after_a_crash_drops_the_log_records_of_the_lost_steps(data_root,
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 4 once, from the resumed run
 
 
+def crash_in_step(monkeypatch, number):
+    """Make the loss of training step ``number`` (one batch a step) raise KeyboardInterrupt."""
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    real, calls = trainer.loss_terms, [0]
+
+    def crashing(*args):
+        calls[0] += 1
+        if calls[0] == number:
+            raise KeyboardInterrupt(f"a crash in step {number}")
+        return real(*args)
+    monkeypatch.setattr(trainer, "loss_terms", crashing)
+    return lambda: monkeypatch.setattr(trainer, "loss_terms", real)
+
+
+def test_resume_keeps_a_best_checkpoint_written_after_the_last_checkpoint(data_root, tmp_path, monkeypatch):
+    """Evaluated at step 4, checkpointed at step 3, crashed in step 5: best.pt (step 4) outranks latest.pt's
+    record of the best, and a resumed run replaces it only with a better evaluation."""
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    scores, real_evaluate = iter([0.3, 0.6, 0.5, 0.4]), trainer.evaluate  # steps 2, 4; resumed: 4 again, 6
+
+    def scored(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "overall_iou": next(scores)}
+    monkeypatch.setattr(trainer, "evaluate", scored)
+    restore = crash_in_step(monkeypatch, 5)
+    run_config = config(data_root, batch_size=2, eval_every=2, eval_samples=None, checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run")
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert load_checkpoint(best)["step"] == 4 and load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] == 3
+    restore()
+    train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run", resume=True)
+    assert next(scores, None) is None  # all four evaluations ran
+    kept = load_checkpoint(best)
+    assert kept["step"] == 4 and kept["best_overall_iou"] == 0.6
+    assert torch.equal(Predictor.from_checkpoint(tmp_path / "run" / "model", device="cpu").model.state_dict()[
+        "decoder.head.weight"], kept["model"]["decoder.head.weight"])  # model/ still holds the best
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data_root, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
+            "--split-by", "unc", "--out", str(run), "--steps", "3", "--batch-size", "2", "--img-size", "32",
+            "--device", "cpu", "--workers", "0", "--eval-every", "100", "--log-every", "1"]
+    restore = crash_in_step(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "vocab.txt", "log.jsonl"}  # no checkpoint yet
+    restore()
+    assert main(args) == 2
+    assert "stopped before its first checkpoint: --resume starts it over" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # the command of a requeued job
+    assert re.search("warning: --resume: .* stopped before its first checkpoint .* starts over from step 0",
+                     capsys.readouterr().err)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "loss" in line]
+    assert [r["step"] for r in records] == [1, 2, 3]  # step 1 once, from the new start
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 3
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(get_config("restr-tiny", **MODEL), config(data_root), tmp_path / "empty", resume=True)
+    capsys.readouterr()
+
+
 def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
     """A resumed run given another --lr trains with it from there on, and another --steps holds for the
     next --resume too."""
@@ -142,9 +203,12 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
             "--device", "cpu", "--workers", "0", "--eval-every", "100", "--checkpoint-every", "1", "--log-every", "1",
             "--lr", "1e-3"]
     assert main(args + ["--stop-after", "2"]) == 0
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("weight_decay: 0.0005",
+                                                                               "weight_decay: 0.05"))
     assert main(["train", "--out", str(run), "--resume", "--lr", "1e-2", "--steps", "8", "--stop-after", "2",
                  "--batch-size", "3"]) == 0
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert [group["weight_decay"] for group in state["optimizer"]["param_groups"]] == [0.0, 0.05, 0.0, 0.05]
     assert state["step"] == 4 and state["train"]["lr"] == 1e-2 and state["train"]["steps"] == 8
     assert state["samples_seen"] == 2 * 2 + 2 * 3  # where the next invocation's batches start
     assert state["scheduler"]["base_lrs"] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])  # the vision encoder's: a tenth
@@ -155,7 +219,7 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
     assert saved["lr"] == 1e-2 and saved["steps"] == 8 and saved["stop_after"] is None
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "loss" in line]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    assert records[2]["lr"] == pytest.approx(1e-2 * (1 - 2 / 7) ** 0.9)  # the new lr from the first resumed step
+    assert records[2]["lr"] == pytest.approx(1e-2 * (1 - 1 / 7) ** 0.9)  # the new lr from the first resumed step
     assert main(["train", "--out", str(run), "--resume"]) == 0  # to step 8, as the last invocation said
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 8 and state["samples_seen"] == 2 * 2 + 6 * 3
@@ -289,6 +353,8 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
             "--device", "cpu", "--workers", "0", "--eval-every", "4", "--checkpoint-every", "2"]
     assert main(args + ["--stop-after", "1"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
+    assert main(args + ["--resume", "--stop-after", "1"]) == 0  # the same command resumes (a requeued job)
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
     saved = (run / "config.yaml").read_text()
     assert "stop_after: null" in saved  # it ends an invocation, not the run
     (run / "config.yaml").write_text(saved.replace("stop_after: null", "stop_after: 1"))  # as versions before wrote it
@@ -297,7 +363,13 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert f"the run in {run} is complete (4 steps): nothing to resume" in capsys.readouterr().out
     assert main(["train", "--out", str(run), "--resume", "--img-size", "64", "--seed", "3"]) == 2
-    assert "--img-size, --seed cannot change it" in capsys.readouterr().err
+    assert "--img-size, --seed differ from" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--config", "restr-b16"]) == 2
+    assert "--config differs from" in capsys.readouterr().err
+    again = tmp_path / "again"  # a run folder's config.yaml starts a new run like it
+    assert main(["train", "--config", str(run / "config.yaml"), "--out", str(again), "--steps", "1"]) == 0
+    assert yaml.safe_load((again / "config.yaml").read_text())["model"] == yaml.safe_load(saved)["model"]
+    capsys.readouterr()
     assert main(args) == 2  # the folder holds a run
     assert "already holds a run" in capsys.readouterr().err
     evaluate = ["evaluate", "--data-root", str(data_root), "--dataset", "synthetic", "--split", "testA", "--device", "cpu"]
