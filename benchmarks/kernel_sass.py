@@ -158,7 +158,7 @@ def launched_kernels() -> list[tuple[str, str, str, dict, int, int, int]]:
 
 
 def main() -> None:
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if importlib.import_module("restr_fast.kernels.op_registry").INTERPRETED:
         raise SystemExit("kernel_sass compiles the kernels for a GPU: run it without TRITON_INTERPRET=1")
     print("sm_90 (H100/H200), bf16, tiles as the launchers choose them on a GPU. Per output: the main loop's"
           " instructions (else the whole kernel's) over the outputs a thread computes in one pass of it: its tile"

@@ -1,7 +1,6 @@
 """Registering Triton ops with torch.library, and deciding where the kernels can run."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Callable
 
@@ -11,8 +10,9 @@ import triton
 from torch.autograd.function import once_differentiable
 from torch.library import custom_op, triton_op, wrap_triton
 
-# Triton decides at import (``@triton.jit``) whether kernels run on its CPU interpreter.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Triton decides at import (``@triton.jit``) whether kernels run on its CPU interpreter, from
+# TRITON_INTERPRET read as it reads it (1, true, on, yes).
+INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str | None:

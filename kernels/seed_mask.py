@@ -16,7 +16,6 @@ Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -586,7 +585,7 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         classifier: (B, D) adaptive classifier e'_s, same dtype.
         out: optional (B, N, >=D) tensor (e.g. the right half of the decoder's input buffer); the
             masked patches are written into ``out[..., :D]``. Not differentiable: for inference. It may
-            be ``patches`` itself (in place) but must not overlap it otherwise.
+            be ``patches`` itself (in place); inputs that share other memory with it are copied first.
         bias: optional (B,) score offset added before the 1/sqrt(D) scaling; any supported float dtype.
         prefix: optional (B, N, Dp) tensor placed before the masked patches: the second result is
             then ``[prefix, masked]`` (B, N, Dp + D) in the dtype of ``patches``, the decoder's
@@ -616,10 +615,42 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         if torch.compiler.is_compiling():
             return torch.ops.restr_fast.seed_mask(patches, classifier, bias, prefix, sigmoid)
         return _seed_mask_eager(patches, classifier, bias, prefix, sigmoid)
+    if torch.compiler.is_compiling():  # the functional op, and a copy the compiler sees (aliasing included)
+        logits, masked = torch.ops.restr_fast.seed_mask(patches, classifier, bias, None, sigmoid)
+        out[..., : patches.shape[-1]].copy_(masked)
+        return logits, out
+    in_place = out.data_ptr() == patches.data_ptr() and out.stride() == patches.stride()  # each row read first
+    patches, classifier, bias = (t.clone() if t is not None and _shares_memory(t, out) and not (t is patches and in_place)
+                                 else t for t in (patches, classifier, bias))
     logits = patches.new_empty(patches.shape[:2])
-    with contextlib.nullcontext() if torch.compiler.is_compiling() else eager_launches(patches.device):
+    with eager_launches(patches.device):
         _launch_forward(patches, classifier, bias, None, logits, out, sigmoid)
+    if not out.is_inference():  # as an in-place op would: autograd then refuses what saved out's old values
+        torch.autograd.graph.increment_version(out)
     return logits, out
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of ``a`` and ``b`` intersect (for strided views of one buffer, such as
+    two halves of its rows, without their elements meeting too)."""
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        elements = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1
+        return t.data_ptr(), t.data_ptr() + elements * t.element_size()
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    (a_start, a_end), (b_start, b_end) = span(a), span(b)
+    return a_start < b_end and b_start < a_end
+
+
+def _overlaps_itself(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` may share memory: some stride does not step past the elements the
+    smaller strides reach (an expanded dimension, or rows closer than their width)."""
+    reach = 0  # elements spanned by the smaller strides, less one
+    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size > 1):
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False
 
 
 def _kernel_fits(patches: torch.Tensor, bias: torch.Tensor | None, prefix: torch.Tensor | None,
@@ -666,6 +697,10 @@ def _check_inputs(patches, classifier, out, bias, prefix, mask_form) -> None:
             raise ValueError("give either out or prefix, not both")
         if out.stride(-1) != 1:
             raise ValueError("out must have unit stride along its last dimension")
+        if _overlaps_itself(out):
+            raise ValueError(f"out of shape {tuple(out.shape)} and strides {out.stride()} has elements that share "
+                             f"memory (an expanded or overlapping view): pass a tensor each element of which is "
+                             f"its own")
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (patches, classifier, bias, out)):
             raise ValueError("seed_mask(out=...) is for inference (no autograd through out); "
                              "pass prefix= instead to build the decoder's input differentiably")

@@ -1,4 +1,7 @@
 """Where and how the kernels run: the interpreter's version check, eager launches."""
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -18,6 +21,18 @@ def test_old_interpreter_with_new_numpy_is_refused_with_the_fix(triton_version, 
                          [("3.6.0", "2.3.5"), ("3.7.0", "2.4.6"), ("3.8.0", "2.4.6"), ("4.0.0", "1.26.4")])
 def test_working_combinations_pass(triton_version, numpy_version):
     assert interpreter_incompatibility(triton_version, numpy_version) is None
+
+
+@pytest.mark.parametrize("value, interpreted", [("true", True), ("0", False)])
+def test_the_interpreter_is_detected_as_triton_reads_the_variable(value, interpreted):
+    """Triton interprets for any true value of TRITON_INTERPRET; so must the dispatch, or CPU tensors
+    would take the PyTorch fallback while kernel tests believe they ran the kernels."""
+    code = "import triton; from restr_fast.kernels import op_registry; " \
+           "print(op_registry.INTERPRETED, bool(triton.knobs.runtime.interpret))"
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": value},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(interpreted)] * 2
 
 
 @pytest.fixture

@@ -300,6 +300,62 @@ def test_out_writes_into_the_decoder_buffer():
         seed_mask(patches.requires_grad_(), classifier, buffer[..., D:])
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "fallback"])
+def test_out_may_share_memory_with_the_inputs(monkeypatch, kernels):
+    """In place, or a view of the same buffer shifted by a batch row: the result is the op's on the
+    inputs as they were before the call."""
+    if not kernels:
+        monkeypatch.setattr(op_registry, "kernel_can_run", lambda tensor: False)
+    B, N, D = 2, 7, 12
+    for layout in ("in place", "shifted rows", "classifier in out"):
+        buffer = torch.randn(B + 1, N, D, device=DEVICE)
+        patches, out = (buffer[1:], buffer[1:]) if layout == "in place" else (buffer[:-1], buffer[1:])
+        classifier = buffer[0, :B] if layout == "classifier in out" else torch.randn(B, D, device=DEVICE)
+        exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double())  # before the call
+        logits, result = seed_mask(patches, classifier, out)
+        assert result is out
+        torch.testing.assert_close(out.double(), exact_masked, rtol=1e-5, atol=1e-5, msg=layout)
+        torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5, msg=layout)
+
+
+def test_out_with_elements_that_share_memory_is_an_error():
+    patches, classifier, _, _ = inputs(2, 7, 12)
+    for out in (torch.zeros(2, 1, 12, device=DEVICE).expand(2, 7, 12),
+                torch.zeros(2 * 7 * 6 + 6, device=DEVICE).as_strided((2, 7, 12), (42, 6, 1))):
+        with pytest.raises(ValueError, match="has elements that share memory"):
+            seed_mask(patches, classifier, out)
+
+
+def test_out_counts_as_an_in_place_write_for_autograd():
+    """A tensor autograd saved for a backward, then overwritten through out=: the backward refuses it
+    (as after any in-place op) instead of computing with the new values."""
+    patches, classifier, _, _ = inputs(2, 7, 12)
+    weight = torch.ones(2, 7, 12, device=DEVICE, requires_grad=True)
+    buffer = torch.randn(2, 7, 12, device=DEVICE)
+    loss = (weight * buffer).sum()  # saves buffer
+    seed_mask(patches, classifier, buffer)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_compiled_function_writes_into_out_without_graph_breaks():
+    B, N, D = 2, 9, 64
+    patches, classifier, bias, _ = inputs(B, N, D)
+    backend = "inductor" if DEVICE == "cuda" else "aot_eager"
+
+    def fill(patches, classifier, bias, buffer):
+        logits, _ = seed_mask(patches, classifier, buffer[..., D:], bias=bias)
+        return logits * 2
+
+    compiled = torch.compile(fill, fullgraph=True, backend=backend)
+    eager_buffer, compiled_buffer = (torch.full((B, N, 2 * D), float("nan"), device=DEVICE) for _ in range(2))
+    with torch.no_grad():
+        expected, got = fill(patches, classifier, bias, eager_buffer), compiled(patches, classifier, bias, compiled_buffer)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled_buffer, eager_buffer, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert compiled_buffer[..., :D].isnan().all() and not compiled_buffer[..., D:].isnan().any()
+
+
 def test_non_contiguous_inputs():
     B, N, D = 2, 11, 64
     wide = torch.randn(B, N, 3 * D, device=DEVICE)
