@@ -38,7 +38,7 @@ setup(
         "timm>=1.0.20",
         "numpy>=1.24",
         "pycocotools>=2.0.7",
-        "pillow>=10.0",
+        "pillow>=11.0",  # opens 16-bit PNGs as I;16 (10 opened them as I, the 32-bit mode)
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "safetensors>=0.4",

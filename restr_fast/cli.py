@@ -133,11 +133,11 @@ def _changed_on_resume(args: argparse.Namespace, model_config: ReSTRConfig, trai
     changed = []
     if "config" in given:
         preset, overrides, config_train = _resolve_config(given["config"])
-        if "img_size" in given:
-            overrides["image_size"] = given["img_size"]
+        if "img_size" in given:  # the flag's to compare, not the file's
+            overrides["image_size"] = model_config.image_size
         described = get_config(preset, **overrides).replace(vocab_size=model_config.vocab_size)
         if described != model_config or any(_differs(config_train[name], train_values.get(name))
-                                             for name in RESUME_FIXED if name in config_train):
+                                             for name in RESUME_FIXED if name in config_train and name not in given):
             changed.append("--config")
     if "img_size" in given and given["img_size"] != model_config.image_size:
         changed.append("--img-size")

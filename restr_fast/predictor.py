@@ -129,7 +129,7 @@ class Predictor:
         Args:
             image: a path (turned upright by its EXIF orientation, as viewers show the photo), a
                 PIL image (as it is; any mode: grayscale, RGBA, 16-bit and palette images are
-                converted to RGB), an (H, W, 3) uint8 array, or a (3, H, W) tensor (uint8, or float in
+                converted to RGB, 16-bit ones from 0..65535, 32-bit and float ones from 0..255), an (H, W, 3) uint8 array, or a (3, H, W) tensor (uint8, or float in
                 [0, 1]); or a list of them.
             text: a sentence, or a list of sentences. Sentences longer than ``max_words`` (20) words keep
                 their first words, with a warning; unknown words read as ``<unk>`` (a warning when

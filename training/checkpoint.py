@@ -47,8 +47,9 @@ def write_text_atomically(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU).
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU; with ``mmap``, its tensors are
+    read from the file when used).
 
     Raises FileNotFoundError for a missing file and ValueError for a corrupt file or one that is
     not a restr_fast checkpoint.
@@ -57,7 +58,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:  # torch's advice to load unsafely does not apply to our files
         raise ValueError(f"cannot read checkpoint {path}: torch's safe loader refused it (it reads tensors and "
                          f"plain data only): not a checkpoint restr-fast wrote, or a corrupt one") from error

@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import time
 import typing
 import warnings
@@ -27,14 +28,14 @@ from tqdm import tqdm
 
 from ..config import ReSTRConfig
 from ..data import ReferDataset, collate, sentences_of
-from ..deployable import save_model_folder
+from ..deployable import is_model_folder, save_model_folder
 from ..devices import parse_device
 from ..losses import loss_terms
 from ..models import build_model
 from ..text import Vocabulary, load_glove
 from . import distributed
-from .checkpoint import (load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state,
-                         write_text_atomically)
+from .checkpoint import (load_checkpoint, load_weights, model_from_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state, write_text_atomically)
 from .evaluate import autocast, evaluate
 from .optim import build_optimizer, warmup_poly_schedule
 
@@ -133,13 +134,19 @@ def _rebase_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: lis
         group["weight_decay"] = weight_decay
 
 
-def _best_overall_iou(state: dict, best: Path) -> float:
-    """The best evaluation so far: the checkpoint's, or that of ``best`` (best.pt), written after the
-    checkpoint when a run evaluated between its checkpoints and then stopped."""
-    scores = [state.get("best_overall_iou", -1.0)] if state is not None else [-1.0]
-    if best.is_file():
-        scores.append(load_checkpoint(best).get("best_overall_iou", -1.0))
-    return max(scores)
+def _best_since_checkpoint(state: dict, out: Path, main: bool, vocabulary: Vocabulary) -> float:
+    """The best evaluation of a resumed run: the checkpoint's, or best.pt's where a run evaluated after
+    its last checkpoint and then stopped. model/ is then written again from best.pt, as a stop between
+    the two files' writes could have left it one evaluation behind."""
+    best_iou = state.get("best_overall_iou", -1.0)
+    path = out / "checkpoints" / "best.pt"
+    if path.is_file():
+        best = load_checkpoint(path, mmap=True)  # every process reads the score, not the whole file
+        if best.get("best_overall_iou", -1.0) > best_iou:
+            best_iou = best["best_overall_iou"]
+            if main:
+                save_model_folder(out / "model", model_from_checkpoint(best)[0], vocabulary)
+    return best_iou
 
 
 def _samples_seen(state: dict, config: TrainConfig, world: int) -> int:
@@ -314,7 +321,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         step = state["step"]
         samples_seen = _samples_seen(state, config, processes.world)
         set_rng_state(state["rng"], device)
-    best_iou = _best_overall_iou(state, out / "checkpoints" / "best.pt")
+    best_iou = -1.0 if state is None else _best_since_checkpoint(state, out, main, vocabulary)
     trained = DistributedDataParallel(model) if processes.world > 1 else model
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if state is not None and state.get("scaler"):  # fp16's loss scale goes on where it was
@@ -324,7 +331,11 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
         out.mkdir(parents=True, exist_ok=True)
         if state is None:
             vocabulary.save(out / "vocab.txt")
-            (out / "log.jsonl").unlink(missing_ok=True)  # of a run started over before its first checkpoint
+            # what a run started over before its first checkpoint left
+            (out / "log.jsonl").unlink(missing_ok=True)
+            (out / "checkpoints" / "best.pt").unlink(missing_ok=True)
+            if is_model_folder(out / "model"):
+                shutil.rmtree(out / "model")
         else:  # the steps lost since the checkpoint are trained again: their records go
             _keep_log_records(out / "log.jsonl", up_to_step=state["step"])
         # rewritten on resume too: a later --resume takes the settings from here (a new --steps or --lr)

@@ -44,16 +44,16 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
                          f"PIL.Image.MAX_IMAGE_PIXELS (or resize the image first)") from error
 
 
-# The value each high-bit-depth PIL mode takes as full brightness (255 in 8 bits). 32-bit integer
-# images ("I") are how Pillow before 10 opened 16-bit PNGs, so they are read as 16-bit too; float
-# images ("F") are on the 8-bit scale, as Pillow's own conversions to and from "L" take them.
-_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 255.0}
+# The value each high-bit-depth PIL mode takes as full brightness (255 in 8 bits): 16-bit images
+# (I;16, as Pillow opens 16-bit PNGs and TIFFs) on their range; 32-bit integer and float images (I, F)
+# on the 8-bit scale, as Pillow's own conversions to and from "L" take them.
+_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 255.0, "F": 255.0}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB version of any PIL image; alpha is dropped. 16-bit grayscale (``I;16``, and 32-bit ``I``)
-    is scaled from 0..65535 to 0..255, float grayscale (``F``) is taken on the 0..255 scale, as Pillow
-    takes it; values beyond are clipped."""
+    """RGB version of any PIL image; alpha is dropped. 16-bit grayscale (``I;16``) is scaled from 0..65535
+    to 0..255; 32-bit integer and float grayscale (``I``, ``F``) are taken on the 0..255 scale, as Pillow
+    takes them; values beyond are clipped."""
     if image.mode in _FULL_SCALE:
         values = np.asarray(image, dtype=np.float64) * (255.0 / _FULL_SCALE[image.mode])
         image = Image.fromarray(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8))

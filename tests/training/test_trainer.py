@@ -23,6 +23,7 @@ from restr_fast.training import (StepBatchSampler, TrainConfig, TrainingDiverged
                                  model_from_checkpoint, train)
 from restr_fast.data import ReferDataset, sentences_of
 from restr_fast.text import Vocabulary
+from restr_fast.deployable import save_model_folder
 from restr_fast.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 
 MODEL = dict(image_size=32, vision_dim=32, vision_depth=1, vision_heads=2, word_dim=16, text_depth=1, text_heads=2,
@@ -147,51 +148,88 @@ def crash_in_step(monkeypatch, number):
     return lambda: monkeypatch.setattr(trainer, "loss_terms", real)
 
 
-def test_resume_keeps_a_best_checkpoint_written_after_the_last_checkpoint(data_root, tmp_path, monkeypatch):
-    """Evaluated at step 4, checkpointed at step 3, crashed in step 5: best.pt (step 4) outranks latest.pt's
-    record of the best, and a resumed run replaces it only with a better evaluation."""
+def scored_evaluations(monkeypatch, scores):
+    """Make the trainer's evaluations report ``scores`` as their overall IoU, one after another."""
     trainer = importlib.import_module("restr_fast.training.trainer")
-    scores, real_evaluate = iter([0.3, 0.6, 0.5, 0.4]), trainer.evaluate  # steps 2, 4; resumed: 4 again, 6
+    scores, real_evaluate = iter(scores), trainer.evaluate
 
     def scored(*args, **kwargs):
         return {**real_evaluate(*args, **kwargs), "overall_iou": next(scores)}
     monkeypatch.setattr(trainer, "evaluate", scored)
+    return scores
+
+
+def test_resume_keeps_a_best_checkpoint_written_after_the_last_checkpoint(data_root, tmp_path, monkeypatch):
+    """Evaluated at step 4, checkpointed at step 3, crashed in step 5: best.pt (step 4) outranks latest.pt's
+    record of the best, a resumed run replaces it only with a better evaluation, and model/ is written
+    from it again (a stop between the writes of best.pt and model/ leaves model/ one evaluation behind)."""
+    scores = scored_evaluations(monkeypatch, [0.3, 0.6, 0.5, 0.4])  # steps 2, 4; resumed: 4 again, 6
     restore = crash_in_step(monkeypatch, 5)
     run_config = config(data_root, batch_size=2, eval_every=2, eval_samples=None, checkpoint_every=3)
+    run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run")
-    best = tmp_path / "run" / "checkpoints" / "best.pt"
-    assert load_checkpoint(best)["step"] == 4 and load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] == 3
+        train(get_config("restr-tiny", **MODEL), run_config, run)
+    best = run / "checkpoints" / "best.pt"
+    latest = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert load_checkpoint(best)["step"] == 4 and latest["step"] == 3
+    save_model_folder(run / "model", *model_from_checkpoint(latest))  # as if stopped before model/ was rewritten
     restore()
-    train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run", resume=True)
+    train(get_config("restr-tiny", **MODEL), run_config, run, resume=True)
     assert next(scores, None) is None  # all four evaluations ran
     kept = load_checkpoint(best)
     assert kept["step"] == 4 and kept["best_overall_iou"] == 0.6
-    assert torch.equal(Predictor.from_checkpoint(tmp_path / "run" / "model", device="cpu").model.state_dict()[
-        "decoder.head.weight"], kept["model"]["decoder.head.weight"])  # model/ still holds the best
+    deployed = Predictor.from_checkpoint(run / "model", device="cpu").model.state_dict()
+    for name, tensor in kept["model"].items():  # model/ holds the best
+        assert torch.equal(deployed[name], tensor), name
 
 
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data_root, tmp_path, monkeypatch, capsys):
+    """Started over: the log, best.pt and model/ of the lost steps go; the new run's best is its own."""
     run = tmp_path / "run"
     args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
             "--split-by", "unc", "--out", str(run), "--steps", "3", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "100", "--log-every", "1"]
+            "--device", "cpu", "--workers", "0", "--eval-every", "1", "--log-every", "1"]
+    scores = scored_evaluations(monkeypatch, [0.9, 0.5, 0.4, 0.3])  # the lost step 1; then steps 1 to 3
     restore = crash_in_step(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         main(args)
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "vocab.txt", "log.jsonl"}  # no checkpoint yet
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "vocab.txt", "log.jsonl", "checkpoints", "model"}
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["best.pt"]  # no checkpoint to resume from
     restore()
     assert main(args) == 2
     assert "stopped before its first checkpoint: --resume starts it over" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0  # the command of a requeued job
     assert re.search("warning: --resume: .* stopped before its first checkpoint .* starts over from step 0",
                      capsys.readouterr().err)
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "loss" in line]
-    assert [r["step"] for r in records] == [1, 2, 3]  # step 1 once, from the new start
+    assert next(scores, None) is None
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # step 1 once, from the new start
+    assert [r["overall_iou"] for r in records if "eval" in r] == [0.5, 0.4, 0.3]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["step"] == 1 and best["best_overall_iou"] == 0.5  # the new run's, not the lost 0.9
+    deployed = Predictor.from_checkpoint(run / "model", device="cpu").model.state_dict()
+    assert all(torch.equal(deployed[name], tensor) for name, tensor in best["model"].items())
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 3
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         train(get_config("restr-tiny", **MODEL), config(data_root), tmp_path / "empty", resume=True)
     capsys.readouterr()
+
+
+def test_the_same_command_resumes_a_run_whose_flags_override_its_yaml_config(data_root, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "restr-tiny", "model_overrides": {"image_size": 48},
+                                      "train": {"seed": 0, "dataset": "refcoco", "steps": 2}}))
+    run = tmp_path / "run"
+    args = ["train", "--config", str(recipe), "--data-root", str(data_root), "--dataset", "synthetic", "--seed", "1",
+            "--img-size", "32", "--out", str(run), "--batch-size", "2", "--device", "cpu", "--workers", "0",
+            "--eval-every", "100"]
+    assert main(args + ["--stop-after", "1"]) == 0
+    assert main(args + ["--resume"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+    assert main([value if value != "32" else "64" for value in args] + ["--resume"]) == 2
+    assert "--img-size differs from" in capsys.readouterr().err  # the flag alone, not --config too
+    assert main(["train", "--config", str(recipe), "--out", str(run), "--resume"]) == 2  # seed 0, refcoco
+    assert "--config differs from" in capsys.readouterr().err
 
 
 def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
