@@ -56,11 +56,12 @@ def _forward(args: argparse.Namespace) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
+    from .data.refer import default_image_root
     from .data.synthetic import generate
     counts = generate(args.out, images=args.images, seed=args.seed, name=args.name)
     for split, count in counts.items():
         print(f"{split:<6} {count['images']:>6} images {count['refs']:>6} refs {count['sentences']:>6} sentences")
-    print(f"wrote {Path(args.out) / args.name} and {Path(args.out) / 'images' / args.name}")
+    print(f"wrote {Path(args.out) / args.name} and {default_image_root(Path(args.out), args.name)}")
 
 
 TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
@@ -212,10 +213,17 @@ def _predict(args: argparse.Namespace) -> None:
     for text in args.text:  # the sentences, the outputs and the image, checked before the model loads
         if not tokenize(text):
             raise ValueError(f"--text {text!r} has no words: give a sentence describing the object")
+    outputs = {Path(args.image).resolve(): "--image"}
     for number in range(1, len(args.text) + 1):
-        _check_output(_numbered(args.out, number, len(args.text)), "--out", MASK_SUFFIXES)
-        if args.overlay:
-            _check_output(_numbered(args.overlay, number, len(args.text)), "--overlay", IMAGE_SUFFIXES)
+        for flag, template, suffixes in (("--out", args.out, MASK_SUFFIXES), ("--overlay", args.overlay, IMAGE_SUFFIXES)):
+            if template is None:
+                continue
+            path = _numbered(template, number, len(args.text))
+            _check_output(path, flag, suffixes)
+            if path.resolve() in outputs:
+                raise ValueError(f"{flag} {path} is also {outputs[path.resolve()]}'s file: give each output a name "
+                                 f"of its own (the image is never overwritten)")
+            outputs[path.resolve()] = flag
     image = to_rgb_image(args.image)  # read once
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast,
                                           attention=args.attention)

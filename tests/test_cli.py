@@ -29,6 +29,10 @@ def test_bad_arguments_give_one_line_errors(capsys):
         assert main(command + ["--device", "foo"]) == 2
         error = capsys.readouterr().err
         assert "error: unknown device 'foo': use auto, cpu, cuda or cuda:N" in error and error.count("\n") == 1
+    for command in (["forward"], ["demo", "--out", "never-written"]):
+        for device in ("mps", "meta", "xpu"):  # names torch parses, but devices restr_fast does not run on
+            assert main(command + ["--device", device]) == 2
+            assert f"error: device '{device}' is not supported: use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     assert not Path("never-written").exists()
     assert main(["synth", "--out", "never-written", "--images", "9"]) == 2
     assert "images must be >= 10" in capsys.readouterr().err and not Path("never-written").exists()
@@ -54,6 +58,16 @@ def test_synth_writes_a_set_once(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--images", "20", "--seed", "1"]) == 2
     assert "already holds a synthetic set 'synthetic'" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == written
+
+
+def test_synth_of_a_refer_dataset_name_writes_its_images_where_the_reader_looks(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--images", "10", "--name", "refcoco"]) == 0
+    images = tmp_path / "images" / "mscoco" / "images" / "train2014"
+    assert f"and {images}" in capsys.readouterr().out
+    from restr_fast.data import ReferDataset
+    from restr_fast.text import Vocabulary
+    dataset = ReferDataset(tmp_path, "refcoco", "unc", "val", Vocabulary(["red"]), 32)  # finds every image
+    assert dataset[0]["image"].shape == (3, 32, 32)
 
 
 def test_console_script_is_installed():

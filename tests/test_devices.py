@@ -21,3 +21,15 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_a_clear_error():
     for name in ("cuda", "cuda:0", torch.device("cuda")):
         with pytest.raises(ValueError, match="this machine has no usable CUDA GPU: use auto or cpu"):
             resolve_device(name)
+
+
+@pytest.mark.parametrize("name", ["mps", "meta", "xpu", torch.device("meta")])
+def test_devices_torch_knows_but_restr_fast_does_not_run_on_are_named(name):
+    with pytest.raises(ValueError, match="is not supported: use auto, cpu, cuda or cuda:N"):
+        parse_device(name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks a GPU index beyond the machine's")
+def test_a_gpu_index_beyond_the_machine_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")

@@ -418,6 +418,9 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
         (["--out", str(tmp_path)], "is a folder: give a file name"),
         (["--out", str(tmp_path / "mask.png"), "--overlay", str(tmp_path / "overlay")], "--overlay"),
         (["--device", "foo"], "unknown device 'foo'"),
+        (["--device", "mps"], "device 'mps' is not supported: use auto, cpu, cuda or cuda:N"),
+        (["--out", str(tmp_path / "photo.png")], "is also --image's file"),  # the photo is never overwritten
+        (["--out", str(tmp_path / "same.png"), "--overlay", str(tmp_path / "same.png")], "is also --out's file"),
     ):
         values = dict(zip(common[1::2], common[2::2]))
         values.update({"--text": SENTENCES[0], "--out": str(tmp_path / "x.png")}, **dict(zip(arguments[::2], arguments[1::2])))
@@ -425,6 +428,7 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
         assert main(argv) == 2
         error = capsys.readouterr().err
         assert error.startswith("restr-fast predict: error: ") and message in error and error.count("\n") == 1
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png")), image)
 
 
 @requires_gpu

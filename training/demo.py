@@ -13,13 +13,14 @@ from ..data import ReferDataset, collate, load_image, unletterbox
 from ..data.synthetic import generate
 from ..metrics import format_table
 from . import distributed
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, write_text_atomically
 from .evaluate import evaluate
 from .plots import loss_curve, prediction_grid
 from .trainer import TrainConfig, load_run_config, train
 
 DATASET = "synthetic"
 NEUTRAL_WORD = "object"  # replaces every sentence in the language ablation (never in them, so read as <unk>)
+OUTPUTS = ("data", "run", "metrics.md", "metrics.json", "loss.png", "predictions.png")  # what run_demo writes in out
 RECIPE = Path(__file__).parent / "configs" / "synthetic.yaml"  # restr-tiny from scratch: 4.5 to 8 min on 2 CPU cores
 
 
@@ -30,8 +31,9 @@ def run_demo(out: str | Path, steps: int | None = None, images: int = 3000, devi
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file: choose a folder for --out")
-    if (out / "run").exists():
-        raise ValueError(f"{out / 'run'} already exists: choose another --out (nothing is overwritten)")
+    present = [name for name in OUTPUTS if (out / name).exists()]
+    if present:
+        raise ValueError(f"{out} already holds {', '.join(present)}: choose another --out (nothing is overwritten)")
     torch.set_flush_denormal(True)
     data_root = out / "data"
     preset, model_overrides, recipe = load_run_config(RECIPE)
@@ -56,8 +58,8 @@ def run_demo(out: str | Path, steps: int | None = None, images: int = 3000, devi
                                    originals=True, sentences=sentence)
         results[name] = evaluate(model, dataset, device_)
     tables = [format_table(result, f"{DATASET} val, {name}") for name, result in results.items()]
-    (out / "metrics.md").write_text("\n\n".join(tables) + "\n")
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_text_atomically(out / "metrics.md", "\n\n".join(tables) + "\n")
+    write_text_atomically(out / "metrics.json", json.dumps(results, indent=2))
 
     print("4/4 drawing the loss curve and predictions")
     records = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]

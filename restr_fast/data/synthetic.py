@@ -5,7 +5,8 @@ referred to by sentences that only it fits among the shapes of its image: by col
 or, when several shapes share both, by place ("on the left", "at the top") or size ("the bigger").
 So the image alone never tells which shape is meant: the sentence does.
 
-    DATA_ROOT/<name>/refs(unc).p, DATA_ROOT/<name>/instances.json, DATA_ROOT/images/<name>/*.png
+    DATA_ROOT/<name>/refs(unc).p, DATA_ROOT/<name>/instances.json, DATA_ROOT/images/<name>/*.png (or, for
+    a name of the REFER datasets, their image folder: see ``refer.IMAGE_DIRS``)
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..text import tokenize
-from .refer import polygon_mask
+from .refer import default_image_root, polygon_mask
 
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 215), "yellow": (230, 195, 25),
            "purple": (135, 55, 175)}
@@ -135,7 +136,7 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
         raise ValueError(f"{data_root} already holds a synthetic set {name!r}: choose another folder (nothing is "
                          f"overwritten)")
     rng = random.Random(seed)
-    image_dir = data_root / "images" / name
+    image_dir = default_image_root(data_root, name)  # where ReferDataset looks (refcoco's: COCO's folder)
     image_dir.mkdir(parents=True, exist_ok=True)
     (data_root / name).mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": kind} for i, kind in enumerate(KINDS)]

@@ -17,4 +17,12 @@ def test_demo_writes_metrics_and_figures(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "overall IoU" in printed and "with every sentence replaced by 'object'" in printed
     assert main(["demo", "--out", str(out), "--steps", "3", "--images", "40", "--device", "cpu"]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already holds data, run, metrics.md" in capsys.readouterr().err
+
+
+def test_demo_never_overwrites_files_of_its_names(tmp_path, capsys):
+    notes = tmp_path / "metrics.md"
+    notes.write_text("mine")
+    assert main(["demo", "--out", str(tmp_path), "--steps", "1", "--images", "10", "--device", "cpu"]) == 2
+    assert f"{tmp_path} already holds metrics.md: choose another --out" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["metrics.md"]
