@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from restr_fast.cli import main
 
 
@@ -68,6 +70,16 @@ def test_synth_of_a_refer_dataset_name_writes_its_images_where_the_reader_looks(
     from restr_fast.text import Vocabulary
     dataset = ReferDataset(tmp_path, "refcoco", "unc", "val", Vocabulary(["red"]), 32)  # finds every image
     assert dataset[0]["image"].shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("existing", ["refcoco/instances.json", "images/mscoco/images/train2014/COCO_1.jpg"])
+def test_synth_refuses_to_write_into_a_real_dataset(tmp_path, capsys, existing):
+    (tmp_path / existing).parent.mkdir(parents=True)
+    (tmp_path / existing).write_text("real")
+    assert main(["synth", "--out", str(tmp_path), "--images", "10", "--name", "refcoco"]) == 2
+    assert f"{tmp_path} already holds a dataset 'refcoco' ({(tmp_path / existing).parent} is not empty)" in \
+        capsys.readouterr().err
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / existing]
 
 
 def test_console_script_is_installed():

@@ -132,11 +132,13 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
     data_root = Path(data_root)
     if data_root.exists() and not data_root.is_dir():
         raise ValueError(f"{data_root} is a file: the synthetic set needs a folder")
-    if (data_root / name / "refs(unc).p").exists():
-        raise ValueError(f"{data_root} already holds a synthetic set {name!r}: choose another folder (nothing is "
-                         f"overwritten)")
-    rng = random.Random(seed)
     image_dir = default_image_root(data_root, name)  # where ReferDataset looks (refcoco's: COCO's folder)
+    for folder in (data_root / name, image_dir):  # a dataset, synthetic or real, is never written over or into
+        if folder.is_dir() and any(folder.iterdir()):
+            what = "a synthetic set" if (data_root / name / "refs(unc).p").exists() else "a dataset"
+            raise ValueError(f"{data_root} already holds {what} {name!r} ({folder} is not empty): choose another "
+                             f"folder or --name (nothing is overwritten)")
+    rng = random.Random(seed)
     image_dir.mkdir(parents=True, exist_ok=True)
     (data_root / name).mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": kind} for i, kind in enumerate(KINDS)]

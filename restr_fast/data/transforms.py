@@ -35,7 +35,10 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
+            sixteen_bit = _holds_16_bit_samples(image)  # read before load() drops the tiles
             image.load()
+            if sixteen_bit:  # as I;16, so that to_rgb takes 65535 as white
+                image = Image.fromarray(np.asarray(image).astype(np.uint16))
             return to_rgb(ImageOps.exif_transpose(image) if upright else image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
@@ -44,9 +47,20 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
                          f"PIL.Image.MAX_IMAGE_PIXELS (or resize the image first)") from error
 
 
+def _holds_16_bit_samples(image: Image.Image) -> bool:
+    """Whether an opened, not yet loaded, mode ``I`` image decodes 16-bit samples (0..65535), as Pillow opens
+    16-bit PGM files, rather than 32-bit ones."""
+    if image.mode != "I":
+        return False
+    if image.format == "PPM":  # Pillow opens a PGM as I only when its maxval exceeds 255, scaled to 0..65535
+        return True
+    rawmodes = [tile.args if isinstance(tile.args, str) else tile.args[0] for tile in image.tile if tile.args]
+    return bool(rawmodes) and all(isinstance(mode, str) and mode.startswith("I;16") for mode in rawmodes)
+
+
 # The value each high-bit-depth PIL mode takes as full brightness (255 in 8 bits): 16-bit images
-# (I;16, as Pillow opens 16-bit PNGs and TIFFs) on their range; 32-bit integer and float images (I, F)
-# on the 8-bit scale, as Pillow's own conversions to and from "L" take them.
+# (I;16, as Pillow opens 16-bit PNGs and TIFFs, and as load_image reads 16-bit PGMs) on their range; 32-bit
+# integer and float images (I, F) on the 8-bit scale, as Pillow's own conversions to and from "L" take them.
 _FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 255.0, "F": 255.0}
 
 

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from restr_fast.data import letterbox_box, letterbox_image, letterbox_mask
-from restr_fast.data.transforms import to_rgb
+from restr_fast.data.transforms import load_image, to_rgb
 
 
 def test_high_bit_depth_images_are_scaled_by_their_mode_not_their_content():
@@ -20,6 +20,21 @@ def test_high_bit_depth_images_are_scaled_by_their_mode_not_their_content():
     assert (np.asarray(to_rgb(Image.fromarray(bright_pixel)))[1:] == 4).all()  # 1000 / 257, not 1000 / 65535 * 255 of its max
     beyond = np.array([[-0.5, 300.0, np.nan]], np.float32)
     assert np.asarray(to_rgb(Image.fromarray(beyond)))[0, :, 0].tolist() == [0, 255, 0]
+
+
+def test_16_bit_files_load_on_their_range_whatever_the_format(tmp_path):
+    gray = np.random.default_rng(2).integers(0, 256, size=(5, 7), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(gray).convert("RGB"))
+    sixteen = gray.astype(np.uint16) * 257
+    for name in ("a.png", "a.tif", "a.pgm"):  # Pillow opens these as I;16, I;16 and I
+        Image.fromarray(sixteen).save(tmp_path / name)
+        assert np.array_equal(np.asarray(load_image(tmp_path / name)), expected), name
+    # a PGM whose maxval is 1000: Pillow scales its samples to 0..65535
+    (tmp_path / "b.pgm").write_bytes(b"P5\n7 5\n1000\n" + np.round(gray / 255 * 1000).astype(">u2").tobytes())
+    assert np.abs(np.asarray(load_image(tmp_path / "b.pgm")).astype(int) - expected).max() <= 1
+    Image.fromarray(gray.astype(np.int32)).save(tmp_path / "c.tif")  # 32-bit: on Pillow's 0..255 scale
+    assert Image.open(tmp_path / "c.tif").mode == "I"
+    assert np.array_equal(np.asarray(load_image(tmp_path / "c.tif")), expected)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
