@@ -644,7 +644,10 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _overlaps_itself(t: torch.Tensor) -> bool:
     """Whether two elements of ``t`` may share memory: some stride does not step past the elements the
-    smaller strides reach (an expanded dimension, or rows closer than their width)."""
+    smaller strides reach (an expanded dimension, or rows closer than their width). Conservative: a few
+    interleaved layouts whose elements never meet are counted too."""
+    if t.numel() == 0:
+        return False
     reach = 0  # elements spanned by the smaller strides, less one
     for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size > 1):
         if stride <= reach:
@@ -698,9 +701,9 @@ def _check_inputs(patches, classifier, out, bias, prefix, mask_form) -> None:
         if out.stride(-1) != 1:
             raise ValueError("out must have unit stride along its last dimension")
         if _overlaps_itself(out):
-            raise ValueError(f"out of shape {tuple(out.shape)} and strides {out.stride()} has elements that share "
-                             f"memory (an expanded or overlapping view): pass a tensor each element of which is "
-                             f"its own")
+            raise ValueError(f"out of shape {tuple(out.shape)} and strides {out.stride()} has elements that may "
+                             f"share memory (an expanded or overlapping view): pass a contiguous tensor, or a view "
+                             f"whose strides each step past what the smaller ones reach")
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (patches, classifier, bias, out)):
             raise ValueError("seed_mask(out=...) is for inference (no autograd through out); "
                              "pass prefix= instead to build the decoder's input differentiably")

@@ -309,8 +309,9 @@ def test_out_may_share_memory_with_the_inputs(monkeypatch, kernels):
     B, N, D = 2, 7, 12
     for layout in ("in place", "shifted rows", "classifier in out"):
         buffer = torch.randn(B + 1, N, D, device=DEVICE)
-        patches, out = (buffer[1:], buffer[1:]) if layout == "in place" else (buffer[:-1], buffer[1:])
-        classifier = buffer[0, :B] if layout == "classifier in out" else torch.randn(B, D, device=DEVICE)
+        out = buffer[1:]
+        patches = {"in place": out, "shifted rows": buffer[:-1]}.get(layout, torch.randn(B, N, D, device=DEVICE))
+        classifier = out[0, :B] if layout == "classifier in out" else torch.randn(B, D, device=DEVICE)
         exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double())  # before the call
         logits, result = seed_mask(patches, classifier, out)
         assert result is out
@@ -322,8 +323,15 @@ def test_out_with_elements_that_share_memory_is_an_error():
     patches, classifier, _, _ = inputs(2, 7, 12)
     for out in (torch.zeros(2, 1, 12, device=DEVICE).expand(2, 7, 12),
                 torch.zeros(2 * 7 * 6 + 6, device=DEVICE).as_strided((2, 7, 12), (42, 6, 1))):
-        with pytest.raises(ValueError, match="has elements that share memory"):
+        with pytest.raises(ValueError, match="has elements that may share memory"):
             seed_mask(patches, classifier, out)
+
+
+def test_an_empty_out_is_taken_whatever_its_strides():
+    patches, classifier, _, _ = inputs(2, 0, 12)
+    out = torch.zeros(2, 1, 12, device=DEVICE).expand(2, 0, 12)
+    logits, result = seed_mask(patches, classifier, out)
+    assert result is out and logits.shape == (2, 0)
 
 
 def test_out_counts_as_an_in_place_write_for_autograd():
