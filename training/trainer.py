@@ -159,20 +159,40 @@ def _samples_seen(state: dict, config: TrainConfig, world: int) -> int:
     return state["step"] * batch_size * accumulate * world
 
 
-def _keep_log_records(path: Path, up_to_step: int) -> None:
-    """Keep the records of steps up to ``up_to_step`` in the log ``path`` (and drop a line that a crash
-    cut short)."""
+def _log_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """The lines of the log ``path`` with their records, passing over a line that a crash cut short."""
     if not path.is_file():
         return
-    kept = []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= up_to_step:
-            kept.append(line + "\n")
-    write_text_atomically(path, "".join(kept))
+        if isinstance(record, dict):
+            yield line, record
+
+
+def _keep_log_records(path: Path, up_to_step: int) -> None:
+    """Keep the records of steps up to ``up_to_step`` in the log ``path``."""
+    if path.is_file():
+        write_text_atomically(path, "".join(line + "\n" for line, record in _log_records(path)
+                                            if record.get("step", 0) <= up_to_step))
+
+
+def _check_no_checkpoint_was_lost(out: Path, latest: Path, checkpoint_every: int) -> None:
+    """Refuse to start a run over when its log shows that it got past a checkpoint (``latest`` since deleted or
+    moved): starting over would drop its best.pt and model/. ``checkpoint_every`` is this invocation's; the run
+    folder's config.yaml says the run's."""
+    try:
+        checkpoint_every = int(yaml.safe_load((out / "config.yaml").read_text())["train"]["checkpoint_every"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        pass
+    reached = max((record["step"] for _, record in _log_records(out / "log.jsonl")
+                   if isinstance(record.get("step"), int)), default=0)
+    if reached >= checkpoint_every:
+        raise FileNotFoundError(f"--resume: {latest} is missing, but {out} logged step {reached}, past its checkpoint "
+                                f"at step {checkpoint_every}: put the checkpoint back to resume, or start a new run "
+                                f"with another --out (nothing was changed)")
 
 
 def _as_setting(name: str, value: Any, kinds: list[type]) -> Any:
@@ -256,8 +276,9 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
     evaluation's metrics ({} when stopped early by ``stop_after``; None when resuming a run that had
     already reached ``config.steps``: nothing is done). With ``resume``, a run that stopped before its
-    first checkpoint (config.yaml written, no checkpoint) starts over. Raises ValueError/FileNotFoundError
-    for bad input before any training step, and :class:`TrainingDiverged` when the loss stops being finite."""
+    first checkpoint (config.yaml written, no checkpoint, no step logged at or past checkpoint_every) starts
+    over. Raises ValueError/FileNotFoundError for bad input before any training step, and
+    :class:`TrainingDiverged` when the loss stops being finite."""
     out = Path(out)
     latest = out / "checkpoints" / "latest.pt"
     if out.exists() and not out.is_dir():
@@ -265,6 +286,7 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     if resume and not latest.is_file():
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
+        _check_no_checkpoint_was_lost(out, latest, config.checkpoint_every)
         warnings.warn(f"--resume: {out} stopped before its first checkpoint ({latest} not found): it starts over "
                       f"from step 0", stacklevel=2)
         resume = False

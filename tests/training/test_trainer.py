@@ -198,9 +198,15 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data
     restore()
     assert main(args) == 2
     assert "stopped before its first checkpoint: --resume starts it over" in capsys.readouterr().err
-    assert main(args + ["--resume"]) == 0  # the command of a requeued job
+    crash_in_step(monkeypatch, 1)  # the restarted run stops too, before its first evaluation
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--resume"])  # the command of a requeued job
     assert re.search("warning: --resume: .* stopped before its first checkpoint .* starts over from step 0",
                      capsys.readouterr().err)
+    assert not (run / "model").exists() and list((run / "checkpoints").iterdir()) == []  # the lost steps' best
+    assert not (run / "log.jsonl").exists()  # the lost steps' records gone; the new run logged none yet
+    restore()
+    assert main(args + ["--resume"]) == 0
     assert next(scores, None) is None
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # step 1 once, from the new start
@@ -213,6 +219,20 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         train(get_config("restr-tiny", **MODEL), config(data_root), tmp_path / "empty", resume=True)
     capsys.readouterr()
+
+
+def test_resume_refuses_to_start_over_a_run_whose_checkpoint_went_missing(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
+            "--split-by", "unc", "--out", str(run), "--steps", "3", "--batch-size", "2", "--img-size", "32",
+            "--device", "cpu", "--workers", "0", "--eval-every", "1", "--checkpoint-every", "2"]
+    assert main(args) == 0
+    (run / "checkpoints" / "latest.pt").unlink()  # deleted to save space, say
+    kept = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    assert main(args + ["--resume"]) == 2
+    error = capsys.readouterr().err
+    assert f"latest.pt is missing, but {run} logged step 3, past its checkpoint at step 2" in error
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == kept  # best.pt, model/, log
 
 
 def test_the_same_command_resumes_a_run_whose_flags_override_its_yaml_config(data_root, tmp_path, capsys):
