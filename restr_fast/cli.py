@@ -204,6 +204,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         teardown()
 
 
+def _file_identity(path: Path) -> tuple | Path:
+    """What names one file: its device and inode where it exists (so that hard links match), else its
+    resolved path."""
+    try:
+        status = path.stat()
+    except OSError:
+        return path.resolve()
+    return status.st_dev, status.st_ino
+
+
 def _predict(args: argparse.Namespace) -> None:
     from PIL import Image
 
@@ -213,17 +223,17 @@ def _predict(args: argparse.Namespace) -> None:
     for text in args.text:  # the sentences, the outputs and the image, checked before the model loads
         if not tokenize(text):
             raise ValueError(f"--text {text!r} has no words: give a sentence describing the object")
-    outputs = {Path(args.image).resolve(): "--image"}
+    outputs = {_file_identity(Path(args.image)): "--image"}
     for number in range(1, len(args.text) + 1):
         for flag, template, suffixes in (("--out", args.out, MASK_SUFFIXES), ("--overlay", args.overlay, IMAGE_SUFFIXES)):
             if template is None:
                 continue
             path = _numbered(template, number, len(args.text))
             _check_output(path, flag, suffixes)
-            if path.resolve() in outputs:
-                raise ValueError(f"{flag} {path} is also {outputs[path.resolve()]}'s file: give each output a name "
-                                 f"of its own (the image is never overwritten)")
-            outputs[path.resolve()] = flag
+            if _file_identity(path) in outputs:
+                raise ValueError(f"{flag} {path} is also {outputs[_file_identity(path)]}'s file: give each output a "
+                                 f"name of its own (the image is never overwritten)")
+            outputs[_file_identity(path)] = flag
     image = to_rgb_image(args.image)  # read once
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast,
                                           attention=args.attention)

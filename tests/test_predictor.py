@@ -1,5 +1,6 @@
 """Predictor: equal to forward + threshold + back-mapping, batching, threads, model folders, bad input, CLI."""
 import json
+import os
 import threading
 
 import numpy as np
@@ -408,6 +409,7 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
         assert np.array_equal(written, predictor.predict(image, text).mask.numpy())
     assert "m_2.png" in capsys.readouterr().out
 
+    os.link(tmp_path / "photo.png", tmp_path / "linked.png")
     for arguments, message in (
         (["--image", str(tmp_path / "absent.jpg")], "image not found"),
         (["--text", "   ", "--checkpoint", str(tmp_path / "nowhere")], "has no words"),  # before the model loads
@@ -420,6 +422,7 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
         (["--device", "foo"], "unknown device 'foo'"),
         (["--device", "mps"], "device 'mps' is not supported: use auto, cpu, cuda or cuda:N"),
         (["--out", str(tmp_path / "photo.png")], "is also --image's file"),  # the photo is never overwritten
+        (["--overlay", str(tmp_path / "linked.png")], "is also --image's file"),  # nor through a hard link
         (["--out", str(tmp_path / "same.png"), "--overlay", str(tmp_path / "same.png")], "is also --out's file"),
     ):
         values = dict(zip(common[1::2], common[2::2]))
