@@ -179,20 +179,24 @@ def _keep_log_records(path: Path, up_to_step: int) -> None:
                                             if record.get("step", 0) <= up_to_step))
 
 
-def _check_no_checkpoint_was_lost(out: Path, latest: Path, checkpoint_every: int) -> None:
-    """Refuse to start a run over when its log shows that it got past a checkpoint (``latest`` since deleted or
-    moved): starting over would drop its best.pt and model/. ``checkpoint_every`` is this invocation's; the run
-    folder's config.yaml says the run's."""
+def _check_no_checkpoint_was_lost(out: Path, latest: Path, config: TrainConfig) -> None:
+    """Refuse to start a run over when its log shows a step that saved a checkpoint (every checkpoint_every
+    steps, and the last step), ``latest`` having since been deleted or moved: starting over would drop the
+    run's best.pt and model/. The run folder's config.yaml gives the run's settings; ``config``, this
+    invocation's, stands in where it cannot be read."""
+    every, steps = config.checkpoint_every, config.steps
     try:
-        checkpoint_every = int(yaml.safe_load((out / "config.yaml").read_text())["train"]["checkpoint_every"])
+        settings = yaml.safe_load((out / "config.yaml").read_text())["train"]
+        every, steps = int(settings["checkpoint_every"]), int(settings["steps"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         pass
     reached = max((record["step"] for _, record in _log_records(out / "log.jsonl")
                    if isinstance(record.get("step"), int)), default=0)
-    if reached >= checkpoint_every:
-        raise FileNotFoundError(f"--resume: {latest} is missing, but {out} logged step {reached}, past its checkpoint "
-                                f"at step {checkpoint_every}: put the checkpoint back to resume, or start a new run "
-                                f"with another --out (nothing was changed)")
+    if reached >= min(every, steps):
+        raise FileNotFoundError(f"--resume: {latest} is missing, but {out} logged step {reached}, which its "
+                                f"checkpoints (every {every} steps, and at its last, {steps}) had reached: put the "
+                                f"checkpoint back to resume, or start a new run with another --out (nothing was "
+                                f"changed)")
 
 
 def _as_setting(name: str, value: Any, kinds: list[type]) -> Any:
@@ -276,8 +280,8 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
     evaluation's metrics ({} when stopped early by ``stop_after``; None when resuming a run that had
     already reached ``config.steps``: nothing is done). With ``resume``, a run that stopped before its
-    first checkpoint (config.yaml written, no checkpoint, no step logged at or past checkpoint_every) starts
-    over. Raises ValueError/FileNotFoundError for bad input before any training step, and
+    first checkpoint (config.yaml written, no checkpoint, no step logged that saved one) starts over.
+    Raises ValueError/FileNotFoundError for bad input before any training step, and
     :class:`TrainingDiverged` when the loss stops being finite."""
     out = Path(out)
     latest = out / "checkpoints" / "latest.pt"
@@ -286,7 +290,7 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     if resume and not latest.is_file():
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
-        _check_no_checkpoint_was_lost(out, latest, config.checkpoint_every)
+        _check_no_checkpoint_was_lost(out, latest, config)
         warnings.warn(f"--resume: {out} stopped before its first checkpoint ({latest} not found): it starts over "
                       f"from step 0", stacklevel=2)
         resume = False

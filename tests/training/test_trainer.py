@@ -231,8 +231,17 @@ def test_resume_refuses_to_start_over_a_run_whose_checkpoint_went_missing(data_r
     kept = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     assert main(args + ["--resume"]) == 2
     error = capsys.readouterr().err
-    assert f"latest.pt is missing, but {run} logged step 3, past its checkpoint at step 2" in error
+    assert f"latest.pt is missing, but {run} logged step 3, which its checkpoints (every 2 steps" in error
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == kept  # best.pt, model/, log
+    finished = tmp_path / "finished"  # its only checkpoint: the last step's
+    args[args.index(str(run))] = str(finished)
+    args[args.index("--checkpoint-every") + 1] = "1000"
+    assert main(args) == 0
+    (finished / "checkpoints" / "latest.pt").unlink()
+    assert main(args + ["--resume"]) == 2
+    assert "logged step 3, which its checkpoints (every 1000 steps, and at its last, 3) had reached" in \
+        capsys.readouterr().err
+    assert (finished / "checkpoints" / "best.pt").is_file() and (finished / "model").is_dir()
 
 
 def test_the_same_command_resumes_a_run_whose_flags_override_its_yaml_config(data_root, tmp_path, capsys):
