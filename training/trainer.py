@@ -1,8 +1,8 @@
 """The training loop: the paper's recipe by default, resumable, DDP under torchrun.
 
 A run folder holds ``config.yaml`` (model and training settings), ``vocab.txt``, ``log.jsonl``
-(every logged step and evaluation), ``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU), and
-``model/``, the best model as a deployable folder for :class:`restr_fast.Predictor`.
+(every logged step, evaluation and saved checkpoint), ``checkpoints/latest.pt`` and ``best.pt`` (by
+overall IoU), and ``model/``, the best model as a deployable folder for :class:`restr_fast.Predictor`.
 """
 from __future__ import annotations
 
@@ -179,24 +179,14 @@ def _keep_log_records(path: Path, up_to_step: int) -> None:
                                             if record.get("step", 0) <= up_to_step))
 
 
-def _check_no_checkpoint_was_lost(out: Path, latest: Path, config: TrainConfig) -> None:
-    """Refuse to start a run over when its log shows a step that saved a checkpoint (every checkpoint_every
-    steps, and the last step), ``latest`` having since been deleted or moved: starting over would drop the
-    run's best.pt and model/. The run folder's config.yaml gives the run's settings; ``config``, this
-    invocation's, stands in where it cannot be read."""
-    every, steps = config.checkpoint_every, config.steps
-    try:
-        settings = yaml.safe_load((out / "config.yaml").read_text())["train"]
-        every, steps = int(settings["checkpoint_every"]), int(settings["steps"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        pass
-    reached = max((record["step"] for _, record in _log_records(out / "log.jsonl")
-                   if isinstance(record.get("step"), int)), default=0)
-    if reached >= min(every, steps):
-        raise FileNotFoundError(f"--resume: {latest} is missing, but {out} logged step {reached}, which its "
-                                f"checkpoints (every {every} steps, and at its last, {steps}) had reached: put the "
-                                f"checkpoint back to resume, or start a new run with another --out (nothing was "
-                                f"changed)")
+def _check_no_checkpoint_was_lost(out: Path, latest: Path) -> None:
+    """Refuse to start a run over when its log records a saved checkpoint, ``latest`` having since been
+    deleted or moved: starting over would drop the run's best.pt and model/."""
+    saved = [record["step"] for _, record in _log_records(out / "log.jsonl") if "checkpoint" in record]
+    if saved:
+        raise FileNotFoundError(f"--resume: {latest} is missing, but {out}'s log records its checkpoint of step "
+                                f"{saved[-1]}: put the checkpoint back to resume, or start a new run with another "
+                                f"--out (nothing was changed)")
 
 
 def _as_setting(name: str, value: Any, kinds: list[type]) -> Any:
@@ -280,7 +270,7 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
     evaluation's metrics ({} when stopped early by ``stop_after``; None when resuming a run that had
     already reached ``config.steps``: nothing is done). With ``resume``, a run that stopped before its
-    first checkpoint (config.yaml written, no checkpoint, no step logged that saved one) starts over.
+    first checkpoint (config.yaml written, no checkpoint saved or logged) starts over.
     Raises ValueError/FileNotFoundError for bad input before any training step, and
     :class:`TrainingDiverged` when the loss stops being finite."""
     out = Path(out)
@@ -290,7 +280,7 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     if resume and not latest.is_file():
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
-        _check_no_checkpoint_was_lost(out, latest, config)
+        _check_no_checkpoint_was_lost(out, latest)
         warnings.warn(f"--resume: {out} stopped before its first checkpoint ({latest} not found): it starts over "
                       f"from step 0", stacklevel=2)
         resume = False
@@ -461,6 +451,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
                           f"mean IoU {100 * metrics['mean_iou']:.2f} %")
         if saving:
             checkpoint(out / "checkpoints" / "latest.pt", metrics)
+            log({"step": step, "checkpoint": "latest.pt"})  # saved: a later --resume never starts the run over
         if window["steps"] == 0:  # a new window: its time starts after this step's evaluation and saving
             window["start"] = time.perf_counter()
     bar.close()

@@ -221,6 +221,27 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data
     capsys.readouterr()
 
 
+def test_resume_starts_over_a_run_stopped_between_its_first_checkpoint_steps_log_and_its_save(
+        data_root, tmp_path, monkeypatch, capsys):
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    real = trainer.evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("stopped in the evaluation before the first checkpoint's save")
+    monkeypatch.setattr(trainer, "evaluate", interrupted)
+    run = tmp_path / "run"
+    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
+            "--split-by", "unc", "--out", str(run), "--steps", "2", "--batch-size", "2", "--img-size", "32",
+            "--device", "cpu", "--workers", "0", "--eval-every", "2", "--checkpoint-every", "2", "--log-every", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert '"step": 2' in (run / "log.jsonl").read_text() and not (run / "checkpoints" / "latest.pt").exists()
+    monkeypatch.setattr(trainer, "evaluate", real)
+    assert main(args + ["--resume"]) == 0
+    assert "starts over from step 0" in capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+
+
 def test_resume_refuses_to_start_over_a_run_whose_checkpoint_went_missing(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
@@ -231,17 +252,16 @@ def test_resume_refuses_to_start_over_a_run_whose_checkpoint_went_missing(data_r
     kept = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
     assert main(args + ["--resume"]) == 2
     error = capsys.readouterr().err
-    assert f"latest.pt is missing, but {run} logged step 3, which its checkpoints (every 2 steps" in error
+    assert f"latest.pt is missing, but {run}'s log records its checkpoint of step 3" in error
     assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == kept  # best.pt, model/, log
-    finished = tmp_path / "finished"  # its only checkpoint: the last step's
-    args[args.index(str(run))] = str(finished)
+    stopped = tmp_path / "stopped"  # its only checkpoint: where --stop-after ended it
+    args[args.index(str(run))] = str(stopped)
     args[args.index("--checkpoint-every") + 1] = "1000"
-    assert main(args) == 0
-    (finished / "checkpoints" / "latest.pt").unlink()
+    assert main(args + ["--stop-after", "1"]) == 0
+    (stopped / "checkpoints" / "latest.pt").unlink()
     assert main(args + ["--resume"]) == 2
-    assert "logged step 3, which its checkpoints (every 1000 steps, and at its last, 3) had reached" in \
-        capsys.readouterr().err
-    assert (finished / "checkpoints" / "best.pt").is_file() and (finished / "model").is_dir()
+    assert "log records its checkpoint of step 1" in capsys.readouterr().err
+    assert (stopped / "checkpoints" / "best.pt").is_file() and (stopped / "model").is_dir()
 
 
 def test_the_same_command_resumes_a_run_whose_flags_override_its_yaml_config(data_root, tmp_path, capsys):
