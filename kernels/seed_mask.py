@@ -646,7 +646,7 @@ def _overlaps_itself(t: torch.Tensor) -> bool:
     """Whether two elements of ``t`` may share memory: some stride does not step past the elements the
     smaller strides reach (an expanded dimension, or rows closer than their width). Conservative: a few
     interleaved layouts whose elements never meet are counted too."""
-    if t.numel() == 0:
+    if t.numel() == 0:  # however expanded
         return False
     reach = 0  # elements spanned by the smaller strides, less one
     for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size > 1):

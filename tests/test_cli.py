@@ -72,14 +72,24 @@ def test_synth_of_a_refer_dataset_name_writes_its_images_where_the_reader_looks(
     assert dataset[0]["image"].shape == (3, 32, 32)
 
 
-@pytest.mark.parametrize("existing", ["refcoco/instances.json", "images/mscoco/images/train2014/COCO_1.jpg"])
-def test_synth_refuses_to_write_into_a_real_dataset(tmp_path, capsys, existing):
+@pytest.mark.parametrize("existing, message", [
+    ("refcoco/instances.json", "{root} already holds a dataset 'refcoco' ({root}/refcoco is not empty)"),
+    ("images/mscoco/images/train2014/COCO_train2014_000000000009.jpg",
+     "{root}/images/mscoco/images/train2014 already holds another dataset's images (COCO_train2014_000000000009.jpg)"),
+    ("images/mscoco/images/train2014/refcoco_000001.png", "already holds refcoco's (left by an interrupted synth?) images"),
+])
+def test_synth_refuses_to_write_over_or_into_a_dataset(tmp_path, capsys, existing, message):
     (tmp_path / existing).parent.mkdir(parents=True)
     (tmp_path / existing).write_text("real")
     assert main(["synth", "--out", str(tmp_path), "--images", "10", "--name", "refcoco"]) == 2
-    assert f"{tmp_path} already holds a dataset 'refcoco' ({(tmp_path / existing).parent} is not empty)" in \
-        capsys.readouterr().err
+    assert message.format(root=tmp_path) in capsys.readouterr().err
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / existing]
+
+
+def test_synth_writes_refer_names_sharing_an_image_folder_side_by_side(tmp_path):
+    for name in ("refcoco", "refcoco+", "refcocog"):  # all three read COCO's image folder
+        assert main(["synth", "--out", str(tmp_path), "--images", "10", "--name", name]) == 0
+    assert len(list((tmp_path / "images" / "mscoco" / "images" / "train2014").iterdir())) == 30
 
 
 def test_console_script_is_installed():

@@ -14,6 +14,7 @@ import json
 import math
 import pickle
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,11 +134,19 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
     if data_root.exists() and not data_root.is_dir():
         raise ValueError(f"{data_root} is a file: the synthetic set needs a folder")
     image_dir = default_image_root(data_root, name)  # where ReferDataset looks (refcoco's: COCO's folder)
-    for folder in (data_root / name, image_dir):  # a dataset, synthetic or real, is never written over or into
-        if folder.is_dir() and any(folder.iterdir()):
-            what = "a synthetic set" if (data_root / name / "refs(unc).p").exists() else "a dataset"
-            raise ValueError(f"{data_root} already holds {what} {name!r} ({folder} is not empty): choose another "
-                             f"folder or --name (nothing is overwritten)")
+    dataset_dir = data_root / name
+    if dataset_dir.is_dir() and any(dataset_dir.iterdir()):  # a dataset, synthetic or real, is never written over
+        what = "a synthetic set" if (dataset_dir / "refs(unc).p").exists() else "a dataset"
+        raise ValueError(f"{data_root} already holds {what} {name!r} ({dataset_dir} is not empty): choose another "
+                         f"folder or --name (nothing is overwritten)")
+    # nor written into a real dataset's image folder; refcoco, refcoco+ and refcocog share one (COCO's)
+    if image_dir.is_dir():
+        for path in image_dir.iterdir():
+            if path.name.startswith(f"{name}_") or not re.fullmatch(r".+_\d{6}\.png", path.name):
+                whose = f"{name}'s (left by an interrupted synth?)" if path.name.startswith(f"{name}_") else \
+                    "another dataset's"
+                raise ValueError(f"{image_dir} already holds {whose} images ({path.name}): choose another folder "
+                                 f"(nothing is overwritten)")
     rng = random.Random(seed)
     image_dir.mkdir(parents=True, exist_ok=True)
     (data_root / name).mkdir(parents=True, exist_ok=True)

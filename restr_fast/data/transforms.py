@@ -35,27 +35,17 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            sixteen_bit = _holds_16_bit_samples(image)  # read before load() drops the tiles
             image.load()
-            if sixteen_bit:  # as I;16, so that to_rgb takes 65535 as white
+            sixteen_bit_pgm = image.mode == "I" and image.format == "PPM"  # Pillow scales its samples to 0..65535
+            image = ImageOps.exif_transpose(image) if upright else image
+            if sixteen_bit_pgm:  # as I;16, which to_rgb takes on 0..65535
                 image = Image.fromarray(np.asarray(image).astype(np.uint16))
-            return to_rgb(ImageOps.exif_transpose(image) if upright else image)
+            return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
     except Image.DecompressionBombError as error:  # not an OSError
         raise ValueError(f"cannot read image {path}: {error}; if the file is trusted, raise "
                          f"PIL.Image.MAX_IMAGE_PIXELS (or resize the image first)") from error
-
-
-def _holds_16_bit_samples(image: Image.Image) -> bool:
-    """Whether an opened, not yet loaded, mode ``I`` image decodes 16-bit samples (0..65535), as Pillow opens
-    16-bit PGM files, rather than 32-bit ones."""
-    if image.mode != "I":
-        return False
-    if image.format == "PPM":  # Pillow opens a PGM as I only when its maxval exceeds 255, scaled to 0..65535
-        return True
-    rawmodes = [tile.args if isinstance(tile.args, str) else tile.args[0] for tile in image.tile if tile.args]
-    return bool(rawmodes) and all(isinstance(mode, str) and mode.startswith("I;16") for mode in rawmodes)
 
 
 # The value each high-bit-depth PIL mode takes as full brightness (255 in 8 bits): 16-bit images

@@ -35,6 +35,24 @@ def test_16_bit_files_load_on_their_range_whatever_the_format(tmp_path):
     Image.fromarray(gray.astype(np.int32)).save(tmp_path / "c.tif")  # 32-bit: on Pillow's 0..255 scale
     assert Image.open(tmp_path / "c.tif").mode == "I"
     assert np.array_equal(np.asarray(load_image(tmp_path / "c.tif")), expected)
+    assert np.array_equal(np.asarray(load_image(tmp_path / "a.pgm", upright=True)), expected)
+
+
+def test_signed_16_bit_tiffs_load_on_pillows_scale_clipped(tmp_path):
+    """Pillow opens a TIFF of signed 16-bit samples as mode I, values as they are: on the 0..255 scale of
+    32-bit images, negatives black, nothing wrapped around."""
+    samples = np.array([[-1000, 0, 100, 255, 1000, 30000]], dtype="<i2")
+    strip = samples.tobytes()
+    entries = [(256, 3, 1, 6), (257, 3, 1, 1), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 8 + 2 + 12 * 10 + 4), (277, 3, 1, 1), (278, 3, 1, 1), (279, 4, 1, len(strip)),
+               (339, 3, 1, 2)]  # width, height, bits, no compression, black is zero, strip, 1 sample, signed
+    ifd = len(entries).to_bytes(2, "little") + b"".join(
+        tag.to_bytes(2, "little") + kind.to_bytes(2, "little") + count.to_bytes(4, "little")
+        + value.to_bytes(4 if kind == 4 else 2, "little") + (b"" if kind == 4 else b"\0\0")
+        for tag, kind, count, value in entries) + b"\0\0\0\0"
+    (tmp_path / "s.tif").write_bytes(b"II*\0" + (8).to_bytes(4, "little") + ifd + strip)
+    assert Image.open(tmp_path / "s.tif").mode == "I"
+    assert np.asarray(load_image(tmp_path / "s.tif"))[0, :, 0].tolist() == [0, 0, 100, 255, 255, 255]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])

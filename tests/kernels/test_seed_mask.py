@@ -327,9 +327,9 @@ def test_out_with_elements_that_share_memory_is_an_error():
             seed_mask(patches, classifier, out)
 
 
-def test_an_empty_out_is_taken_whatever_its_strides():
+def test_an_empty_out_is_taken_with_a_zero_stride():
     patches, classifier, _, _ = inputs(2, 0, 12)
-    out = torch.zeros(2, 1, 12, device=DEVICE).expand(2, 0, 12)
+    out = torch.zeros(1, 0, 12, device=DEVICE).expand(2, 0, 12)  # strides (0, 12, 1): no elements to share
     logits, result = seed_mask(patches, classifier, out)
     assert result is out and logits.shape == (2, 0)
 
