@@ -1,13 +1,15 @@
 """The training loop: the paper's recipe by default, resumable, DDP under torchrun.
 
 A run folder holds ``config.yaml`` (model and training settings), ``vocab.txt``, ``log.jsonl``
-(every logged step, evaluation and saved checkpoint), ``checkpoints/latest.pt`` and ``best.pt`` (by
-overall IoU), and ``model/``, the best model as a deployable folder for :class:`restr_fast.Predictor`.
+(each invocation's start, every logged step, evaluation and saved checkpoint),
+``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU), and ``model/``, the best model as a
+deployable folder for :class:`restr_fast.Predictor`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import numbers
@@ -179,14 +181,29 @@ def _keep_log_records(path: Path, up_to_step: int) -> None:
                                             if record.get("step", 0) <= up_to_step))
 
 
-def _check_no_checkpoint_was_lost(out: Path, latest: Path) -> None:
-    """Refuse to start a run over when its log records a saved checkpoint, ``latest`` having since been
-    deleted or moved: starting over would drop the run's best.pt and model/."""
-    saved = [record["step"] for _, record in _log_records(out / "log.jsonl") if "checkpoint" in record]
+def _check_no_checkpoint_was_lost(out: Path, latest: Path, config: TrainConfig) -> None:
+    """Refuse to start a run over when its log shows that it saved a checkpoint, ``latest`` having since been
+    deleted or moved: starting over would drop the run's best.pt and model/. A log records each save, and each
+    invocation's start ("started", "resumed": resumed from a checkpoint); in a log written before it did, a step
+    that saved one (every checkpoint_every steps, and the last, by the run folder's config.yaml) counts."""
+    records = [record for _, record in _log_records(out / "log.jsonl")]
+    saved = [record["step"] for record in records if "checkpoint" in record or "resumed" in record]
     if saved:
         raise FileNotFoundError(f"--resume: {latest} is missing, but {out}'s log records its checkpoint of step "
                                 f"{saved[-1]}: put the checkpoint back to resume, or start a new run with another "
                                 f"--out (nothing was changed)")
+    if any("started" in record for record in records):
+        return
+    every, steps = config.checkpoint_every, config.steps
+    with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        settings = yaml.safe_load((out / "config.yaml").read_text())["train"]
+        every, steps = int(settings["checkpoint_every"]), int(settings["steps"])
+    reached = max((record["step"] for record in records if isinstance(record.get("step"), int)), default=0)
+    if reached >= min(every, steps):
+        raise FileNotFoundError(f"--resume: {latest} is missing, but {out} logged step {reached}, which its "
+                                f"checkpoints (every {every} steps, and at its last, {steps}) reached: put the "
+                                f"checkpoint back to resume, or start a new run with another --out (nothing was "
+                                f"changed)")
 
 
 def _as_setting(name: str, value: Any, kinds: list[type]) -> Any:
@@ -280,7 +297,7 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     if resume and not latest.is_file():
         if not (out / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {latest}")
-        _check_no_checkpoint_was_lost(out, latest)
+        _check_no_checkpoint_was_lost(out, latest, config)
         warnings.warn(f"--resume: {out} stopped before its first checkpoint ({latest} not found): it starts over "
                       f"from step 0", stacklevel=2)
         resume = False
@@ -389,6 +406,9 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     window = {"loss": torch.zeros((), device=device), "patch": torch.zeros((), device=device),
               "pixel": torch.zeros((), device=device), "steps": 0, "start": time.perf_counter()}
     metrics: dict = {}
+    # when each invocation began, at which step; "resumed" also says that step's checkpoint was saved
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    log({"step": step, "resumed" if state is not None else "started": now})
     model.train()
     stop_at = config.steps if config.stop_after is None else min(config.steps, step + config.stop_after)
     while step < stop_at:

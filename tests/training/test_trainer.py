@@ -132,6 +132,8 @@ def test_resume_after_a_crash_drops_the_log_records_of_the_lost_steps(data_root,
     train(get_config("restr-tiny", **MODEL), run_config, tmp_path / "run", resume=True)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # step 4 once, from the resumed run
+    assert [(r["step"], next(key for key in r if key != "step")) for r in records if "loss" not in r and "eval" not in r] == [
+        (0, "started"), (3, "checkpoint"), (3, "resumed"), (6, "checkpoint")]  # and the invocations and saves
 
 
 def crash_in_step(monkeypatch, number):
@@ -204,7 +206,8 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data
     assert re.search("warning: --resume: .* stopped before its first checkpoint .* starts over from step 0",
                      capsys.readouterr().err)
     assert not (run / "model").exists() and list((run / "checkpoints").iterdir()) == []  # the lost steps' best
-    assert not (run / "log.jsonl").exists()  # the lost steps' records gone; the new run logged none yet
+    restarted = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [sorted(record) for record in restarted] == [["started", "step"]]  # the lost steps' records gone
     restore()
     assert main(args + ["--resume"]) == 0
     assert next(scores, None) is None
@@ -262,6 +265,24 @@ def test_resume_refuses_to_start_over_a_run_whose_checkpoint_went_missing(data_r
     assert main(args + ["--resume"]) == 2
     assert "log records its checkpoint of step 1" in capsys.readouterr().err
     assert (stopped / "checkpoints" / "best.pt").is_file() and (stopped / "model").is_dir()
+
+
+def test_resume_refuses_to_start_over_a_run_of_an_older_log_past_its_checkpoint(data_root, tmp_path, capsys):
+    """A log written before logs recorded starts and checkpoints: a step that saved one counts."""
+    run = tmp_path / "run"
+    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
+            "--split-by", "unc", "--out", str(run), "--steps", "3", "--batch-size", "2", "--img-size", "32",
+            "--device", "cpu", "--workers", "0", "--eval-every", "1", "--checkpoint-every", "2"]
+    assert main(args + ["--stop-after", "2"]) == 0
+    log = run / "log.jsonl"
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()
+                           if "started" not in line and "checkpoint" not in line))
+    (run / "checkpoints" / "latest.pt").unlink()
+    kept = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    assert main(args + ["--resume"]) == 2
+    assert f"{run} logged step 2, which its checkpoints (every 2 steps, and at its last, 3) reached" in \
+        capsys.readouterr().err
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == kept
 
 
 def test_the_same_command_resumes_a_run_whose_flags_override_its_yaml_config(data_root, tmp_path, capsys):
@@ -528,8 +549,8 @@ def test_ddp_on_two_processes_equals_one_process_with_the_global_batch(data_root
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one, two = (parameters(tmp_path / name / "checkpoints" / "latest.pt") for name in ("single", "ddp"))
     # rank 0 logs the mean loss of all ranks: the loss of the single process's global batch
-    logged = [[json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()][0]
-              for name in ("single", "ddp")]
+    logged = [[json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()
+               if "loss" in line][0] for name in ("single", "ddp")]
     assert logged[1]["step"] == logged[0]["step"] == 3
     assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], rel=1e-3)
     # Summing the gradient in two halves rounds differently. Adam divides each update by the
