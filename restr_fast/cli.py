@@ -230,10 +230,11 @@ def _predict(args: argparse.Namespace) -> None:
                 continue
             path = _numbered(template, number, len(args.text))
             _check_output(path, flag, suffixes)
-            if _file_identity(path) in outputs:
-                raise ValueError(f"{flag} {path} is also {outputs[_file_identity(path)]}'s file: give each output a "
-                                 f"name of its own (the image is never overwritten)")
-            outputs[_file_identity(path)] = flag
+            identity = _file_identity(path)
+            if identity in outputs:
+                raise ValueError(f"{flag} {path} is also {outputs[identity]}'s file: give each output a name of its "
+                                 f"own (the image is never overwritten)")
+            outputs[identity] = flag
     image = to_rgb_image(args.image)  # read once
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype, fast=not args.no_fast,
                                           attention=args.attention)

@@ -86,6 +86,14 @@ def test_synth_refuses_to_write_over_or_into_a_dataset(tmp_path, capsys, existin
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / existing]
 
 
+def test_synth_refuses_an_image_folder_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "synthetic").write_text("kept")
+    assert main(["synth", "--out", str(tmp_path), "--images", "10"]) == 2
+    assert f"{tmp_path / 'images' / 'synthetic'} is a file, where the images of 'synthetic' go" in capsys.readouterr().err
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / "images" / "synthetic"]
+
+
 def test_synth_writes_refer_names_sharing_an_image_folder_side_by_side(tmp_path):
     for name in ("refcoco", "refcoco+", "refcocog"):  # all three read COCO's image folder
         assert main(["synth", "--out", str(tmp_path), "--images", "10", "--name", name]) == 0

@@ -139,17 +139,18 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
         what = "a synthetic set" if (dataset_dir / "refs(unc).p").exists() else "a dataset"
         raise ValueError(f"{data_root} already holds {what} {name!r} ({dataset_dir} is not empty): choose another "
                          f"folder or --name (nothing is overwritten)")
+    if image_dir.exists() and not image_dir.is_dir():
+        raise ValueError(f"{image_dir} is a file, where the images of {name!r} go: choose another folder")
     # nor written into a real dataset's image folder; refcoco, refcoco+ and refcocog share one (COCO's)
-    if image_dir.is_dir():
-        for path in image_dir.iterdir():
-            if path.name.startswith(f"{name}_") or not re.fullmatch(r".+_\d{6}\.png", path.name):
-                whose = f"{name}'s (left by an interrupted synth?)" if path.name.startswith(f"{name}_") else \
-                    "another dataset's"
-                raise ValueError(f"{image_dir} already holds {whose} images ({path.name}): choose another folder "
-                                 f"(nothing is overwritten)")
+    for path in image_dir.iterdir() if image_dir.is_dir() else ():
+        own = path.name.startswith(f"{name}_")
+        if own or not re.fullmatch(r".+_\d{6}\.png", path.name):  # another synthetic set's images may stay
+            whose = f"{name}'s (left by an interrupted synth?)" if own else "another dataset's"
+            raise ValueError(f"{image_dir} already holds {whose} images ({path.name}): choose another folder "
+                             f"(nothing is overwritten)")
     rng = random.Random(seed)
     image_dir.mkdir(parents=True, exist_ok=True)
-    (data_root / name).mkdir(parents=True, exist_ok=True)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": kind} for i, kind in enumerate(KINDS)]
     records, annotations, refs = [], [], []
     counts = {split: {"images": 0, "refs": 0, "sentences": 0} for split in SPLITS}

@@ -136,6 +136,13 @@ def test_resume_after_a_crash_drops_the_log_records_of_the_lost_steps(data_root,
         (0, "started"), (3, "checkpoint"), (3, "resumed"), (6, "checkpoint")]  # and the invocations and saves
 
 
+def cli_train_args(data_root, run, steps, *flags):
+    """``restr-fast train`` of restr-tiny on the synthetic set at 32 pixels, batch 2, on the CPU, with ``flags``."""
+    return ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic", "--split-by",
+            "unc", "--out", str(run), "--steps", str(steps), "--batch-size", "2", "--img-size", "32", "--device", "cpu",
+            "--workers", "0", *flags]
+
+
 def crash_in_step(monkeypatch, number):
     """Make the loss of training step ``number`` (one batch a step) raise KeyboardInterrupt."""
     trainer = importlib.import_module("restr_fast.training.trainer")
@@ -188,9 +195,7 @@ def test_resume_keeps_a_best_checkpoint_written_after_the_last_checkpoint(data_r
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data_root, tmp_path, monkeypatch, capsys):
     """Started over: the log, best.pt and model/ of the lost steps go; the new run's best is its own."""
     run = tmp_path / "run"
-    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-            "--split-by", "unc", "--out", str(run), "--steps", "3", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "1", "--log-every", "1"]
+    args = cli_train_args(data_root, run, 3, "--eval-every", "1", "--log-every", "1")
     scores = scored_evaluations(monkeypatch, [0.9, 0.5, 0.4, 0.3])  # the lost step 1; then steps 1 to 3
     restore = crash_in_step(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
@@ -233,9 +238,7 @@ def test_resume_starts_over_a_run_stopped_between_its_first_checkpoint_steps_log
         raise KeyboardInterrupt("stopped in the evaluation before the first checkpoint's save")
     monkeypatch.setattr(trainer, "evaluate", interrupted)
     run = tmp_path / "run"
-    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-            "--split-by", "unc", "--out", str(run), "--steps", "2", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "2", "--checkpoint-every", "2", "--log-every", "1"]
+    args = cli_train_args(data_root, run, 2, "--eval-every", "2", "--checkpoint-every", "2", "--log-every", "1")
     with pytest.raises(KeyboardInterrupt):
         main(args)
     assert '"step": 2' in (run / "log.jsonl").read_text() and not (run / "checkpoints" / "latest.pt").exists()
@@ -247,9 +250,7 @@ def test_resume_starts_over_a_run_stopped_between_its_first_checkpoint_steps_log
 
 def test_resume_refuses_to_start_over_a_run_whose_checkpoint_went_missing(data_root, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-            "--split-by", "unc", "--out", str(run), "--steps", "3", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "1", "--checkpoint-every", "2"]
+    args = cli_train_args(data_root, run, 3, "--eval-every", "1", "--checkpoint-every", "2")
     assert main(args) == 0
     (run / "checkpoints" / "latest.pt").unlink()  # deleted to save space, say
     kept = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
@@ -270,9 +271,7 @@ def test_resume_refuses_to_start_over_a_run_whose_checkpoint_went_missing(data_r
 def test_resume_refuses_to_start_over_a_run_of_an_older_log_past_its_checkpoint(data_root, tmp_path, capsys):
     """A log written before logs recorded starts and checkpoints: a step that saved one counts."""
     run = tmp_path / "run"
-    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-            "--split-by", "unc", "--out", str(run), "--steps", "3", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "1", "--checkpoint-every", "2"]
+    args = cli_train_args(data_root, run, 3, "--eval-every", "1", "--checkpoint-every", "2")
     assert main(args + ["--stop-after", "2"]) == 0
     log = run / "log.jsonl"
     log.write_text("".join(line + "\n" for line in log.read_text().splitlines()
@@ -306,10 +305,8 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
     """A resumed run given another --lr trains with it from there on, and another --steps holds for the
     next --resume too."""
     run = tmp_path / "run"
-    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-            "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "100", "--checkpoint-every", "1", "--log-every", "1",
-            "--lr", "1e-3"]
+    args = cli_train_args(data_root, run, 4, "--eval-every", "100", "--checkpoint-every", "1", "--log-every", "1",
+                          "--lr", "1e-3")
     assert main(args + ["--stop-after", "2"]) == 0
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("weight_decay: 0.0005",
                                                                                "weight_decay: 0.05"))
@@ -347,9 +344,7 @@ def test_resume_with_new_steps_trains_the_first_step_on_the_new_schedule(data_ro
     real_build = trainer.build_optimizer
     monkeypatch.setattr(trainer, "build_optimizer", recording)
     run = tmp_path / "run"
-    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-            "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "100", "--lr", "1e-3", "--stop-after", "2"]
+    args = cli_train_args(data_root, run, 4, "--eval-every", "100", "--lr", "1e-3", "--stop-after", "2")
     assert main(args) == 0
     assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--stop-after", "1"]) == 0
     new_schedule = trainer.warmup_poly_schedule(torch.optim.SGD([torch.zeros(1)], lr=1e-3), 8, 0.1, 0.9)
@@ -360,9 +355,7 @@ def test_resume_of_a_checkpoint_without_samples_seen_counts_its_saved_batch_size
     """Checkpoints before samples_seen: their steps drew the batch size they saved, whatever this
     invocation's --batch-size is."""
     run = tmp_path / "run"
-    assert main(["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-                 "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
-                 "--device", "cpu", "--workers", "0", "--eval-every", "100", "--stop-after", "2"]) == 0
+    assert main(cli_train_args(data_root, run, 4, "--eval-every", "100", "--stop-after", "2")) == 0
     latest = run / "checkpoints" / "latest.pt"
     older = load_checkpoint(latest)
     del older["samples_seen"]
@@ -456,9 +449,7 @@ def test_bad_input_fails_before_anything_is_written(data_root, tmp_path):
 
 def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--config", "restr-tiny", "--data-root", str(data_root), "--dataset", "synthetic",
-            "--split-by", "unc", "--out", str(run), "--steps", "4", "--batch-size", "2", "--img-size", "32",
-            "--device", "cpu", "--workers", "0", "--eval-every", "4", "--checkpoint-every", "2"]
+    args = cli_train_args(data_root, run, 4, "--eval-every", "4", "--checkpoint-every", "2")
     assert main(args + ["--stop-after", "1"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
     assert main(args + ["--resume", "--stop-after", "1"]) == 0  # the same command resumes (a requeued job)
