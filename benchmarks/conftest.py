@@ -83,6 +83,13 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
+def out_of_memory_reason(error: BaseException) -> str | None:
+    """The skip reason for a CUDA allocation failure (its message's first line), else None."""
+    if not is_out_of_memory(error):
+        return None
+    return f"out of memory on this card: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+
+
 def release_memory() -> None:
     """Drop unreferenced tensors and hand cached GPU blocks back, so the next case starts clean."""
     gc.collect()

@@ -179,9 +179,14 @@ def render_group(group: str, rows: list[dict]) -> list[str]:
     lines = [f"### {group}", "", "| case | impl | " + " | ".join(header for _, header, _ in keys) + " |",
              "| --- | --- |" + " --- |" * len(keys)]
     for row in rows:
-        cells = [fmt.format(row[key]) if key in row else "" for key, _, fmt in keys]
+        cells = [table_cell(fmt.format(row[key])) if key in row else "" for key, _, fmt in keys]
         lines.append(f"| {row['case']} | {row['impl']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def table_cell(text: str) -> str:
+    """``text`` on one line, its pipes escaped: an error message as one markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def memory_table(rows: list[dict]) -> dict[int, dict[str, dict[int, dict]]]:

@@ -17,7 +17,7 @@ import torch
 from restr_fast import attention as attention_module
 from restr_fast.config import ATTENTION_BACKENDS
 
-from .conftest import is_out_of_memory, release_memory, requires_gpu, skip_unless_time
+from .conftest import out_of_memory_reason, release_memory, requires_gpu, skip_unless_time
 
 B, H, HEAD_DIM, PADDED_WORDS = 8, 12, 64, 10
 BACKENDS = {"reference": "math", "eager-sdpa": "sdpa", "xformers": "xformers", "fast": "auto"}
@@ -63,9 +63,9 @@ def test_attention(benchmark, measure, n, masked, impl):
     try:
         measure(step, impl=impl, case=f"N{n}{'-keymask' if masked else ''}", flop=flop, rounds=10, round_s=0.03)
     except RuntimeError as error:
-        if not is_out_of_memory(error):
+        failure = out_of_memory_reason(error)
+        if failure is None:
             raise
-        failure = f"out of memory on this card: {str(error).splitlines()[0]}"
     if failure is not None:  # outside the except block, so the error's frames (and tensors) are freed
         del q, k, v, grad_out
         release_memory()

@@ -23,7 +23,7 @@ import restr_fast
 from restr_fast.cuda_graphs import CUDAGraphed
 from restr_fast.text import Vocabulary
 
-from .conftest import is_out_of_memory, peak_memory, release_memory, requires_gpu, skip_unless_time
+from .conftest import out_of_memory_reason, peak_memory, release_memory, requires_gpu, skip_unless_time
 from .workloads import forward_macs, model_for, random_batch
 
 IMAGE_SIZE = 480
@@ -62,9 +62,9 @@ def test_inference(benchmark, measure, batch, impl):
         median = measure(predict, impl=impl, case=f"{IMAGE_SIZE}-p16-b{batch}", flop=flop,
                          rounds=10 if batch == 1 else 5, round_s=0.05)
     except RuntimeError as error:
-        if not is_out_of_memory(error):
+        failure = out_of_memory_reason(error)
+        if failure is None:
             raise
-        failure = f"out of memory on this card: {str(error).splitlines()[0]}"
     if failure is not None:  # outside the except block, so the error's frames (and tensors) are freed
         del model, images, tokens
         release_memory()

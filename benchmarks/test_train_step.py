@@ -22,7 +22,7 @@ import signal
 import pytest
 import torch
 
-from .conftest import is_out_of_memory, release_memory, requires_gpu, skip_unless_time, time_left
+from .conftest import out_of_memory_reason, release_memory, requires_gpu, skip_unless_time, time_left
 from .workloads import BATCH, forward_macs, model_for, optimizer_for, random_batch, train_step
 
 CASE_S = 10  # budget check per eager case (estimates above, with margin)
@@ -88,13 +88,8 @@ def run_case(benchmark, measure, impl: str, image_size: int, patch_size: int) ->
 def expected_failure(error: Exception) -> str | None:
     """The skip reason for an out-of-memory or an overrun time budget (torch.compile may wrap the
     TimeoutError in its own exception), else None."""
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if is_out_of_memory(error):
-        return f"out of memory on this card: {message}"
     budget_lines = [line for line in str(error).splitlines() if "time budget" in line]
-    if budget_lines:
-        return budget_lines[0].strip()
-    return None
+    return out_of_memory_reason(error) or (budget_lines[0].strip() if budget_lines else None)
 
 
 @contextlib.contextmanager

@@ -19,14 +19,19 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int], batch_size: in
     Matrix products are counted, the attention's q k^T and attention-times-v included (the pass runs
     with the explicit ``math`` attention so that they are plain matmuls); element-wise work,
     normalisation and interpolation are not, as in the paper's tables. Every sentence has
-    ``max_words`` words. Runs on the model's device; a model on the ``meta`` device is counted
-    without computing anything.
+    ``max_words`` words. A fast model (``config.fast``) is counted as the reference model of its
+    config, so that the count is the paper's operations wherever it runs (the fast path reorders the
+    decoder's products and fuses some of them into kernels the counter does not see). Runs on the
+    model's device; a model on the ``meta`` device is counted without computing anything.
 
     Returns:
         the total, or with ``by_part`` a dict of the top-level parts (``vision``, ``language``,
         ``fusion``, ...) and ``total``.
     """
     config = model.config
+    if config.fast:
+        with torch.device("meta"):
+            model = type(model)(config.replace(fast=False))
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     parameter = next(model.parameters())
     images = torch.zeros(batch_size, config.in_chans, height, width, device=parameter.device,

@@ -97,6 +97,19 @@ def test_tables_hold_the_json_numbers(bench_json, tmp_path, capsys):
                     assert fmt.format(info[key]) in cells, (group, key)
 
 
+def test_a_multi_line_error_stays_in_its_cell(tmp_path, capsys):
+    error = "RuntimeError: CUDA error: an illegal memory access\nCUDA kernel errors | may be asynchronous\n"
+    path = tmp_path / "error.json"
+    path.write_text(json.dumps({"machine_info": {}, "commit_info": {}, "benchmarks": [
+        bench("seed_mask", "test_seed_mask[fast-forward-N900]", impl="fast", case="forward-N900", median_ms=0.05,
+              gpu_time_error=error)]}))
+    assert report.main([str(path), "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.split("### seed_mask\n", 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    assert len(table) == 3  # header, separator, the one row
+    assert table[2].endswith("| RuntimeError: CUDA error: an illegal memory access CUDA kernel errors \\| may be "
+                             "asynchronous |")
+
+
 def test_targets_follow_the_numbers(bench_json, capsys):
     path, _ = bench_json
     report.main([str(path), "--out", str(path.parent)])

@@ -41,3 +41,13 @@ def test_macs_count_the_attention_matmuls_and_scale_with_batch():
     attention = config.vision_depth * 2 * n * n * config.vision_dim
     patch_embed = (n - 1) * config.vision_dim * config.in_chans * config.patch_size ** 2
     assert parts["vision"] == linear + attention + patch_embed
+
+
+def test_a_fast_model_counts_as_its_reference():
+    """The fast path reorders the decoder's products and runs some in kernels the counter cannot see:
+    its count is the reference computation's, as the paper's tables count it."""
+    torch.manual_seed(0)
+    reference = build_model("restr-tiny", image_size=32)
+    fast = build_model("restr-tiny", image_size=32, fast=True)
+    assert count_macs(fast, 32, by_part=True) == count_macs(reference, 32, by_part=True)
+    assert count_macs(fast, 32, batch_size=2) == 2 * count_macs(reference, 32)
