@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     predict.add_argument("--dtype", default="auto",
                          help="auto (autocast in the weights' dtype where the model was saved in bf16 or fp16; with fp32 "
-                              "weights bf16 autocast on a GPU, fp32 on the CPU), float32, bfloat16, float16")
+                              "weights bf16 autocast on a GPU, fp32 on the CPU), float32, bfloat16, float16 (bf16 or fp16 "
+                              "weights run in another dtype are widened to fp32 first)")
     predict.add_argument("--no-fast", action="store_true", help="run the reference model instead of the Triton kernels")
     predict.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
                          help="attention backend (default: auto, the fastest here; all compute the same function)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,19 @@ def is_model_folder(path: str | Path) -> bool:
 def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabulary) -> Path:
     """Write ``model``'s weights (copied to the CPU, dtypes kept), its config and ``vocabulary`` to ``directory``.
 
-    An existing model folder at ``directory`` is replaced; any other non-empty folder there is an
-    error (never deleted). Returns the folder.
+    An existing model folder at ``directory`` (holding only a model folder's files, its config
+    tagged as this format) is replaced; any other non-empty folder there is an error (never
+    deleted). A symbolic link is followed: the folder it points to is replaced. Returns ``directory``.
     """
-    directory = Path(directory)
+    given = directory
+    directory = Path(directory).resolve()  # a link's target; "." and ".." by their names
     if len(vocabulary) != model.config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model {model.config.vocab_size} "
                          f"embedding rows: build the model with vocab_size=len(vocabulary)")
-    if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_model_folder(directory))):
-        raise ValueError(f"{directory} exists and is not a restr_fast model folder: choose another path "
-                         f"(it is never overwritten)")
+    if directory.exists():
+        _check_replaceable(directory, given)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    suffix = f"{os.getpid()}.{threading.get_ident()}.tmp"
+    suffix = f"{uuid.uuid4().hex}.tmp"
     tmp, old = directory.with_name(f".{directory.name}.{suffix}"), directory.with_name(f".{directory.name}.old.{suffix}")
     try:
         tmp.mkdir()
@@ -71,7 +72,30 @@ def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabular
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    return directory
+    return Path(given)
+
+
+def _check_replaceable(directory: Path, given: str | Path) -> None:
+    """A ValueError unless ``directory`` is empty or a model folder that holds nothing else."""
+    if not directory.is_dir():
+        raise ValueError(f"{given} exists and is not a folder: choose another path (it is never overwritten)")
+    if directory == Path.cwd().resolve():
+        raise ValueError(f"{given} is the current working directory, which replacing the folder would "
+                         f"remove from under this process: pass its path from another directory")
+    entries = sorted(entry.name for entry in directory.iterdir())
+    if not entries:
+        return
+    try:
+        tagged = json.loads((directory / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        tagged = False
+    if not tagged:
+        raise ValueError(f"{given} exists and is not a restr_fast model folder: choose another path "
+                         f"(it is never overwritten)")
+    others = [name for name in entries if name not in FILES]
+    if others:
+        raise ValueError(f"{given} is a restr_fast model folder but also holds {others}, which replacing it "
+                         f"would delete: move them, or choose another path")
 
 
 def load_model_folder(directory: str | Path, **overrides: Any) -> tuple[ReSTR, Vocabulary]:

@@ -108,15 +108,19 @@ class Predictor:
                 checkpoint file (``.pt``), or a run folder (its ``model/``, else ``checkpoints/best.pt``,
                 else ``checkpoints/latest.pt``).
             device: ``auto`` (CUDA when there is a GPU, else the CPU), or a device.
-            dtype: see :class:`Predictor`.
+            dtype: see :class:`Predictor`; weights saved in bf16 or fp16 and run in another dtype are
+                widened to fp32 first.
             fast: run the fused Triton kernels (same weights, same results within rounding).
             max_batch, cuda_graphs: see :class:`Predictor`.
             attention: the attention backend, whichever the model was trained with: ``auto`` (the
                 fastest on the device), ``xformers``, ``sdpa`` or ``math`` (the same function).
         """
         model, vocabulary = load_model(path, fast=fast, attention=attention)
-        return cls(model.to(resolve_device(device)), vocabulary, dtype=dtype, max_batch=max_batch,
-                   cuda_graphs=cuda_graphs)
+        model = model.to(resolve_device(device))
+        weights = _weight_dtype(model)
+        if weights != torch.float32 and resolve_dtype(dtype, next(model.parameters()).device, weights) != weights:
+            model.float()  # autocast in another dtype, or none, runs on fp32 weights
+        return cls(model, vocabulary, dtype=dtype, max_batch=max_batch, cuda_graphs=cuda_graphs)
 
     def save(self, directory: str | Path) -> Path:
         """Write the model as a deployable folder (weights, config, vocabulary), atomically."""

@@ -56,3 +56,11 @@ def test_bad_masks_are_named():
         loss(out, torch.ones(2, 8, 8), config)
     with pytest.raises(TypeError, match="masks must be bool, uint8 or floating point"):
         loss(out, torch.ones(2, 1, 8, 8, dtype=torch.int64), config)
+    png = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    png[:, :, :4] = 255  # a mask read from a PNG as 0/255: BCE against 255 is a negative loss
+    with pytest.raises(ValueError, match=r"values in \[0, 1\], got values in \[0.0, 255.0\]: divide a 0/255"):
+        loss(out, png, config)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="masks must hold values in"):
+            loss(out, torch.full((2, 1, 8, 8), bad), config)
+    assert loss(out, torch.full((2, 1, 8, 8), 0.5), config) > 0  # soft masks are fine

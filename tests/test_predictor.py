@@ -212,9 +212,16 @@ def test_low_precision_weights_run_under_autocast_in_their_dtype(model, vocabula
         Predictor(half, vocabulary, dtype=other)  # autocast would mix the two dtypes: an error deep inside
     with pytest.raises(ValueError, match="weights are"):
         Predictor(half, vocabulary, model.config.replace(fast=not model.config.fast), dtype=other)
-    loaded = Predictor.from_checkpoint(predictor.save(tmp_path / "model"), device="cpu", fast=model.config.fast)
+    folder = predictor.save(tmp_path / "model")
+    loaded = Predictor.from_checkpoint(folder, device="cpu", fast=model.config.fast)
     assert next(loaded.model.parameters()).dtype == weights and loaded.dtype == weights  # the folder's dtype
     assert_same(loaded.predict(random_image(20, 30), SENTENCES[0]), expected)
+    wide = Predictor(half.float(), vocabulary, dtype="float32").predict(random_image(20, 30), SENTENCES[0])
+    for dtype in ("float32", torch.float32):  # from a folder, the weights are widened (no model to cast)
+        loaded = Predictor.from_checkpoint(folder, device="cpu", dtype=dtype, fast=model.config.fast)
+        assert next(loaded.model.parameters()).dtype == torch.float32 and loaded.dtype == torch.float32
+        assert_same(loaded.predict(random_image(20, 30), SENTENCES[0]), wide)
+    assert Predictor.from_checkpoint(folder, device="cpu", dtype=other, fast=model.config.fast).dtype == other
 
 
 @pytest.mark.parametrize("cast", ["double", "mixed"])
@@ -247,6 +254,37 @@ def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path)
     with pytest.raises(ValueError, match="but the model .* embedding rows: build the model with vocab_size"):
         wider.save(tmp_path / "wider")  # a folder that could not be loaded
     assert not (tmp_path / "wider").exists()
+
+
+def test_save_replaces_only_a_model_folder_holding_nothing_else(predictor, tmp_path, monkeypatch):
+    foreign = tmp_path / "hf"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"model_type": "vit"}')  # another library's model folder
+    (foreign / "pytorch_model.bin").write_bytes(b"weights")
+    with pytest.raises(ValueError, match="hf exists and is not a restr_fast model folder"):
+        predictor.save(foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.json", "pytorch_model.bin"]
+
+    folder = predictor.save(tmp_path / "model")
+    (folder / "NOTES.md").write_text("mine")
+    with pytest.raises(ValueError, match=r"also holds \['NOTES.md'\], which replacing it would delete"):
+        predictor.save(folder)
+    assert (folder / "NOTES.md").read_text() == "mine"
+
+    monkeypatch.chdir(tmp_path / "model")
+    with pytest.raises(ValueError, match=". is the current working directory"):
+        predictor.save(".")
+
+
+def test_save_through_a_link_replaces_the_folder_it_points_to(predictor, tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "latest").symlink_to("v1")
+    for _ in range(2):  # the second replaces the first's folder
+        assert predictor.save(tmp_path / "latest") == tmp_path / "latest"
+    assert (tmp_path / "latest").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v1"]  # nothing left behind
+    assert Predictor.from_checkpoint(tmp_path / "latest", fast=False).vocabulary == predictor.vocabulary
 
 
 def test_a_failed_replacement_keeps_the_previous_model_folder(predictor, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Loading local timm ViT checkpoints into the vision encoder (no hub access)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SUFFIXES = (".npz", ".safetensors") + TORCH_SUFFIXES
 # Classifier parts of a pretrained ViT that the encoder does not have.
 HEAD_PREFIXES = ("head.", "head_dist.", "fc_norm.", "pre_logits.")
+# Encoder blocks' names in a Google .npz: one by one, or stacked in one array per weight.
+NPZ_BLOCK = re.compile(r"(?:^|/)Transformer/encoderblock_(\d+)/")
+NPZ_STACKED_BLOCKS = "Transformer/encoderblock/LayerNorm_0/scale"
 
 
 def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
@@ -20,7 +24,9 @@ def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
 
     Formats: Google's ``.npz`` (big_vision / AugReg), or a timm state dict in ``.safetensors``
     or a ``torch.save`` file. Position and patch embeddings are resampled to ``vit``'s grid
-    and patch size. The classifier head of the checkpoint is ignored.
+    and patch size, as timm does for each format: bilinearly for an ``.npz``, bicubically with
+    antialiasing for a state dict (the same weights thus start a resized encoder slightly
+    differently from either format). The classifier head of the checkpoint is ignored.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -54,15 +60,18 @@ def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
 
 def _check_npz_depth(vit: VisionTransformer, path: Path) -> None:
     """A ValueError unless the .npz at ``path`` holds as many encoder blocks as ``vit`` (timm's
-    loader would leave extra ones out without a word)."""
+    loader would leave extra ones out without a word): blocks stored one by one
+    (``Transformer/encoderblock_{i}/``) or stacked (big_vision's ``Transformer/encoderblock/``),
+    under any of the prefixes timm reads (``opt/target/``, ``params/``, ``params/img/``)."""
     try:
         with numpy.load(path) as weights:
-            names = list(weights.files)
+            blocks = {match[1] for match in map(NPZ_BLOCK.search, weights.files) if match}
+            stacked = [name for name in weights.files if name.endswith(NPZ_STACKED_BLOCKS)]
+            depth = len(blocks) if blocks else weights[stacked[0]].shape[0] if stacked else None
     except Exception as error:
         raise ValueError(f"could not read ViT weights from {path}: {type(error).__name__}: {error}") from error
-    blocks = {name.split("/")[1] for name in names if name.startswith("Transformer/encoderblock_")}
-    if blocks and len(blocks) != len(vit.blocks):
-        raise ValueError(f"{path} holds a ViT of {len(blocks)} blocks but the vision encoder has "
+    if depth is not None and depth != len(vit.blocks):
+        raise ValueError(f"{path} holds a ViT of {depth} blocks but the vision encoder has "
                          f"{len(vit.blocks)} (vision_depth): pass the checkpoint of a ViT of that depth")
 
 

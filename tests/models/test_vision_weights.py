@@ -29,8 +29,8 @@ def encoder(image_size=32, patch_size=16):
                        vision_depth=DEPTH, vision_heads=HEADS).vision.eval()
 
 
-def save_npz(vit, path):
-    """Write ``vit`` in Google's ViT .npz layout (the inverse of timm's loader)."""
+def save_npz(vit, path, prefix=""):
+    """Write ``vit`` in Google's ViT .npz layout (the inverse of timm's loader), its names under ``prefix``."""
     def arr(t):
         return t.detach().numpy()
     d = vit.embed_dim
@@ -59,19 +59,19 @@ def save_npz(vit, path):
         w[p + "LayerNorm_2/scale"], w[p + "LayerNorm_2/bias"] = arr(block.norm2.weight), arr(block.norm2.bias)
         w[p + "MlpBlock_3/Dense_0/kernel"], w[p + "MlpBlock_3/Dense_0/bias"] = arr(block.mlp.fc1.weight.T), arr(block.mlp.fc1.bias)
         w[p + "MlpBlock_3/Dense_1/kernel"], w[p + "MlpBlock_3/Dense_1/bias"] = arr(block.mlp.fc2.weight.T), arr(block.mlp.fc2.bias)
-    np.savez(path, **w)
+    np.savez(path, **{prefix + name: value for name, value in w.items()})
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz"])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz", "opt/target/.npz"])
 def test_checkpoint_gives_timms_features(suffix, tmp_path):
     vit = timm_vit()
-    path = tmp_path / f"vit{suffix}"
+    path = tmp_path / "vit.npz" if suffix.endswith(".npz") else tmp_path / f"vit{suffix}"
     if suffix == ".pth":
         torch.save({"model": vit.state_dict()}, path)
     elif suffix == ".safetensors":
         save_file(vit.state_dict(), path)
     else:
-        save_npz(vit, path)
+        save_npz(vit, path, prefix=suffix.removesuffix(".npz"))
     ours = encoder()
     ours.load_pretrained(path)
     images = torch.randn(2, 3, 32, 32)
@@ -152,6 +152,14 @@ def test_missing_corrupt_and_mismatched_files_are_named(tmp_path):
     save_npz(shallower, tmp_path / "shallower.npz")
     with pytest.raises(ValueError, match=f"holds a ViT of {DEPTH - 1} blocks"):
         ours.load_pretrained(tmp_path / "shallower.npz")
+    save_npz(deeper, tmp_path / "prefixed.npz", "opt/target/")  # a prefix that timm's loader strips
+    with pytest.raises(ValueError, match=f"holds a ViT of {DEPTH + 1} blocks but the vision encoder has {DEPTH}"):
+        ours.load_pretrained(tmp_path / "prefixed.npz")
+    np.savez(tmp_path / "stacked.npz", **{  # big_vision's layout: each weight of every block in one array
+        "params/embedding/kernel": np.zeros((16, 16, 3, DIM), np.float32),
+        "params/Transformer/encoderblock/LayerNorm_0/scale": np.ones((DEPTH + 1, DIM), np.float32)})
+    with pytest.raises(ValueError, match=f"holds a ViT of {DEPTH + 1} blocks but the vision encoder has {DEPTH}"):
+        ours.load_pretrained(tmp_path / "stacked.npz")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         ours.load_pretrained(tmp_path / "list.pth")
