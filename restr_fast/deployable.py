@@ -28,6 +28,8 @@ FORMAT = "restr_fast-model"
 VERSION = 1
 WEIGHTS, CONFIG, VOCABULARY = "model.safetensors", "config.json", "vocab.txt"
 FILES = (WEIGHTS, CONFIG, VOCABULARY)
+# What file browsers write into a folder they show (macOS, Windows): replaced with the folder.
+FOLDER_VIEW_CACHES = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -38,8 +40,8 @@ def is_model_folder(path: str | Path) -> bool:
 def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabulary) -> Path:
     """Write ``model``'s weights (copied to the CPU, dtypes kept), its config and ``vocabulary`` to ``directory``.
 
-    An existing model folder at ``directory`` (holding only a model folder's files, its config
-    tagged as this format) is replaced; any other non-empty folder there is an error (never
+    An existing model folder at ``directory`` (holding only a model folder's files, and a file
+    browser's view cache, its config tagged as this format) is replaced; any other non-empty folder there is an error (never
     deleted). A symbolic link is followed: the folder it points to is replaced. Returns ``directory``.
     """
     given = directory
@@ -92,7 +94,7 @@ def _check_replaceable(directory: Path, given: str | Path) -> None:
     if not tagged:
         raise ValueError(f"{given} exists and is not a restr_fast model folder: choose another path "
                          f"(it is never overwritten)")
-    others = [name for name in entries if name not in FILES]
+    others = [name for name in entries if name not in FILES + FOLDER_VIEW_CACHES]
     if others:
         raise ValueError(f"{given} is a restr_fast model folder but also holds {others}, which replacing it "
                          f"would delete: move them, or choose another path")

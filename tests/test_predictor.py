@@ -266,6 +266,8 @@ def test_save_replaces_only_a_model_folder_holding_nothing_else(predictor, tmp_p
     assert sorted(p.name for p in foreign.iterdir()) == ["config.json", "pytorch_model.bin"]
 
     folder = predictor.save(tmp_path / "model")
+    (folder / ".DS_Store").write_bytes(b"Bud1")  # a file browser's, replaced with the folder (training's model/)
+    assert predictor.save(folder) == folder and not (folder / ".DS_Store").exists()
     (folder / "NOTES.md").write_text("mine")
     with pytest.raises(ValueError, match=r"also holds \['NOTES.md'\], which replacing it would delete"):
         predictor.save(folder)
