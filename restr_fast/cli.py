@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--img-size", dest="img_size", type=int, help="model input side")
     train.add_argument("--lr", type=float)
     train.add_argument("--device", help="auto (default), cpu, cuda")
-    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"))
+    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
+                       help="mixed precision (default: auto, bf16 on a GPU, off on the CPU)")
     train.add_argument("--accumulate", type=int, help="gradient accumulation steps")
     train.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_const", const=True)
     train.add_argument("--glove", help="GloVe file for the word embeddings")
@@ -371,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="synthetic data -> train restr-tiny -> evaluate -> figures")
-    demo.add_argument("--out", default="restr-demo")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: 2,600, 4.5 to 8 minutes on 2 CPU cores)")
+    demo.add_argument("--out", default="restr-demo", help="folder for its dataset, run, metrics and figures "
+                                                           "(default: restr-demo)")
+    demo.add_argument("--steps", type=int, default=None,
+                      help="training steps (default: 2,600, five to ten minutes on 2 CPU cores with the rest)")
     demo.add_argument("--images", type=int, default=3000)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--seed", type=int, default=0)

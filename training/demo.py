@@ -21,7 +21,7 @@ from .trainer import TrainConfig, load_run_config, train
 DATASET = "synthetic"
 NEUTRAL_WORD = "object"  # replaces every sentence in the language ablation (never in them, so read as <unk>)
 OUTPUTS = ("data", "run", "metrics.md", "metrics.json", "loss.png", "predictions.png")  # what run_demo writes in out
-RECIPE = Path(__file__).parent / "configs" / "synthetic.yaml"  # restr-tiny from scratch: 4.5 to 8 min on 2 CPU cores
+RECIPE = Path(__file__).parent / "configs" / "synthetic.yaml"  # restr-tiny from scratch: 5.5 min of training on 2 CPU cores (README)
 
 
 def run_demo(out: str | Path, steps: int | None = None, images: int = 3000, device: str = "auto",
