@@ -32,6 +32,7 @@ are stored.
 from __future__ import annotations
 
 import functools
+import numbers
 from types import SimpleNamespace
 from typing import Sequence
 
@@ -610,10 +611,11 @@ def upsample_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     for name, tensor in (("weight", weight), ("bias", bias)):
         if tensor is not None and tensor.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {tensor.dtype} but x {x.dtype}: cast them to one dtype")
+    slope = _slope(negative_slope)
     t = F.linear(x, weight, bias)  # (B, h, w, C_out), low resolution
     if not _kernels_take(t):
-        return F.leaky_relu(upsample2x(t), negative_slope)
-    return _call("upsample_act", t.contiguous(), float(negative_slope))
+        return F.leaky_relu(upsample2x(t), slope)
+    return _call("upsample_act", t.contiguous(), slope)
 
 
 def decoder_reference(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight: torch.Tensor,
@@ -655,7 +657,7 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     if head_bias is not None:
         _check_vector(head_bias, 1, x, "head_bias")
 
-    slope = float(negative_slope)
+    slope = _slope(negative_slope)
     t = F.linear(x, weights[0].to(x.dtype))  # (B, h, w, C/2), low resolution; autocast may change its dtype
     # the rest in t's dtype, as autocast would run them
     later_weights = [weight.to(t.dtype) for weight in weights[1:]]
@@ -670,6 +672,13 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
     for weight in later_weights:
         t = _call("upsample_act_linear", t, weight, slope)  # (B, 2h, 2w, C_k)
     return _call("upsample_act_head", t, head_weight, head_bias, slope).unsqueeze(1)
+
+
+def _slope(negative_slope) -> float:
+    """The LeakyReLU slope as a float; a TypeError for what is not a real number."""
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
+    return float(negative_slope)
 
 
 def _kernels_take(t: torch.Tensor) -> bool:
@@ -694,6 +703,9 @@ def _check_weight(weight, x: torch.Tensor, name: str, in_channels: int) -> None:
         hint = " (x looks channels-first: the decoder takes (B, h, w, C), use x.permute(0, 2, 3, 1))" if channels_first else ""
         raise ValueError(f"{name} must be a (C_out, {in_channels}) Linear weight for an input of "
                          f"{in_channels} channels, got {shape}{hint}")
+    if weight.shape[0] == 0:
+        raise ValueError(f"{name} has no output channels (shape {tuple(weight.shape)}): a decoder block "
+                         f"needs at least one")
     _check_like(weight, x, name)
 
 

@@ -7,7 +7,6 @@ from typing import Callable
 import numpy
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 from torch.library import custom_op, triton_op, wrap_triton
 
 # Triton decides at import (``@triton.jit``) whether kernels run on its CPU interpreter, from
@@ -97,6 +96,15 @@ def launcher(kernel: Callable) -> Callable:
     return kernel if INTERPRETED or getattr(_launches, "bare", False) else wrap_triton(kernel)
 
 
+# The kernels' gradients are not differentiable again. A graph of them would lack this op's
+# second-order terms, and a later gradient that does not pass through this op's node would be wrong
+# without a word, so the first backward refuses to build one.
+DOUBLE_BACKWARD_ERROR = (
+    "restr_fast's Triton kernels have no second derivative: a gradient taken with create_graph=True "
+    "(double backward, e.g. a gradient penalty) cannot pass through them; use the reference model "
+    "(fast=False) for second derivatives")
+
+
 def eager_autograd(forward: Callable, setup_context: Callable, backward: Callable) -> Callable:
     """``forward`` with the backward of a registered op, as a ``torch.autograd.Function``.
 
@@ -106,6 +114,7 @@ def eager_autograd(forward: Callable, setup_context: Callable, backward: Callabl
     ``backward(ctx, *grads)`` are the ones registered with the op; gradients of unused outputs
     arrive as None, as they do there. Without gradients to track (``torch.no_grad``, inference),
     ``forward`` runs directly. Forward and backward launch their kernels under :class:`eager_launches`.
+    A backward asked to build a graph of its gradients (``create_graph=True``) raises.
     """
     class Function(torch.autograd.Function):
         @staticmethod
@@ -116,8 +125,9 @@ def eager_autograd(forward: Callable, setup_context: Callable, backward: Callabl
             return output
 
         @staticmethod
-        @once_differentiable  # the kernels' gradients are not differentiable again: an error, not zeros
         def backward(ctx, *grads):
+            if torch.is_grad_enabled():  # autograd asked for a graph of the gradients (create_graph=True)
+                raise RuntimeError(DOUBLE_BACKWARD_ERROR)
             if all(grad is None for grad in grads):  # no gradient reached any output
                 return (None,) * len(ctx.needs_input_grad)
             with eager_launches(device_of(grads)):  # autograd may run this on another thread

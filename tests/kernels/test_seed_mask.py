@@ -445,15 +445,16 @@ def test_float64_runs_in_pytorch(monkeypatch):
 
 
 def test_gradients_are_not_differentiable_again_and_absent_ones_are_none():
-    """Double backward raises (the kernels' gradients have no graph of their own), as the registered
-    op does, rather than giving gradients without their second-order terms; an output whose gradient
-    never arrives backpropagates nothing."""
+    """A gradient taken with create_graph=True raises (the kernels' gradients have no graph of their
+    own), rather than giving second derivatives without the op's terms: with a path to a weight
+    outside the op, such a second derivative came out wrong without a word. An output whose
+    gradient never arrives backpropagates nothing."""
     patches, classifier, _, _ = inputs(2, 5, 64)
+    lift = torch.eye(64, device=DEVICE, requires_grad=True)
     patches.requires_grad_()
-    logits, masked = seed_mask(patches, classifier)
-    (grad,) = torch.autograd.grad(masked.square().sum(), patches, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        grad.sum().backward()
+    logits, masked = seed_mask(patches @ lift, classifier)
+    with pytest.raises(RuntimeError, match="no second derivative: a gradient taken with create_graph=True"):
+        torch.autograd.grad(masked.square().sum(), patches, create_graph=True)
 
     class NoGradient(torch.autograd.Function):
         @staticmethod

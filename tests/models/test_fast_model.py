@@ -77,6 +77,20 @@ def test_bf16_autocast_runs_the_fast_path(tiny_config, make_inputs):
         assert ours <= 2 * theirs + 1e-2, f"{name}: fast error {ours:.3g}, reference bf16 error {theirs:.3g}"
 
 
+def test_second_derivatives_through_the_kernels_are_a_clear_error(tiny_config, make_inputs):
+    """A gradient penalty (create_graph=True) cannot pass through the kernels: an error, where the
+    second derivatives came out without the kernels' terms; the reference model takes it (with the
+    math attention: SDPA's CPU kernels have no second derivative either)."""
+    reference, fast = pair(tiny_config, attention="math")
+    images, tokens = on_device(*make_inputs(tiny_config))
+    images.requires_grad_()
+    (grad,) = torch.autograd.grad(reference(images, tokens).pixel_logits.sum(), images, create_graph=True)
+    grad.square().sum().backward()
+    assert reference.decoder.blocks[0].linear.weight.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="no second derivative: .* use the reference model"):
+        torch.autograd.grad(fast(images, tokens).pixel_logits.sum(), images, create_graph=True)
+
+
 def test_float64_runs_the_fast_models_pytorch_form(tiny_config, make_inputs):
     """The kernels take fp32, fp16 and bf16: a float64 fast model (e.g. for gradcheck) runs their
     PyTorch form, anywhere."""
