@@ -41,7 +41,8 @@ class SegmentationMetrics:
         self.totals = torch.zeros(len(buckets) + 1, 5 + len(THRESHOLDS), dtype=torch.float64)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor, words: int) -> float:
-        """Add one sample: bool masks of the same shape, and the sentence length in words. Returns its IoU."""
+        """Add one sample: bool masks of the same shape, and the sentence length in words (one longer
+        than the last bucket counts in it). Returns its IoU."""
         if prediction.shape != target.shape:
             raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
         prediction, target = prediction.bool(), target.bool()
@@ -52,6 +53,7 @@ class SegmentationMetrics:
         row = torch.tensor([intersection, union, iou, 1.0, empty_target] + [float(iou >= t) for t in THRESHOLDS],
                            dtype=torch.float64)
         self.totals[-1] += row
+        words = min(words, self.buckets[-1][1])
         for i, (low, high) in enumerate(self.buckets):
             if low <= words <= high:
                 self.totals[i] += row

@@ -68,5 +68,9 @@ def test_buckets_per_dataset_and_shape_mismatch():
     assert length_buckets("refcoco+") == ((1, 2), (3, 3), (4, 5), (6, 20))
     assert length_buckets("refclef", max_words=32) == ((1, 1), (2, 2), (3, 4), (5, 32))  # every sentence counts
     assert length_buckets("refclef", max_words=8) == LENGTH_BUCKETS["refclef"]
+    metrics = SegmentationMetrics(length_buckets("refcoco"))
+    for words in (5, 6, 20, 25):  # 25: longer than the last bucket, counted in it
+        metrics.update(torch.ones(2, 2, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool), words)
+    assert {k: v["samples"] for k, v in metrics.result()["by_length"].items()} == {"1-2": 0, "3": 0, "4-5": 1, "6-20": 3}
     with pytest.raises(ValueError, match="differ in shape"):
         SegmentationMetrics().update(torch.zeros(2, 2), torch.zeros(3, 3), 1)

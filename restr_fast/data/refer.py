@@ -239,7 +239,7 @@ class ReferDataset(Dataset):
             "mask": letterbox_mask(mask, box, self.image_size),
             "tokens": self.vocabulary.encode(text, self.max_words, warn=False),
             "index": index,
-            "words": min(len(tokenize(sample.sentence)), self.max_words),
+            "words": len(tokenize(sample.sentence)),  # the expression's, for the by-length table
         }
         if self.originals:
             item["original_mask"] = torch.from_numpy(mask)

@@ -110,6 +110,9 @@ def test_samples_are_ref_sentence_pairs(refer_root, vocabulary):
     assert dataset(refer_root, vocabulary, "train", originals=True)[1]["original_mask"].shape == (40, 60)
     assert item["tokens"].tolist()[-3:] == [vocabulary.index(w) for w in ("the", "wide", "one")]
     assert item["tokens"].tolist()[:17] == [0] * 17 and item["words"] == 3
+    short = dataset(refer_root, vocabulary, "train", max_words=2)[1]  # a model reading two words
+    assert short["tokens"].tolist() == [vocabulary.index(w) for w in ("the", "wide")]
+    assert short["words"] == 3  # the expression's length, for the by-length table
     test = dataset(refer_root, vocabulary, "testA")
     assert len(test) == 1 and test.wordless == 1  # the sentence "..." has no words and is left out
     with pytest.raises(ValueError, match="replacement sentence '!' has no words"):
