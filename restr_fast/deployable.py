@@ -40,9 +40,10 @@ def is_model_folder(path: str | Path) -> bool:
 def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabulary) -> Path:
     """Write ``model``'s weights (copied to the CPU, dtypes kept), its config and ``vocabulary`` to ``directory``.
 
-    An existing model folder at ``directory`` (holding only a model folder's files, and a file
-    browser's view cache, its config tagged as this format) is replaced; any other non-empty folder there is an error (never
-    deleted). A symbolic link is followed: the folder it points to is replaced. Returns ``directory``.
+    An existing model folder at ``directory`` (its config tagged as this format, nothing in it but a
+    model folder's files and a file browser's view cache) is replaced; any other non-empty folder
+    there is an error (never deleted). A symbolic link is followed: the folder it points to is
+    replaced. Returns ``directory``.
     """
     given = directory
     directory = Path(directory).resolve()  # a link's target; "." and ".." by their names
