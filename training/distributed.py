@@ -44,16 +44,6 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def broadcast_flag(value: bool) -> bool:
-    """``value`` of rank 0 on every rank."""
-    if not dist.is_initialized():
-        return value
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([int(value)], device=device)
-    dist.broadcast(flag, 0)
-    return bool(flag.item())
-
-
 def mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     """The mean of ``tensor`` over all processes (``tensor`` itself for one process)."""
     if not dist.is_initialized():
