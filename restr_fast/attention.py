@@ -40,9 +40,11 @@ _xformers_probes: dict[str, tuple[bool, str]] = {}  # device -> (available, "ava
 
 
 @contextlib.contextmanager
-def attention_backend(name: str) -> Iterator[None]:
-    """Run every attention call inside the block with backend ``name``, whatever the config says."""
-    _check_name(name)
+def attention_backend(name: str | None) -> Iterator[None]:
+    """Run every attention call inside the block with backend ``name``, whatever the config says
+    (``None``: the config's backend, lifting an override of an enclosing block)."""
+    if name is not None:
+        _check_name(name)
     previous = getattr(_override, "name", None)
     _override.name = name
     try:
@@ -109,18 +111,25 @@ def _probe_xformers(device: torch.device) -> tuple[bool, str]:
     except Exception as error:  # a broken install: say why, never fail the caller
         return False, f"xformers cannot be imported: {_first_line(error)}"
     try:
-        q = torch.linspace(-1, 1, 2 * 2 * 5 * 64, device=device).reshape(2, 2, 5, 64)  # (B, H, N, d); no RNG use
-        q = q.to(torch.bfloat16).requires_grad_()
-        key_mask = torch.tensor([[True] * 5, [False, False, True, True, True]], device=device)  # (B, N)
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            _xformers_attention(q, q, q, key_mask).sum().backward()
-        torch.cuda.synchronize(device)
+        _probe_call(device)
     except Exception as error:  # no operator dispatches here, or its kernel fails
         import xformers
         hint = ("" if getattr(xformers, "_has_cpp_library", True)
                 else " (its own C++/CUDA extensions did not load: the wheel was built for another torch)")
         return False, f"memory_efficient_attention fails on {device}: {_first_line(error)}{hint}"
     return True, "available"
+
+
+def _probe_call(device: torch.device) -> None:
+    """A tiny xformers forward and backward (bf16, key-padding bias) on ``device``, whatever the
+    caller's modes (inference mode, no_grad and autocast would make it fail or test something else)."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        q = torch.linspace(-1, 1, 2 * 2 * 5 * 64, device=device).reshape(2, 2, 5, 64)  # (B, H, N, d); no RNG use
+        q = q.to(torch.bfloat16).requires_grad_()
+        key_mask = torch.tensor([[True] * 5, [False, False, True, True, True]], device=device)  # (B, N)
+        _xformers_attention(q, q, q, key_mask).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None,
@@ -137,6 +146,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
     Returns:
         (B, H, N, d)
     """
+    if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (q.shape[0], k.shape[-2])):
+        raise ValueError(f"key_mask must be a ({q.shape[0]}, {k.shape[-2]}) bool tensor, True for real keys, "
+                         f"got {key_mask.dtype} of shape {tuple(key_mask.shape)}")
     backend = resolve_backend(backend, q.device)
     if backend == "xformers":
         return _xformers_attention(q, k, v, key_mask)
@@ -151,14 +163,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
 
 def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         key_mask: torch.Tensor | None) -> torch.Tensor:
-    """xformers' memory-efficient attention on (B, H, N, d) tensors; it takes (B, N, H, d) views."""
+    """xformers' memory-efficient attention on (B, H, N, d) tensors; it takes (B, N, H, d) views.
+
+    Its kernels that take a bias need d to be a multiple of 8 (bf16, fp16) or 4 (fp32): other head
+    widths (the language encoder's 300 / 12 = 25) are zero-padded to a multiple of 8, which leaves
+    every score and, sliced back, every output unchanged."""
     import xformers.ops as xops
 
-    B, H, N, _ = q.shape
+    B, H, N, d = q.shape
     bias = None if key_mask is None else key_padding_bias(key_mask, H, N, q.dtype)
+    padding = -d % 8
+    if padding:
+        q, k, v = (F.pad(t, (0, padding)) for t in (q, k, v))  # (B, H, N, d rounded up to 8)
     out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                          attn_bias=bias)  # (B, N, H, d)
-    return out.transpose(1, 2)  # (B, H, N, d)
+                                          attn_bias=bias, scale=d ** -0.5)  # (B, N, H, d + padding)
+    return out.transpose(1, 2)[..., :d]  # (B, H, N, d)
 
 
 def key_padding_bias(key_mask: torch.Tensor, num_heads: int, num_queries: int,

@@ -57,7 +57,11 @@ class Predictor:
         max_batch: pairs per forward pass; longer lists run in several passes.
         cuda_graphs: on a GPU, replay each forward from a CUDA graph captured for its batch shape
             (the number of distinct images and of pairs): much lower latency for small batches, at
-            the cost of one capture per shape (a second or so) and its memory; at most 8 shapes.
+            the cost of one capture per shape (a second or so) and its memory; at most 8 shapes. A
+            graph replays what its capture ran: the attention backend then in effect (an
+            :func:`~restr_fast.attention_backend` block around the first call of a shape holds for
+            all its calls) and the weights' memory (moving or casting the model afterwards needs a
+            new predictor; ``load_state_dict`` copies into that memory and is seen).
 
     Thread safety: :meth:`predict` changes no state of the predictor or the model (inference and
     autocast modes are per thread; CUDA-graph replays are serialised by a lock), so one predictor
@@ -187,8 +191,9 @@ class Predictor:
             return self.model.segment(z_v[which], tokens, size).pixel_logits.float()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast in the predictor's dtype; for float32, autocast off (whatever the caller's)."""
         if self.dtype == torch.float32:
-            return contextlib.nullcontext()
+            return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 

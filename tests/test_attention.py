@@ -195,6 +195,56 @@ def test_checkpointed_blocks_recompute_under_the_forwards_backend(tiny_config, m
     out.pixel_logits.sum().backward()  # outside the override: the recomputed blocks keep to math
     assert set(ran) == {"math"} and len(ran) > 2 * tiny_config.fusion_depth
 
+    ran.clear()
+    out = model(images, tokens)  # no override: the config's sdpa
+    with attention_backend("math"):
+        out.pixel_logits.sum().backward()  # the recomputed blocks too, whatever the backward's block sets
+    assert set(ran) == {"sdpa"} and len(ran) > 2 * tiny_config.fusion_depth
+
+
+def test_a_key_mask_of_another_dtype_or_shape_is_refused():
+    q = torch.randn(2, 3, 5, 8)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    for bad in (mask.float(), mask[:, :1], mask[:1]):  # a float 0/1 mask would be an additive bias to sdpa
+        with pytest.raises(ValueError, match=r"key_mask must be a \(2, 5\) bool tensor, True for real keys"):
+            attention(q, q, q, bad, backend="sdpa")
+
+
+def fake_memory_efficient_attention(q, k, v, attn_bias=None, scale=None):
+    """xformers' call on (B, N, H, d) views, computed by SDPA, refusing what its bias-taking kernels
+    refuse: head widths that are not a multiple of 8."""
+    assert q.shape[-1] % 8 == 0, f"query.shape[-1] % 8 != 0 ({q.shape[-1]})"
+    bias = None if attn_bias is None else attn_bias.to(q.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                           attn_mask=bias, scale=scale)
+    return out.transpose(1, 2)
+
+
+def test_xformers_calls_pad_a_head_width_its_kernels_refuse(monkeypatch):
+    """The paper's language encoder has heads of 300 / 12 = 25: zero-padded to 32 for xformers,
+    which changes no score and no output (checked here with xformers' call played by SDPA)."""
+    xops = pytest.importorskip("xformers.ops")
+    monkeypatch.setattr(xops, "memory_efficient_attention", fake_memory_efficient_attention)
+    q, k, v = (torch.randn(2, 12, 7, 25, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    key_mask = torch.tensor([[True] * 7, [False, False] + [True] * 5])
+    grad = torch.randn(2, 12, 7, 25, dtype=torch.float64)
+    outs = [attention(q, k, v, key_mask, backend="math"), attention_module._xformers_attention(q, k, v, key_mask)]
+    (expected, expected_grads), (ours, our_grads) = [(out, torch.autograd.grad(out, (q, k, v), grad)) for out in outs]
+    assert ours.shape == (2, 12, 7, 25)
+    torch.testing.assert_close(ours, expected)
+    for a, b in zip(our_grads, expected_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_xformers_probe_runs_whatever_the_callers_modes(monkeypatch):
+    """A model's first call may come under inference mode (the Predictor's), no_grad or autocast:
+    the probe's forward and backward run all the same, and its answer is the device's."""
+    xops = pytest.importorskip("xformers.ops")
+    monkeypatch.setattr(xops, "memory_efficient_attention", fake_memory_efficient_attention)
+    for modes in (torch.inference_mode, torch.no_grad, lambda: torch.autocast("cpu", dtype=torch.float16)):
+        with modes():
+            attention_module._probe_call(torch.device("cpu"))
+
 
 def test_backend_status_lists_every_backend():
     status = backend_status("cpu")
@@ -250,3 +300,23 @@ def test_bf16_backends_meet_the_tolerance_rule(backend, n, masked):
         assert error <= allowed, f"{backend} {name}: max error {error:.3g} > {allowed:.3g}"
     if masked:  # padded keys get no gradient
         assert tested[2][0, :, n - 20: n - 13].abs().max() == 0 and tested[3][0, :, n - 20: n - 13].abs().max() == 0
+
+
+@requires_gpu
+@pytest.mark.parametrize("backend", ["xformers", "sdpa"])
+def test_bf16_backends_take_the_language_encoders_heads(backend):
+    """The paper's language encoder: 12 heads of 300 / 12 = 25 over 20 left-padded words (xformers'
+    bias-taking kernels need a multiple of 8: the call pads). Same rule as above."""
+    if backend == "xformers":
+        available, reason = xformers_status("cuda")
+        if not available:
+            pytest.skip(f"xformers is not available on this GPU: {reason}")
+    q, k, v = qkv((8, 12, 20, 25), device="cuda")
+    grad_out = qkv((8, 12, 20, 25), device="cuda", seed=1)[0]
+    key_mask = torch.arange(20, device="cuda")[None, :] >= torch.arange(0, 16, 2, device="cuda")[:, None]  # (8, 20)
+    reference = run_attention("math", torch.float64, q, k, v, grad_out, key_mask)
+    baseline = run_attention("math", torch.bfloat16, q, k, v, grad_out, key_mask)
+    tested = run_attention(backend, torch.bfloat16, q, k, v, grad_out, key_mask)
+    for name, got, base, ref in zip(("out", "dq", "dk", "dv"), tested, baseline, reference):
+        error, allowed = (got - ref).abs().max().item(), 2 * (base - ref).abs().max().item() + ATOL
+        assert error <= allowed, f"{backend} {name}: max error {error:.3g} > {allowed:.3g}"

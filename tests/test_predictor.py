@@ -224,6 +224,14 @@ def test_low_precision_weights_run_under_autocast_in_their_dtype(model, vocabula
     assert Predictor.from_checkpoint(folder, device="cpu", dtype=other, fast=model.config.fast).dtype == other
 
 
+def test_a_float32_predictor_runs_in_float32_inside_the_callers_autocast(predictor):
+    """(On a GPU a CUDA graph captured there would otherwise keep bf16 for every later call.)"""
+    image = random_image(20, 30)
+    expected = predictor.predict(image, SENTENCES[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_same(predictor.predict(image, SENTENCES[0]), expected)
+
+
 @pytest.mark.parametrize("cast", ["double", "mixed"])
 def test_weights_the_predictor_cannot_run_are_a_clear_error(model, vocabulary, cast):
     other = build_model(model.config)

@@ -1,8 +1,6 @@
 """Transformer building blocks shared by the vision, language and fusion encoders."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -18,7 +16,7 @@ def run_block(block: nn.Module, x: torch.Tensor, *args, checkpointing: bool = Fa
         override = backend_override()
 
         def recomputed(*inputs: torch.Tensor) -> torch.Tensor:
-            with attention_backend(override) if override else contextlib.nullcontext():
+            with attention_backend(override):  # the forward's, none included
                 return block(*inputs)
         return checkpoint(recomputed, x, *args, use_reentrant=False)
     return block(x, *args)
