@@ -398,9 +398,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args.run(args)
         except (ValueError, TypeError, OSError) as error:  # OSError: paths that are not what they must be
-            print(f"restr-fast {args.command}: error: {error}", file=sys.stderr)
+            print(f"restr-fast {args.command}: error: {error_message(error)}", file=sys.stderr)
             return 2
     return 0
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error``; for one raised in a DataLoader worker, which torch raises again with
+    the worker's traceback in its message, the original message (the traceback's last line)."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]  # "ValueError: <the original message>"
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
@@ -94,6 +95,9 @@ class ReSTRConfig:
     fast: bool = False
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # annotations are text here (from __future__ import annotations)
+            if field.type in ("int", "float"):
+                object.__setattr__(self, field.name, _as_number(getattr(self, field.name), field.type))
         _check_positive(self, "image_size", "patch_size", "in_chans", "vision_dim", "vision_depth",
                         "vision_heads", "vocab_size", "max_words", "word_dim", "text_depth", "text_heads",
                         "text_mlp_dim", "dim", "fusion_depth", "fusion_heads")
@@ -176,6 +180,21 @@ class ReSTRConfig:
 
 def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(ReSTRConfig)]
+
+
+def _as_number(value: Any, kind: str) -> Any:
+    """``value`` as an ``int`` or ``float`` (``kind``) where it is a number in another form: numpy's,
+    or, for a float, text (YAML reads ``1e-3`` as text); anything else as it is, for the checks to name."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if kind == "int" and isinstance(value, numbers.Integral):
+        return int(value)
+    if kind == "float" and isinstance(value, (numbers.Real, str)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_positive(config: ReSTRConfig, *names: str) -> None:

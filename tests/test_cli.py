@@ -86,6 +86,31 @@ def test_synth_refuses_to_write_over_or_into_a_dataset(tmp_path, capsys, existin
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / existing]
 
 
+@pytest.mark.parametrize("name", ["", "..", "../outside", "a/b"])
+def test_synth_refuses_a_name_that_is_not_a_folder_name(tmp_path, capsys, name):
+    root = tmp_path / "root"
+    assert main(["synth", "--out", str(root), "--images", "10", "--name", name]) == 2
+    assert f"the dataset name {name!r} is not a folder name" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*"))  # nothing written, inside the root or beside it
+
+
+def test_an_error_raised_in_a_dataloader_worker_is_one_line(monkeypatch, capsys):
+    """torch raises a worker's error again with the worker's traceback in its message."""
+    import restr_fast.cli as cli
+    from torch._utils import ExceptionWrapper
+
+    def fails_in_a_worker(args):
+        try:
+            raise ValueError("annotation 7: mask of size (3, 4) for an image of size (5, 6)")
+        except ValueError:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+
+    monkeypatch.setattr(cli, "_forward", fails_in_a_worker)
+    assert main(["forward"]) == 2
+    assert capsys.readouterr().err == ("restr-fast forward: error: annotation 7: mask of size (3, 4) for an image of "
+                                       "size (5, 6)\n")
+
+
 def test_synth_refuses_an_image_folder_that_is_a_file(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "synthetic").write_text("kept")

@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 
 from restr_fast import PRESETS, ReSTRConfig, get_config
@@ -38,7 +39,7 @@ def test_overrides_and_round_trip():
     ({"not_a_field": 1}, "unknown ReSTRConfig field"),
     ({"weight_sharing": "false"}, "weight_sharing must be true or false, got 'false'"),  # as quoted YAML gives it
     ({"fast": 1}, "fast must be true or false"),
-    ({"negative_slope": "0.1"}, "negative_slope must be a finite number"),
+    ({"negative_slope": "steep"}, "negative_slope must be a finite number, got 'steep'"),  # text that is a number is one
     ({"patch_loss_weight": float("nan")}, "patch_loss_weight must be a finite number"),
     ({"fusion_mlp_ratio": -1.0}, "fusion_mlp_ratio=-1.0 leaves the MLPs"),
     ({"dim": 4, "fusion_heads": 4}, "leaving none for its head: dim must be at least 8 at patch_size 16"),
@@ -62,6 +63,22 @@ def test_the_smallest_decoder_and_integral_numbers_are_accepted():
     assert get_config("restr-b16", dim=8, fusion_heads=4).decoder_channels == (16, 8, 4, 2, 1)
     assert get_config("restr-b16", dim=4, fusion_heads=4, decoder=False).dim == 4  # no decoder: no channels to halve
     assert get_config("restr-tiny", negative_slope=0, vision_mlp_ratio=2).vision_mlp_ratio == 2
+
+
+def test_numpy_numbers_and_numbers_yaml_reads_as_text_are_numbers():
+    """YAML 1.1 reads 1e-1 (no dot) as text; the training settings already took it so."""
+    import yaml
+    overrides = yaml.safe_load("{patch_loss_weight: 1e-1, image_size: 64}")
+    assert overrides["patch_loss_weight"] == "1e-1"
+    config = get_config("restr-tiny", **overrides)
+    assert config.patch_loss_weight == 0.1 and type(config.patch_loss_weight) is float
+    config = get_config("restr-tiny", image_size=np.int64(128), vision_mlp_ratio=np.float32(2.0))
+    assert (config.image_size, config.vision_mlp_ratio) == (128, 2.0) and type(config.image_size) is int
+    assert config == get_config("restr-tiny", image_size=128, vision_mlp_ratio=2.0)
+    with pytest.raises(ValueError, match="patch_loss_weight must be a finite number, got 'heavy'"):
+        get_config("restr-tiny", patch_loss_weight="heavy")
+    with pytest.raises(ValueError, match="image_size must be a positive integer, got '128'"):
+        get_config("restr-tiny", image_size="128")
 
 
 def test_vme_accepts_odd_depth():

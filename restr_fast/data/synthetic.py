@@ -130,6 +130,9 @@ def generate(data_root: str | Path, images: int = 2000, seed: int = 0, name: str
     ``val``, so at least 10 are needed; the test splits share another tenth."""
     if images < 10:
         raise ValueError(f"images must be >= 10 (every tenth image goes to the val split), got {images}")
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(f"the dataset name {name!r} is not a folder name: give a name such as 'synthetic' "
+                         f"(the set goes into DATA_ROOT/<name>)")
     data_root = Path(data_root)
     if data_root.exists() and not data_root.is_dir():
         raise ValueError(f"{data_root} is a file: the synthetic set needs a folder")

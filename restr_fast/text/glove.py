@@ -76,7 +76,9 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, dim: int | None = None,
 def _read_text(path: Path, dim: int | None, wanted: Callable[[str], bool]) -> Iterator[tuple[str, np.ndarray]]:
     """(word, vector) per line of a ``wanted`` word (the others' numbers are never parsed: most of a
     GloVe file); words may contain spaces (the vector is the last ``dim`` fields). A UTF-8 byte-order
-    mark and a word2vec header line (``count dim``) are skipped."""
+    mark and a word2vec header line (``count dim``) are skipped. With ``dim`` given, a first line of
+    a word and more than ``dim`` numbers is an error at once (vectors of another size)."""
+    first = True  # the first vector line
     with open(path, encoding="utf-8-sig", errors="strict") as lines:
         try:
             for number, line in enumerate(lines, start=1):
@@ -90,6 +92,10 @@ def _read_text(path: Path, dim: int | None, wanted: Callable[[str], bool]) -> It
                     dim = len(fields) - 1
                     if dim < 1:
                         raise ValueError(f"{path}, line 1: expected 'word v1 ... vD', got {line[:80]!r}")
+                elif first and len(fields) - 1 > dim and _is_vector_line(" ".join(fields), len(fields) - 1):
+                    raise ValueError(f"{path}, line {number}: vectors of {len(fields) - 1} numbers, expected {dim} "
+                                     f"(the word embedding's size, word_dim): pass GloVe vectors of that size")
+                first = False
                 if len(fields) < dim + 1:
                     raise ValueError(f"{path}, line {number}: expected a word and {dim} numbers, "
                                      f"got {len(fields)} fields")
@@ -133,7 +139,7 @@ def _read_npy(path: Path, words_path: str | Path | None, dim: int | None) -> Ite
         matrix = np.load(path, allow_pickle=False)
     except Exception as error:
         raise ValueError(f"could not read the GloVe matrix {path}: {error}") from error
-    words = words_path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    words = words_path.read_text(encoding="utf-8-sig").rstrip("\n").split("\n")
     if matrix.ndim != 2 or matrix.shape[0] != len(words):
         raise ValueError(f"GloVe matrix {path} has shape {matrix.shape}, expected ({len(words)}, D) "
                          f"for the {len(words)} words of {words_path}")

@@ -8,8 +8,11 @@ _NON_WORD = re.compile(r"\W+")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case, drop a trailing period, split on runs of non-word characters. Text is taken in
-    Unicode's composed form (NFC), so that an accent typed as a separate mark stays in its word.
+    """Lower-case, drop a trailing period, split on runs of non-word characters (Python's ``\\W``,
+    as the released code splits). Text is taken in Unicode's composed form (NFC), so that an accent
+    typed as a separate mark joins its letter where Unicode composes the two (e and U+0301 become é); other
+    combining marks (several on one letter, Devanagari's vowel signs) are not word characters to
+    ``\\W`` and split the word, as in the released code.
 
     >>> tokenize("The man in the blue hat, on the LEFT.")
     ['the', 'man', 'in', 'the', 'blue', 'hat', 'on', 'the', 'left']

@@ -56,7 +56,7 @@ class Vocabulary:
         if not path.is_file():
             raise FileNotFoundError(f"vocabulary file not found: {path}")
         try:
-            lines = path.read_text(encoding="utf-8").split("\n")
+            lines = path.read_text(encoding="utf-8-sig").split("\n")  # a byte-order mark (Notepad's) skipped
         except UnicodeDecodeError as error:
             raise ValueError(f"vocabulary file {path} is not UTF-8 text: {error}") from error
         if lines and lines[-1] == "":
@@ -65,9 +65,15 @@ class Vocabulary:
             raise ValueError(f"vocabulary file {path} must start with the lines {SPECIAL_TOKENS}, "
                              f"got {lines[:len(SPECIAL_TOKENS)]}")
         try:
-            return cls(lines[len(SPECIAL_TOKENS):])
+            vocabulary = cls(lines[len(SPECIAL_TOKENS):])
         except ValueError as error:
             raise ValueError(f"vocabulary file {path}: {error}") from error
+        unreachable = [word for word in vocabulary.words[len(SPECIAL_TOKENS):] if tokenize(word) != [word]]
+        if unreachable:
+            warnings.warn(f"{len(unreachable)} words of {path} are not words the tokenizer gives (e.g. "
+                          f"{unreachable[:3]}: it lower-cases, composes accents and splits on punctuation), so no "
+                          f"sentence reaches them: was the file written by another tokenizer?", stacklevel=2)
+        return vocabulary
 
     def save(self, path: str | Path) -> None:
         """Write one word per line, in id order (atomically)."""

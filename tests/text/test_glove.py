@@ -60,6 +60,12 @@ def test_npy_matrix_with_its_word_list(tmp_path, vocabulary):
         load_glove(tmp_path / "alone.npy", vocabulary)
 
 
+def test_an_npy_word_list_with_a_byte_order_mark(tmp_path, vocabulary):
+    np.save(tmp_path / "glove.npy", np.array([[1, 1, 1], [2, 2, 2]], dtype=np.float32))
+    (tmp_path / "glove.txt").write_text("\ufeffthe\nred\n", encoding="utf-8")  # as Notepad saves UTF-8
+    assert load_glove(tmp_path / "glove.npy", vocabulary)[vocabulary.index("the")].tolist() == [1, 1, 1]
+
+
 def test_an_npy_matrix_beside_its_glove_text_file_is_not_read_with_it_as_the_word_list(glove_txt, vocabulary):
     """The default word list of glove.tiny.3d.npy is glove.tiny.3d.txt: here the text file of the
     same vectors, as one would have it after converting it, whose lines are a word and the numbers."""
@@ -100,6 +106,11 @@ def test_bad_glove_files_are_named(tmp_path, vocabulary):
     (tmp_path / "dim.txt").write_text("the 1 2 3\n")
     with pytest.raises(ValueError, match="expected a word and 300 numbers"):
         load_glove(tmp_path / "dim.txt", vocabulary, dim=300)
+    (tmp_path / "wider.txt").write_text("zebra 1 2 3 4 5\nthe 1 2 3 4 5\n")  # 5-d vectors for a 3-d table
+    with pytest.raises(ValueError, match="wider.txt, line 1: vectors of 5 numbers, expected 3 .*word_dim"):
+        load_glove(tmp_path / "wider.txt", vocabulary, dim=3)
+    (tmp_path / "numbers.txt").write_text("1999 1 2 3\nthe 1 2 3\n")  # a first word that is a number
+    assert load_glove(tmp_path / "numbers.txt", vocabulary, dim=3)[vocabulary.index("the")].tolist() == [1, 2, 3]
     (tmp_path / "none.txt").write_text("zebra 1 2 3\n")
     with pytest.raises(ValueError, match="none of the 8 vocabulary words has a vector"):
         load_glove(tmp_path / "none.txt", vocabulary)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -53,6 +55,22 @@ def test_save_and_load_round_trip(vocabulary, tmp_path):
     vocabulary.save(path)
     assert Vocabulary.load(path) == vocabulary
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_file_with_a_byte_order_mark_loads(vocabulary, tmp_path):
+    path = tmp_path / "vocab.txt"
+    vocabulary.save(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Notepad saves UTF-8
+    assert Vocabulary.load(path) == vocabulary
+
+
+def test_words_the_tokenizer_never_gives_are_named_on_load(tmp_path):
+    path = tmp_path / "vocab.txt"
+    Vocabulary(["red", "Red", "cafe\u0301", "u.s"]).save(path)  # capitals, an uncomposed accent, a split word
+    unreachable = re.escape(str(["Red", "cafe\u0301", "u.s"]))
+    with pytest.warns(UserWarning, match=rf"3 words of .*vocab.txt are not words the tokenizer gives \(e.g. {unreachable}"):
+        loaded = Vocabulary.load(path)
+    assert loaded.encode("Red café")[-2:].tolist() == [loaded.index("red"), UNK_INDEX]
 
 
 @pytest.mark.parametrize("word", ["a\nb", "a\rb", "a b", "tab\t"])
