@@ -185,7 +185,7 @@ def config_fields() -> list[str]:
 def _as_number(value: Any, kind: str) -> Any:
     """``value`` as an ``int`` or ``float`` (``kind``) where it is a number in another form: numpy's,
     or, for a float, text (YAML reads ``1e-3`` as text); anything else as it is, for the checks to name."""
-    if isinstance(value, (bool, int, float)):
+    if isinstance(value, bool) or type(value) in (int, float):
         return value
     if kind == "int" and isinstance(value, numbers.Integral):
         return int(value)

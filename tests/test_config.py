@@ -72,9 +72,11 @@ def test_numpy_numbers_and_numbers_yaml_reads_as_text_are_numbers():
     assert overrides["patch_loss_weight"] == "1e-1"
     config = get_config("restr-tiny", **overrides)
     assert config.patch_loss_weight == 0.1 and type(config.patch_loss_weight) is float
-    config = get_config("restr-tiny", image_size=np.int64(128), vision_mlp_ratio=np.float32(2.0))
+    config = get_config("restr-tiny", image_size=np.int64(128), vision_mlp_ratio=np.float32(2.0),
+                        negative_slope=np.float64(0.2))
     assert (config.image_size, config.vision_mlp_ratio) == (128, 2.0) and type(config.image_size) is int
-    assert config == get_config("restr-tiny", image_size=128, vision_mlp_ratio=2.0)
+    assert type(config.negative_slope) is float  # a run's config.yaml holds plain numbers
+    assert config == get_config("restr-tiny", image_size=128, vision_mlp_ratio=2.0, negative_slope=0.2)
     with pytest.raises(ValueError, match="patch_loss_weight must be a finite number, got 'heavy'"):
         get_config("restr-tiny", patch_loss_weight="heavy")
     with pytest.raises(ValueError, match="image_size must be a positive integer, got '128'"):
