@@ -159,7 +159,10 @@ class Predictor:
             return []
         images = images if images is not None else [image] * count
         texts = texts if texts is not None else [text] * count
-        tokens = torch.stack([self.vocabulary.encode(t, self.config.max_words) for t in texts])  # (count, L)
+        rows = []  # a loop, not a comprehension (its own frame before Python 3.12): warnings name the caller
+        for t in texts:
+            rows.append(self.vocabulary.encode(t, self.config.max_words, stacklevel=2))
+        tokens = torch.stack(rows)  # (count, L)
         unknown_only = ((tokens == UNK_INDEX) | (tokens == PAD_INDEX)).all(dim=1).tolist()  # (count,)
         for text_ in dict.fromkeys(t for t, unknown in zip(texts, unknown_only) if unknown):
             warnings.warn(f"no word of {text_!r} is in the model's vocabulary: it reads as <unk> only, so the "

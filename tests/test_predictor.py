@@ -384,8 +384,9 @@ def test_text_errors_truncation_and_unknown_words(predictor, vocabulary):
     words = ("the red circle left of the blue square and the big green triangle on the right of "
              "a small yellow square in the middle").split()
     assert len(words) > 20
-    with pytest.warns(UserWarning, match="truncated to its first 20"):
+    with pytest.warns(UserWarning, match="truncated to its first 20") as caught:
         long = predictor.predict(image, " ".join(words))
+    assert caught[0].filename == __file__  # the caller's line, not the predictor's
     assert_same(long, predictor.predict(image, " ".join(words[:20])))
 
     tokens = vocabulary.encode("the zebra café ünïcödé")

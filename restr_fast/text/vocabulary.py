@@ -95,11 +95,12 @@ class Vocabulary:
         """The id of ``word``, ``<unk>``'s for unknown words."""
         return self._index.get(word, UNK_INDEX)
 
-    def encode(self, text: str, max_words: int = MAX_WORDS, warn: bool = True) -> torch.Tensor:
+    def encode(self, text: str, max_words: int = MAX_WORDS, warn: bool = True, stacklevel: int = 1) -> torch.Tensor:
         """Token ids of a sentence: (max_words,) int64, left-padded with 0.
 
         Sentences longer than ``max_words`` keep their first ``max_words`` words (with a warning
-        unless ``warn`` is False); a sentence without any word is an error.
+        unless ``warn`` is False, attributed to the caller, or for a wrapper passing ``stacklevel``
+        to its caller's caller and so on); a sentence without any word is an error.
         """
         if isinstance(max_words, bool) or not isinstance(max_words, numbers.Integral) or max_words < 1:
             raise ValueError(f"max_words must be a positive integer, got {max_words!r}")
@@ -108,7 +109,7 @@ class Vocabulary:
             raise ValueError(f"text {text!r} has no words: give a sentence describing the object")
         if len(words) > max_words and warn:
             warnings.warn(f"sentence of {len(words)} words truncated to its first {max_words}: {text!r}",
-                          stacklevel=2)
+                          stacklevel=1 + stacklevel)
         words = words[:max_words]
         ids = [PAD_INDEX] * (max_words - len(words)) + [self.index(w) for w in words]
         return torch.tensor(ids, dtype=torch.long)

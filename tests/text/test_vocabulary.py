@@ -39,8 +39,9 @@ def test_max_words_must_be_a_positive_integer(vocabulary, max_words):
 
 def test_long_sentences_keep_their_first_words_with_a_warning(vocabulary):
     words = ["red"] * 19 + ["dog", "circle", "square"]
-    with pytest.warns(UserWarning, match="sentence of 22 words truncated to its first 20"):
+    with pytest.warns(UserWarning, match="sentence of 22 words truncated to its first 20") as caught:
         ids = vocabulary.encode(" ".join(words))
+    assert caught[0].filename == __file__
     assert ids.tolist() == [vocabulary.index(w) for w in words[:20]]
 
 
