@@ -52,8 +52,9 @@ class Predictor:
             implementation settings only (``fast``, ``attention``): the weights then move into a model
             built from ``config``.
         dtype: ``auto`` (autocast in the weights' dtype where they are bf16 or fp16; with fp32
-            weights bf16 autocast on a GPU, fp32 on the CPU), ``float32``, ``bfloat16`` or ``float16``
-            (autocast; with bf16 or fp16 weights only their own dtype), or a torch dtype.
+            weights bf16 autocast on a GPU, fp32 on the CPU), ``float32`` (autocast off, also inside a
+            caller's autocast), ``bfloat16`` or ``float16`` (autocast; with bf16 or fp16 weights only
+            their own dtype), or a torch dtype.
         max_batch: pairs per forward pass; longer lists run in several passes.
         cuda_graphs: on a GPU, replay each forward from a CUDA graph captured for its batch shape
             (the number of distinct images and of pairs): much lower latency for small batches, at
