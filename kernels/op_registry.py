@@ -102,7 +102,8 @@ def launcher(kernel: Callable) -> Callable:
 DOUBLE_BACKWARD_ERROR = (
     "restr_fast's Triton kernels have no second derivative: a gradient taken with create_graph=True "
     "(double backward, e.g. a gradient penalty) cannot pass through them; use the reference model "
-    "(fast=False) for second derivatives")
+    "with the math attention (fast=False, attention='math': SDPA's fused kernels have no second "
+    "derivative either)")
 
 
 def eager_autograd(forward: Callable, setup_context: Callable, backward: Callable) -> Callable:

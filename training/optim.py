@@ -12,11 +12,12 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 5e-4,
     Biases, norms, embeddings' position tables and the seed token get no weight decay (1-D
     parameters). Uses the fused CUDA implementation when the model is on a GPU.
     """
+    vision = {id(parameter) for parameter in _unwrapped(model).vision.parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        is_vision = name.startswith(("vision.", "module.vision."))
+        is_vision = id(parameter) in vision
         decays = parameter.dim() > 1 and not name.endswith(("pos_embed", "cls_token", "fusion.seed"))
         groups.setdefault((is_vision, decays), []).append(parameter)
     param_groups = [
@@ -26,6 +27,18 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 5e-4,
     ]
     on_gpu = next(model.parameters()).is_cuda
     return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, fused=on_gpu or None)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The ReSTR model inside DistributedDataParallel (``module``) or torch.compile (``_orig_mod``)."""
+    while not hasattr(model, "vision"):
+        inner = getattr(model, "module", None)
+        inner = getattr(model, "_orig_mod", None) if inner is None else inner
+        if not isinstance(inner, nn.Module):
+            raise TypeError(f"build_optimizer takes a ReSTR model (or one wrapped by DistributedDataParallel or "
+                            f"torch.compile), got {type(model).__name__}")
+        model = inner
+    return model
 
 
 def warmup_poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.1,

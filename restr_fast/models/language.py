@@ -10,11 +10,11 @@ from ..config import ReSTRConfig
 from .blocks import PostNormBlock, init_weights, run_block
 
 
-def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
-    """The fixed position encoding of "Attention Is All You Need": (length, dim)."""
-    position = torch.arange(length, dtype=torch.float64)[:, None]  # (L, 1)
-    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, dtype=torch.float64)
+def sinusoidal_positions(length: int, dim: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The fixed position encoding of "Attention Is All You Need": (length, dim) float32."""
+    position = torch.arange(length, dtype=torch.float64, device=device)[:, None]  # (L, 1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64, device=device) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64, device=device)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
     return table.float()
@@ -32,8 +32,6 @@ class LanguageEncoder(nn.Module):
         super().__init__()
         self.grad_checkpointing = False
         self.embed = nn.Embedding(config.vocab_size, config.word_dim, padding_idx=0)
-        self.register_buffer("positions", sinusoidal_positions(config.max_words, config.word_dim),
-                             persistent=False)
         self.blocks = nn.ModuleList([
             PostNormBlock(config.word_dim, config.text_heads, config.text_mlp_dim, config.attention)
             for _ in range(config.text_depth)
@@ -45,7 +43,10 @@ class LanguageEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) long, word_mask (B, L) bool (True for real words) -> (B, L, D)."""
-        x = self.embed(tokens) + self.positions  # (B, L, word_dim)
+        x = self.embed(tokens)  # (B, L, word_dim)
+        # computed at each call, not held in a buffer: no weight loading (meta-device models) or dtype
+        # round trip (bf16 and back) can change it
+        x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device).to(x.dtype)
         for block in self.blocks:
             x = run_block(block, x, word_mask, checkpointing=self.grad_checkpointing)
         return self.norm(self.proj(x))  # (B, L, D)

@@ -63,7 +63,11 @@ class ReSTR(nn.Module):
         """Everything after the vision encoder: z_v (B, N, D) from :meth:`encode_images` of images of
         ``size`` (H, W), tokens (B, max_words) -> pixel and patch logits."""
         H, W = size
-        h, w = H // self.config.patch_size, W // self.config.patch_size
+        P = self.config.patch_size
+        if H <= 0 or W <= 0 or H % P or W % P:
+            raise ValueError(f"size {H}x{W} is not a multiple of the patch size {P}: pass the (H, W) of the "
+                             f"images given to encode_images")
+        h, w = H // P, W // P
         B = tokens.shape[0]
         if z_v.shape != (B, h * w, self.config.dim):
             raise ValueError(f"z_v must have shape (B, N, D) = ({B}, {h * w}, {self.config.dim}) for {B} "
@@ -81,7 +85,7 @@ class ReSTR(nn.Module):
 
         # decoder input [z_v, z'_v * y_p]: (B, N, 2D)
         patch_logits, decoder_input = self.seed_classifier(fused, classifier, prefix=z_v)
-        pixel_logits = self.decoder(decoder_input.reshape(B, h, w, -1))  # (B, 1, H, W)
+        pixel_logits = self.decoder(decoder_input.reshape(B, h, w, decoder_input.shape[-1]))  # (B, 1, H, W)
         return ReSTROutput(pixel_logits, patch_logits.reshape(B, 1, h, w))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -114,6 +114,37 @@ def test_deterministic_under_a_seed(tiny_config, make_inputs):
     assert torch.equal(outputs[0][1], outputs[1][1])
 
 
+def test_the_state_dict_is_the_whole_model(tiny_config, make_inputs):
+    """A model built on the meta device and loaded, or cast to bf16 and back and loaded, gives the
+    original's outputs: nothing it computes with (the word positions) lives outside its state dict."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config).eval()
+    images, tokens = make_inputs(tiny_config)
+    expected = model(images, tokens).pixel_logits
+    with torch.device("meta"):
+        empty = build_model(tiny_config)
+    empty.to_empty(device="cpu").load_state_dict(model.state_dict())
+    round_trip = build_model(tiny_config).bfloat16().float()
+    round_trip.load_state_dict(model.state_dict())
+    for loaded in (empty, round_trip):
+        assert torch.equal(loaded.eval()(images, tokens).pixel_logits, expected)
+
+
+def test_an_empty_batch_gives_empty_logits(tiny_config, make_inputs):
+    images, tokens = make_inputs(tiny_config)
+    out = build_model(tiny_config)(images[:0], tokens[:0])
+    assert out.pixel_logits.shape == (0, 1, *images.shape[2:]) and out.patch_logits.shape[0] == 0
+
+
+def test_segment_refuses_a_size_its_grid_does_not_fit(tiny_config, make_inputs):
+    model = build_model(tiny_config)
+    images, tokens = make_inputs(tiny_config)
+    z_v = model.encode_images(images)
+    size = images.shape[2] + 6, images.shape[3]  # the same number of patches, not a multiple of the patch
+    with pytest.raises(ValueError, match=f"size {size[0]}x{size[1]} is not a multiple of the patch size"):
+        model.segment(z_v, tokens, size)
+
+
 def test_other_input_sizes_resample_the_position_embedding(tiny_config, make_inputs):
     torch.manual_seed(0)
     model = build_model(tiny_config).eval()

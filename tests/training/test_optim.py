@@ -23,6 +23,26 @@ def test_groups_give_the_vision_encoder_a_tenth_and_leave_norms_biases_and_token
     assert {"language.embed.weight", "vision.vit.patch_embed.proj.weight"} <= decayed
 
 
+def test_a_compiled_or_wrapped_model_gets_the_same_groups():
+    """torch.compile's parameter names start with _orig_mod., DistributedDataParallel's with module.:
+    the vision encoder is found by its parameters, not by their names."""
+    model = build_model(get_config("restr-tiny", vocab_size=50))
+
+    class Wrapper(torch.nn.Module):  # holds the model as DistributedDataParallel does
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    def groups(optimizer):
+        return sorted((group["lr"], group["weight_decay"], len(group["params"])) for group in optimizer.param_groups)
+
+    expected = groups(build_optimizer(model, lr=1e-3))
+    for wrapped in (torch.compile(model), Wrapper(model), Wrapper(torch.compile(model))):
+        assert groups(build_optimizer(wrapped, lr=1e-3)) == expected
+    with pytest.raises(TypeError, match="build_optimizer takes a ReSTR model"):
+        build_optimizer(torch.nn.Linear(2, 2), lr=1e-3)
+
+
 def test_frozen_parameters_are_left_out():
     model = build_model(get_config("restr-tiny", vocab_size=50))
     model.vision.requires_grad_(False)
