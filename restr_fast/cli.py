@@ -319,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
                        help="mixed precision (default: auto, bf16 on a GPU, off on the CPU)")
     train.add_argument("--accumulate", type=int, help="gradient accumulation steps")
-    train.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_const", const=True)
+    train.add_argument("--grad-checkpointing", dest="grad_checkpointing", action=argparse.BooleanOptionalAction,
+                       help="recompute activations in the backward pass (less memory); --no-grad-checkpointing "
+                            "turns off what the config or the resumed run set")
     train.add_argument("--glove", help="GloVe file for the word embeddings")
     train.add_argument("--vit-weights", dest="vit_weights", help="timm ViT checkpoint for the vision encoder")
     train.add_argument("--vocabulary", help="vocabulary file (default: built from the training sentences)")

@@ -1,6 +1,7 @@
 """PNG figures drawn with Pillow: the loss curve of a run and a grid of predictions."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -15,13 +16,15 @@ def loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, 
     """A line plot of loss against step, with labelled axes, written to ``path``."""
     if not steps:
         raise ValueError("no logged steps to plot")
+    if not all(math.isfinite(loss) for loss in losses):
+        raise ValueError("losses must be finite numbers to plot")
     width, height = size
     left, right, top, bottom = 64, 16, 32, 40
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     low, high = min(losses), max(losses)
-    high = high if high > low else low + 1e-6
-    first, last = steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1
+    high = high if high > low else low + max(abs(low) * 0.1, 1e-3)  # one loss: an axis of distinct labels
+    first, last = steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 4
 
     def point(step: float, loss: float) -> tuple[float, float]:
         x = left + (step - first) / (last - first) * (width - left - right)
@@ -38,7 +41,11 @@ def loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path, 
         step = first + (last - first) * i / 4
         x, _ = point(step, low)
         draw.text((x - 12, height - bottom + 6), f"{int(step)}", fill="black", font=FONT)
-    draw.line([point(s, l) for s, l in zip(steps, losses)], fill=(30, 90, 200), width=2)
+    points = [point(s, l) for s, l in zip(steps, losses)]
+    draw.line(points, fill=(30, 90, 200), width=2)
+    if len(points) == 1:  # a line of one point draws nothing
+        x, y = points[0]
+        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(30, 90, 200))
     draw.text((left, 8), title, fill="black", font=FONT)
     draw.text((width // 2 - 12, height - 16), "step", fill="black", font=FONT)
     image.save(path)

@@ -45,7 +45,12 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss, or the weights, became NaN or infinite."""
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite (one synchronisation)."""
+    return bool(torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all())
 
 
 @dataclass
@@ -445,9 +450,13 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             record = {"step": step, "lr": config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch - 1),
                       "images_per_s": window["steps"] * images_per_step / seconds,
                       "loss": loss, "patch_loss": patch, "pixel_loss": pixel}
-            if not math.isfinite(record["loss"]):
+            # the loss was computed before this step's update: before a save, the weights are checked too
+            diverged = (f"the loss became {record['loss']}" if not math.isfinite(record["loss"])
+                        else "the weights became nan or infinite" if (evaluating or saving) and not _finite(model)
+                        else None)
+            if diverged:
                 bar.close()
-                raise TrainingDiverged(f"the loss became {record['loss']} by step {step}; training stopped and "
+                raise TrainingDiverged(f"{diverged} by step {step}; training stopped and "
                                        f"{out / 'checkpoints'} keeps the last good checkpoint")
             log(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",

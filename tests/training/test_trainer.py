@@ -307,11 +307,12 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     args = cli_train_args(data_root, run, 4, "--eval-every", "100", "--checkpoint-every", "1", "--log-every", "1",
                           "--lr", "1e-3")
-    assert main(args + ["--stop-after", "2"]) == 0
+    assert main(args + ["--stop-after", "2", "--grad-checkpointing"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["grad_checkpointing"] is True
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("weight_decay: 0.0005",
                                                                                "weight_decay: 0.05"))
     assert main(["train", "--out", str(run), "--resume", "--lr", "1e-2", "--steps", "8", "--stop-after", "2",
-                 "--batch-size", "3"]) == 0
+                 "--batch-size", "3", "--no-grad-checkpointing"]) == 0
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert [group["weight_decay"] for group in state["optimizer"]["param_groups"]] == [0.0, 0.05, 0.0, 0.05]
     assert state["step"] == 4 and state["train"]["lr"] == 1e-2 and state["train"]["steps"] == 8
@@ -322,6 +323,7 @@ def test_resume_with_new_settings_keeps_them(data_root, tmp_path, capsys):
         [1e-2 * factor, 1e-2 * factor, 1e-3 * factor, 1e-3 * factor])
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert saved["lr"] == 1e-2 and saved["steps"] == 8 and saved["stop_after"] is None
+    assert saved["grad_checkpointing"] is False  # a flag turns off what the run had set
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "loss" in line]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[2]["lr"] == pytest.approx(1e-2 * (1 - 1 / 7) ** 0.9)  # the new lr from the first resumed step
@@ -420,6 +422,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, 
         train(get_config("restr-tiny", **MODEL), config(data_root), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert state["step"] == 3 and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_weights_broken_by_a_checkpoint_steps_update_are_never_saved(data_root, tmp_path, monkeypatch):
+    """A finite loss whose gradient is not (d sqrt(x)/dx at 0): the loss is computed before the
+    update, so the weights are checked before a checkpoint or an evaluation takes them."""
+    import importlib
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    real = trainer.loss_terms
+    calls = {"n": 0}
+
+    def poisoned(output, masks, model_config):
+        calls["n"] += 1
+        terms = real(output, masks, model_config)
+        if calls["n"] == 6:  # step 6, a checkpoint and evaluation step: a loss of the same value, a nan gradient
+            terms = terms._replace(total=terms.total + (output.pixel_logits.sum() * 0).sqrt())
+        return terms
+
+    monkeypatch.setattr(trainer, "loss_terms", poisoned)
+    with pytest.raises(TrainingDiverged, match="the weights became nan or infinite by step 6"):
+        train(get_config("restr-tiny", **MODEL), config(data_root), tmp_path / "run")
+    for name in ("latest.pt", "best.pt"):
+        state = load_checkpoint(tmp_path / "run" / "checkpoints" / name)
+        assert state["step"] == 3 and all(torch.isfinite(t).all() for t in state["model"].values()), name
 
 
 def test_bad_input_fails_before_anything_is_written(data_root, tmp_path):
