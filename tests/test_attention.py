@@ -266,6 +266,25 @@ def test_unknown_backend_is_refused():
 ATOL = 1e-4  # besides 2x the error of bf16 math; bf16's own resolution near 1 is 4e-3
 
 
+def skip_unless_runs(backend):
+    if backend == "xformers":
+        available, reason = xformers_status("cuda")
+        if not available:
+            pytest.skip(f"xformers is not available on this GPU: {reason}")
+
+
+def assert_within_rule(backend, q, k, v, grad_out, key_mask):
+    """Error of ``backend`` in bf16 against fp64 math <= 2x the error of bf16 math + ATOL, for the
+    output and the gradients of q, k, v; returns them (in fp64)."""
+    reference = run_attention("math", torch.float64, q, k, v, grad_out, key_mask)
+    baseline = run_attention("math", torch.bfloat16, q, k, v, grad_out, key_mask)
+    tested = run_attention(backend, torch.bfloat16, q, k, v, grad_out, key_mask)
+    for name, got, base, ref in zip(("out", "dq", "dk", "dv"), tested, baseline, reference):
+        error, allowed = (got - ref).abs().max().item(), 2 * (base - ref).abs().max().item() + ATOL
+        assert error <= allowed, f"{backend} {name}: max error {error:.3g} > {allowed:.3g}"
+    return tested
+
+
 def run_attention(backend, dtype, q, k, v, grad_out, key_mask):
     """Output and q, k, v gradients (in fp64) of one backend at ``dtype``."""
     q, k, v = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
@@ -281,10 +300,7 @@ def run_attention(backend, dtype, q, k, v, grad_out, key_mask):
 def test_bf16_backends_meet_the_tolerance_rule(backend, n, masked):
     """Error against fp64 math <= 2x the error of bf16 math + ATOL, for the output and the
     gradients of q, k, v; B=2, 12 heads of 64 (the benchmark's head shape)."""
-    if backend == "xformers":
-        available, reason = xformers_status("cuda")
-        if not available:
-            pytest.skip(f"xformers is not available on this GPU: {reason}")
+    skip_unless_runs(backend)
     B, H, d = 2, 12, 64
     q, k, v = qkv((B, H, n, d), device="cuda")
     grad_out = qkv((B, H, n, d), device="cuda", seed=1)[0]
@@ -292,12 +308,7 @@ def test_bf16_backends_meet_the_tolerance_rule(backend, n, masked):
     if masked:  # the fusion encoder's layout: visual tokens, then words left-padded (row 0: 7 pads)
         key_mask = torch.ones(B, n, dtype=torch.bool, device="cuda")
         key_mask[0, n - 20: n - 13] = False
-    reference = run_attention("math", torch.float64, q, k, v, grad_out, key_mask)
-    baseline = run_attention("math", torch.bfloat16, q, k, v, grad_out, key_mask)
-    tested = run_attention(backend, torch.bfloat16, q, k, v, grad_out, key_mask)
-    for name, got, base, ref in zip(("out", "dq", "dk", "dv"), tested, baseline, reference):
-        error, allowed = (got - ref).abs().max().item(), 2 * (base - ref).abs().max().item() + ATOL
-        assert error <= allowed, f"{backend} {name}: max error {error:.3g} > {allowed:.3g}"
+    tested = assert_within_rule(backend, q, k, v, grad_out, key_mask)
     if masked:  # padded keys get no gradient
         assert tested[2][0, :, n - 20: n - 13].abs().max() == 0 and tested[3][0, :, n - 20: n - 13].abs().max() == 0
 
@@ -307,16 +318,8 @@ def test_bf16_backends_meet_the_tolerance_rule(backend, n, masked):
 def test_bf16_backends_take_the_language_encoders_heads(backend):
     """The paper's language encoder: 12 heads of 300 / 12 = 25 over 20 left-padded words (xformers'
     bias-taking kernels need a multiple of 8: the call pads). Same rule as above."""
-    if backend == "xformers":
-        available, reason = xformers_status("cuda")
-        if not available:
-            pytest.skip(f"xformers is not available on this GPU: {reason}")
+    skip_unless_runs(backend)
     q, k, v = qkv((8, 12, 20, 25), device="cuda")
     grad_out = qkv((8, 12, 20, 25), device="cuda", seed=1)[0]
     key_mask = torch.arange(20, device="cuda")[None, :] >= torch.arange(0, 16, 2, device="cuda")[:, None]  # (8, 20)
-    reference = run_attention("math", torch.float64, q, k, v, grad_out, key_mask)
-    baseline = run_attention("math", torch.bfloat16, q, k, v, grad_out, key_mask)
-    tested = run_attention(backend, torch.bfloat16, q, k, v, grad_out, key_mask)
-    for name, got, base, ref in zip(("out", "dq", "dk", "dv"), tested, baseline, reference):
-        error, allowed = (got - ref).abs().max().item(), 2 * (base - ref).abs().max().item() + ATOL
-        assert error <= allowed, f"{backend} {name}: max error {error:.3g} > {allowed:.3g}"
+    assert_within_rule(backend, q, k, v, grad_out, key_mask)

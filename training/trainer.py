@@ -294,7 +294,7 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     already reached ``config.steps``: nothing is done). With ``resume``, a run that stopped before its
     first checkpoint (config.yaml written, no checkpoint saved or logged) starts over.
     Raises ValueError/FileNotFoundError for bad input before any training step, and
-    :class:`TrainingDiverged` when the loss stops being finite."""
+    :class:`TrainingDiverged` when the loss, or the weights before a save, stop being finite."""
     out = Path(out)
     latest = out / "checkpoints" / "latest.pt"
     if out.exists() and not out.is_dir():
@@ -450,10 +450,11 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
             record = {"step": step, "lr": config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch - 1),
                       "images_per_s": window["steps"] * images_per_step / seconds,
                       "loss": loss, "patch_loss": patch, "pixel_loss": pixel}
-            # the loss was computed before this step's update: before a save, the weights are checked too
-            diverged = (f"the loss became {record['loss']}" if not math.isfinite(record["loss"])
-                        else "the weights became nan or infinite" if (evaluating or saving) and not _finite(model)
-                        else None)
+            diverged = None
+            if not math.isfinite(record["loss"]):
+                diverged = f"the loss became {record['loss']}"
+            elif (evaluating or saving) and not _finite(model):  # the loss predates this step's update
+                diverged = "the weights became nan or infinite"
             if diverged:
                 bar.close()
                 raise TrainingDiverged(f"{diverged} by step {step}; training stopped and "

@@ -157,6 +157,17 @@ def crash_in_step(monkeypatch, number):
     return lambda: monkeypatch.setattr(trainer, "loss_terms", real)
 
 
+def change_loss(monkeypatch, change):
+    """Make the trainer's loss terms of step n (one batch a step) ``change(n, output, terms)``."""
+    trainer = importlib.import_module("restr_fast.training.trainer")
+    real, calls = trainer.loss_terms, [0]
+
+    def changed(output, masks, model_config):
+        calls[0] += 1
+        return change(calls[0], output, real(output, masks, model_config))
+    monkeypatch.setattr(trainer, "loss_terms", changed)
+
+
 def scored_evaluations(monkeypatch, scores):
     """Make the trainer's evaluations report ``scores`` as their overall IoU, one after another."""
     trainer = importlib.import_module("restr_fast.training.trainer")
@@ -407,17 +418,8 @@ def test_throughput_leaves_out_evaluation_and_saving(data_root, tmp_path, monkey
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
-    import importlib
-    trainer = importlib.import_module("restr_fast.training.trainer")
-    real = trainer.loss_terms
-    calls = {"n": 0}
-
-    def poisoned(output, masks, model_config):
-        calls["n"] += 1
-        terms = real(output, masks, model_config)
-        return terms._replace(total=terms.total * float("nan")) if calls["n"] > 4 else terms
-
-    monkeypatch.setattr(trainer, "loss_terms", poisoned)
+    change_loss(monkeypatch, lambda step, output, terms: terms._replace(total=terms.total * float("nan"))
+                if step > 4 else terms)
     with pytest.raises(TrainingDiverged, match="the loss became nan by step 6"):
         train(get_config("restr-tiny", **MODEL), config(data_root), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
@@ -427,19 +429,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, 
 def test_weights_broken_by_a_checkpoint_steps_update_are_never_saved(data_root, tmp_path, monkeypatch):
     """A finite loss whose gradient is not (d sqrt(x)/dx at 0): the loss is computed before the
     update, so the weights are checked before a checkpoint or an evaluation takes them."""
-    import importlib
-    trainer = importlib.import_module("restr_fast.training.trainer")
-    real = trainer.loss_terms
-    calls = {"n": 0}
+    def nan_gradient(step, output, terms):  # step 6, a checkpoint and evaluation step: the same loss, a nan gradient
+        return terms._replace(total=terms.total + (output.pixel_logits.sum() * 0).sqrt()) if step == 6 else terms
 
-    def poisoned(output, masks, model_config):
-        calls["n"] += 1
-        terms = real(output, masks, model_config)
-        if calls["n"] == 6:  # step 6, a checkpoint and evaluation step: a loss of the same value, a nan gradient
-            terms = terms._replace(total=terms.total + (output.pixel_logits.sum() * 0).sqrt())
-        return terms
-
-    monkeypatch.setattr(trainer, "loss_terms", poisoned)
+    change_loss(monkeypatch, nan_gradient)
     with pytest.raises(TrainingDiverged, match="the weights became nan or infinite by step 6"):
         train(get_config("restr-tiny", **MODEL), config(data_root), tmp_path / "run")
     for name in ("latest.pt", "best.pt"):
