@@ -70,13 +70,13 @@ TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
     "accumulate": "accumulate", "grad_checkpointing": "grad_checkpointing", "glove": "glove",
     "vit_weights": "vit_weights", "workers": "workers", "seed": "seed", "eval_every": "eval_every",
     "vocabulary": "vocabulary", "checkpoint_every": "checkpoint_every", "log_every": "log_every",
-    "stop_after": "stop_after",
+    "stop_after": "stop_after", "init_from": "init_from",
 }
 
 
 # what a resumed run keeps from its config.yaml: the model, its data and its sample order (given again, the
 # same values are accepted; the first two are the model's, the rest TrainConfig fields)
-RESUME_FIXED = ("config", "img_size", "dataset", "split_by", "vocabulary", "glove", "vit_weights", "seed")
+RESUME_FIXED = ("config", "img_size", "dataset", "split_by", "vocabulary", "glove", "vit_weights", "init_from", "seed")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -101,7 +101,14 @@ def _train(args: argparse.Namespace) -> None:
                              f"{'differs' if len(changed) == 1 else 'differ'} from {out / 'config.yaml'} and "
                              f"cannot change it; start a new run in another --out instead")
     else:
-        preset, model_overrides, train_values = _resolve_config(args.config or "restr-b16")
+        if args.config is None and args.init_from:  # the architecture of the model it starts from
+            from .predictor import saved_model_config
+            try:
+                preset, model_overrides, train_values = saved_model_config(args.init_from), {}, {}
+            except (FileNotFoundError, ValueError) as error:
+                raise type(error)(f"--init-from: {error}") from error
+        else:
+            preset, model_overrides, train_values = _resolve_config(args.config or "restr-b16")
         if args.img_size is not None:
             model_overrides["image_size"] = args.img_size
         model_config = get_config(preset, **model_overrides)
@@ -305,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model (the paper's recipe by default)")
     train.add_argument("--config", help="a preset, a YAML file, or the name of one under training/configs/ "
-                                        "(e.g. refcoco); default: restr-b16")
+                                        "(e.g. refcoco); default: restr-b16, or with --init-from the trained model's")
     train.add_argument("--out", required=True, help="run folder (config, vocabulary, log, checkpoints)")
     train.add_argument("--data-root", dest="data_root")
     train.add_argument("--dataset")
@@ -324,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "turns off what the config or the resumed run set")
     train.add_argument("--glove", help="GloVe file for the word embeddings")
     train.add_argument("--vit-weights", dest="vit_weights", help="timm ViT checkpoint for the vision encoder")
+    train.add_argument("--init-from", dest="init_from",
+                       help="start from a trained model (a model folder, run folder or .pt checkpoint) to fine-tune "
+                            "it: same architecture, any image size; the vocabulary may differ")
     train.add_argument("--vocabulary", help="vocabulary file (default: built from the training sentences)")
     train.add_argument("--workers", type=int)
     train.add_argument("--seed", type=int)

@@ -115,7 +115,7 @@ def load_model_folder(directory: str | Path, **overrides: Any) -> tuple[ReSTR, V
         raise FileNotFoundError(f"{directory} lacks {missing}: a restr_fast model folder holds {WEIGHTS} "
                                 f"(weights), {CONFIG} (model config) and {VOCABULARY}, as written by "
                                 f"Predictor.save or restr-fast train")
-    config = _read_config(directory / CONFIG, overrides)
+    config = read_model_config(directory, **overrides)
     vocabulary = Vocabulary.load(directory / VOCABULARY)
     if len(vocabulary) != config.vocab_size:
         raise ValueError(f"{directory / VOCABULARY} has {len(vocabulary)} words but {directory / CONFIG} says "
@@ -138,8 +138,13 @@ def load_model_folder(directory: str | Path, **overrides: Any) -> tuple[ReSTR, V
     return model.eval(), vocabulary
 
 
-def _read_config(path: Path, overrides: dict[str, Any]) -> ReSTRConfig:
-    """The ReSTRConfig of a model folder's config.json, with ``overrides`` applied."""
+def read_model_config(directory: str | Path, **overrides: Any) -> ReSTRConfig:
+    """The ReSTRConfig of a model folder, from its config.json, with ``overrides`` applied.
+
+    Raises FileNotFoundError when the file is missing, ValueError when it is not a model folder's config."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a restr_fast model folder holds {', '.join(FILES)}")
     try:
         header = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -34,11 +34,12 @@ from ..deployable import is_model_folder, save_model_folder
 from ..devices import parse_device
 from ..losses import loss_terms
 from ..models import build_model
-from ..text import Vocabulary, load_glove
+from ..text import SPECIAL_TOKENS, Vocabulary, load_glove
 from . import distributed
 from .checkpoint import (load_checkpoint, load_weights, model_from_checkpoint, rng_state, save_checkpoint,
                          set_rng_state, write_text_atomically)
 from .evaluate import autocast, evaluate
+from .init_from import init_from_trained
 from .optim import build_optimizer, warmup_poly_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -86,6 +87,7 @@ class TrainConfig:
     min_word_count: int = 1
     glove: str | None = None
     vit_weights: str | None = None
+    init_from: str | None = None  # a trained model (model folder, run folder or .pt) whose weights start the run
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -111,6 +113,9 @@ class TrainConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         parse_device(self.device)
+        if self.init_from and self.vit_weights:
+            raise ValueError(f"init_from ({self.init_from}) and vit_weights ({self.vit_weights}) both give the vision "
+                             f"encoder's weights: give one (a run that starts from a trained model takes its encoder)")
 
     def run_settings(self) -> dict:
         """The settings a run folder records: all but ``stop_after``, which ends one invocation,
@@ -343,7 +348,12 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     # model, optimiser, schedule
     word_vectors = load_glove(config.glove, vocabulary, dim=model_config.word_dim) if config.glove and not state else None
     model = build_model(model_config, vision_weights=None if state else config.vit_weights,
-                        word_vectors=word_vectors).to(device)
+                        word_vectors=word_vectors)
+    started = {}
+    if state is None and config.init_from:
+        carried = init_from_trained(model, vocabulary, config.init_from)
+        started = {"init_from": config.init_from, "words_from_init": carried - len(SPECIAL_TOKENS)}
+    model.to(device)
     model.set_grad_checkpointing(config.grad_checkpointing)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.vision_lr_scale)
     scheduler = warmup_poly_schedule(optimizer, config.steps, config.warmup_fraction, config.power)
@@ -413,7 +423,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     metrics: dict = {}
     # when each invocation began, at which step; "resumed" also says that step's checkpoint was saved
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    log({"step": step, "resumed" if state is not None else "started": now})
+    log({"step": step, "resumed" if state is not None else "started": now, **started})
     model.train()
     stop_at = config.steps if config.stop_after is None else min(config.steps, step + config.stop_after)
     while step < stop_at:
