@@ -105,6 +105,7 @@ def format_table(result: dict, title: str = "") -> str:
         lines.append(f"| {name} | {values['samples']} | {100 * values['overall_iou']:.2f} | "
                      f"{100 * values['mean_iou']:.2f} | {precision} |")
     if result.get("empty_targets"):
-        lines += ["", f"{result['empty_targets']} of the {result['samples']} ground-truth masks are empty (each "
-                      f"counted as IoU 0): check the dataset's annotations"]
+        lines += ["", f"{result['empty_targets']} of the {result['samples']} samples have an empty ground-truth mask "
+                      f"(each counted as IoU 0; a sentence is a sample, so an annotation counts once per sentence "
+                      f"of its refs): check the dataset's annotations"]
     return "\n".join(lines)

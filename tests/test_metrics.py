@@ -57,7 +57,7 @@ def test_an_empty_union_counts_as_iou_zero_and_empty_targets_are_reported():
     result = metrics.result()
     assert result["overall_iou"] == 0.5 and result["mean_iou"] == pytest.approx(1 / 3)
     assert result["empty_targets"] == 2 and result["by_length"]["1-2"]["empty_targets"] == 2
-    assert "2 of the 3 ground-truth masks are empty" in format_table(result)
+    assert "2 of the 3 samples have an empty ground-truth mask" in format_table(result)
     assert "empty" not in format_table(SegmentationMetrics().result())
 
 

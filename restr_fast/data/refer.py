@@ -23,7 +23,7 @@ from pycocotools import mask as coco_mask
 from torch.utils.data import Dataset
 
 from ..text import MAX_WORDS, Vocabulary, tokenize
-from .transforms import Letterbox, letterbox_image, letterbox_mask, load_image
+from .transforms import Letterbox, image_header_size, letterbox_image, letterbox_mask, load_image
 
 IMAGE_DIRS = {
     "refcoco": "images/mscoco/images/train2014",
@@ -135,11 +135,7 @@ class ReferAnnotations:
         """The (height, width) bool mask of an annotation: the union of its polygons, of its RLEs
         (ReferIt stores a list of them), or its one RLE."""
         ann = self.annotations[ann_id]
-        image = self.images[ann["image_id"]]
-        if not all(isinstance(image.get(key), int) and image[key] > 0 for key in ("height", "width")):
-            raise ValueError(f"image {ann['image_id']} of {self.dataset} needs a positive integer height and width "
-                             f"in instances.json, got {image.get('height')!r} and {image.get('width')!r}")
-        height, width = image["height"], image["width"]
+        width, height = self.image_size(ann["image_id"])
         segmentation = ann.get("segmentation")
         try:
             if isinstance(segmentation, list) and any(isinstance(s, dict) for s in segmentation):
@@ -159,6 +155,14 @@ class ReferAnnotations:
         except Exception as error:
             raise ValueError(f"annotation {ann_id} of {self.dataset}: cannot decode its segmentation: "
                              f"{error}") from error
+
+    def image_size(self, image_id: int) -> tuple[int, int]:
+        """(width, height) of an image as instances.json records it: the size of its masks."""
+        image = self.images[image_id]
+        if not all(isinstance(image.get(key), int) and image[key] > 0 for key in ("height", "width")):
+            raise ValueError(f"image {image_id} of {self.dataset} needs a positive integer height and width "
+                             f"in instances.json, got {image.get('height')!r} and {image.get('width')!r}")
+        return image["width"], image["height"]
 
     def image_path(self, image_root: Path, image_id: int) -> Path:
         return image_root / self.images[image_id]["file_name"]
@@ -215,12 +219,26 @@ class ReferDataset(Dataset):
         self._check_images()
 
     def _check_images(self) -> None:
-        image_ids = sorted({s.image_id for s in self.samples})
-        missing = [self.annotations.image_path(self.image_root, i) for i in image_ids
-                   if not self.annotations.image_path(self.image_root, i).is_file()]
+        """Every image of the split is a readable file of the size instances.json records, by its header: a
+        bad one is named here, not at the training step that first draws it (and again at each resume)."""
+        paths = {i: self.annotations.image_path(self.image_root, i) for i in sorted({s.image_id for s in self.samples})}
+        missing = [path for path in paths.values() if not path.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} of the {len(image_ids)} images of this split are missing, "
+            raise FileNotFoundError(f"{len(missing)} of the {len(paths)} images of this split are missing, "
                                     f"e.g. {missing[0]}; pass --image-root if they are elsewhere")
+        wrong = []
+        for image_id, path in paths.items():
+            recorded = self.annotations.image_size(image_id)
+            stored, upright = image_header_size(path)
+            if stored != recorded:
+                wrong.append((image_id, path, stored, upright == recorded, recorded))
+        if wrong:
+            image_id, path, (width, height), turned, recorded = wrong[0]
+            hint = (": turned by its EXIF orientation it has the recorded size, so its masks were drawn on the "
+                    "upright image; store such images upright (PIL.ImageOps.exif_transpose)" if turned else "")
+            raise ValueError(f"{len(wrong)} of the {len(paths)} images of this split differ in size from their "
+                             f"record in instances.json, whose size the masks have, e.g. image {image_id} ({path}): "
+                             f"{width}x{height} pixels, recorded {recorded[0]}x{recorded[1]}{hint}")
 
     def __len__(self) -> int:
         return len(self.samples)

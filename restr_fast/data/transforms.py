@@ -1,8 +1,10 @@
 """Image loading, letterboxing to the model's square input, and mapping predictions back."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -10,6 +12,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MEAN = STD = 0.5  # the paper's normalisation, per channel
+EXIF_ORIENTATION = 0x0112  # the EXIF tag
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # orientations that turn the stored image by a quarter turn
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,26 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
     """An RGB PIL image from a file; grayscale, RGBA, palette and 16-bit images are converted.
     With ``upright``, turned by its EXIF orientation as image viewers show it (datasets' masks are
     drawn on the stored pixels, so they leave it off)."""
+    with _opened(path) as image:
+        image.load()
+        sixteen_bit_pgm = image.mode == "I" and image.format == "PPM"  # Pillow scales its samples to 0..65535
+        image = ImageOps.exif_transpose(image) if upright else image
+        if sixteen_bit_pgm:  # as I;16, which to_rgb takes on 0..65535
+            image = Image.fromarray(np.asarray(image).astype(np.uint16))
+        return to_rgb(image)
+
+
+def image_header_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(width, height) of an image file as stored and as shown upright by its EXIF orientation, read from its
+    header (the pixels are not decoded)."""
+    with _opened(path) as image:
+        size = image.size
+        return size, size[::-1] if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS else size
+
+
+@contextlib.contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """The image file at ``path`` opened by Pillow; a missing, unreadable or oversized file is a clear error."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not an image file")
@@ -35,12 +59,7 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            image.load()
-            sixteen_bit_pgm = image.mode == "I" and image.format == "PPM"  # Pillow scales its samples to 0..65535
-            image = ImageOps.exif_transpose(image) if upright else image
-            if sixteen_bit_pgm:  # as I;16, which to_rgb takes on 0..65535
-                image = Image.fromarray(np.asarray(image).astype(np.uint16))
-            return to_rgb(image)
+            yield image
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
     except Image.DecompressionBombError as error:  # not an OSError

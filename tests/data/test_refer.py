@@ -2,6 +2,7 @@
 import json
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -197,6 +198,26 @@ def test_bad_data_is_named(refer_root, vocabulary, tmp_path):
         pickle.dump([], file)
     with pytest.raises(ValueError, match="COCO-style 'images' and 'annotations'"):
         ReferDataset(broken, "tiny", "unc", "train", vocabulary, SIZE)
+
+
+def test_an_image_unlike_its_record_is_named_when_the_dataset_opens(refer_root, vocabulary, tmp_path):
+    """Not at the training step that first draws it (and again at the same step after each resume)."""
+    images = tmp_path / "images"
+    shutil.copytree(refer_root[0] / "images" / "tiny", images)
+    stored = Image.open(images / "2.png")  # recorded 30 wide, 50 high
+    stored.resize((31, 50)).save(images / "2.png")  # a resized copy
+    with pytest.raises(ValueError, match=r"1 of the 2 images of this split differ in size from their record in "
+                                         r"instances.json, .* image 2 \(.*2.png\): 31x50 pixels, recorded 30x50$"):
+        dataset(refer_root, vocabulary, "train", image_root=images)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by a quarter: as recorded
+    stored.transpose(Image.Transpose.ROTATE_90).save(images / "2.png", exif=exif)
+    with pytest.raises(ValueError, match=r"50x30 pixels, recorded 30x50: turned by its EXIF orientation it has the "
+                                         r"recorded size, .* store such images upright"):
+        dataset(refer_root, vocabulary, "train", image_root=images)
+    (images / "2.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"cannot read image .*2.png"):
+        dataset(refer_root, vocabulary, "train", image_root=images)
 
 
 @pytest.mark.parametrize("break_it, message", [
