@@ -101,14 +101,17 @@ def _train(args: argparse.Namespace) -> None:
                              f"{'differs' if len(changed) == 1 else 'differ'} from {out / 'config.yaml'} and "
                              f"cannot change it; start a new run in another --out instead")
     else:
-        if args.config is None and args.init_from:  # the architecture of the model it starts from
+        if args.config is None and args.init_from:  # the architecture of the model it starts from, on any backend
             from .predictor import saved_model_config
             try:
-                preset, model_overrides, train_values = saved_model_config(args.init_from), {}, {}
+                preset, model_overrides, train_values = saved_model_config(args.init_from), {"attention": "auto"}, {}
             except (FileNotFoundError, ValueError) as error:
                 raise type(error)(f"--init-from: {error}") from error
         else:
             preset, model_overrides, train_values = _resolve_config(args.config or "restr-b16")
+        if args.init_from and args.vit_weights is None and train_values.pop("vit_weights", None):
+            warnings.warn("--init-from: the vision encoder starts from the trained model, not from the config's "
+                          "vit_weights", stacklevel=2)
         if args.img_size is not None:
             model_overrides["image_size"] = args.img_size
         model_config = get_config(preset, **model_overrides)
@@ -332,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--glove", help="GloVe file for the word embeddings")
     train.add_argument("--vit-weights", dest="vit_weights", help="timm ViT checkpoint for the vision encoder")
     train.add_argument("--init-from", dest="init_from",
-                       help="start from a trained model (a model folder, run folder or .pt checkpoint) to fine-tune "
-                            "it: same architecture, any image size; the vocabulary may differ")
+                       help="start from a trained model (a model folder, a run folder's best model or a .pt checkpoint) "
+                            "to fine-tune it: same architecture, any image size (a multiple of the patch), any "
+                            "vocabulary")
     train.add_argument("--vocabulary", help="vocabulary file (default: built from the training sentences)")
     train.add_argument("--workers", type=int)
     train.add_argument("--seed", type=int)

@@ -288,7 +288,7 @@ def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
         return load_model_folder(path, **overrides)
     from .training import load_checkpoint, model_from_checkpoint  # the training package is only needed here
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, mmap=True)  # the weights are copied into the model; the optimiser's never read
     try:
         model, vocabulary = model_from_checkpoint(state, **overrides)
     except ValueError as error:
@@ -303,8 +303,9 @@ def saved_model_config(path: str | Path) -> ReSTRConfig:
         return read_model_config(path)
     from .training import load_checkpoint
 
+    saved = load_checkpoint(path, mmap=True)["config"]
     try:
-        return ReSTRConfig.from_dict(load_checkpoint(path, mmap=True)["config"])
+        return ReSTRConfig.from_dict(saved)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: the checkpoint's model config is not valid here: {error}") from error
 

@@ -20,10 +20,10 @@ POSITIONS = "vision.vit.pos_embed"
 WORDS = "language.embed.weight"
 
 
-def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) -> int:
-    """Load into ``model`` the weights of the trained model at ``path`` (a model folder, a run folder or a
-    ``.pt`` checkpoint); returns how many of ``vocabulary``'s words (special tokens included) took their
-    trained embedding.
+def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) -> tuple[Path, int]:
+    """Load into ``model`` the weights of the trained model at ``path`` (a model folder, a run folder's best
+    model or a ``.pt`` checkpoint); returns the model folder or checkpoint read, and how many of
+    ``vocabulary``'s words (special tokens included) took their trained embedding.
 
     The position table is resampled (bicubic, as the vision encoder resamples it for another input size)
     where the image sizes differ. A word of ``vocabulary`` that the trained model knows takes its trained
@@ -32,22 +32,24 @@ def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) ->
     Raises FileNotFoundError/ValueError when ``path`` holds no trained model, or one whose architecture
     differs from ``model``'s in more than the settings of :data:`ADJUSTABLE`.
     """
-    from ..predictor import load_model  # the predictor reads every kind of saved model
+    from ..predictor import load_model, saved_model  # the predictor reads every kind of saved model
 
     if len(vocabulary) != model.config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model's embedding table "
                          f"{model.config.vocab_size} rows: build the model with vocab_size=len(vocabulary)")
     try:
-        trained, trained_vocabulary = load_model(path)
+        source = saved_model(path)
+        trained, trained_vocabulary = load_model(source)
     except (FileNotFoundError, ValueError) as error:
         raise type(error)(f"init_from: {error}") from error
     differences = [f"{field.name} {getattr(trained.config, field.name)!r} (run: {getattr(model.config, field.name)!r})"
                    for field in dataclasses.fields(model.config) if field.name not in ADJUSTABLE
                    and getattr(trained.config, field.name) != getattr(model.config, field.name)]
     if differences:
-        raise ValueError(f"{path} is a model of another architecture: {', '.join(differences)}; "
-                         f"start from a model of the run's architecture, or give the run its config "
-                         f"(only {', '.join(ADJUSTABLE)} may differ)")
+        allowed = ", ".join(name for name in ADJUSTABLE if name != "vocab_size")
+        raise ValueError(f"init_from: {path} is a model of another architecture: {', '.join(differences)}; only "
+                         f"{allowed} and the vocabulary may differ (restr-fast train without --config takes the "
+                         f"trained model's architecture)")
     weights = trained.state_dict()
     grid, trained_grid = model.config.grid_size, trained.config.grid_size
     if grid != trained_grid:
@@ -65,4 +67,4 @@ def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) ->
                       stacklevel=2)
 
     load_weights(model, weights)
-    return len(carried)
+    return source, len(carried)

@@ -92,6 +92,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        for name in ("image_root", "vocabulary", "glove", "vit_weights", "init_from"):
+            if getattr(self, name) == "":  # (a flag given as "" unsets what a config file set)
+                setattr(self, name, None)
         for name in ("lr", "weight_decay", "vision_lr_scale", "warmup_fraction", "power"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -351,8 +354,9 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
                         word_vectors=word_vectors)
     started = {}
     if state is None and config.init_from:
-        carried = init_from_trained(model, vocabulary, config.init_from)
-        started = {"init_from": config.init_from, "words_from_init": carried - len(SPECIAL_TOKENS)}
+        source, carried = init_from_trained(model, vocabulary, config.init_from)
+        started = {"init_from": config.init_from, "init_weights": str(source.resolve()),
+                   "words_from_init": carried - len(SPECIAL_TOKENS)}
     model.to(device)
     model.set_grad_checkpointing(config.grad_checkpointing)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.vision_lr_scale)

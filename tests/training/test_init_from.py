@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 import yaml
+from timm.models.vision_transformer import VisionTransformer
 
-from restr_fast import build_model
+from restr_fast import build_model, get_config
 from restr_fast.cli import main
 from restr_fast.data.synthetic import generate
 from restr_fast.deployable import save_model_folder
@@ -31,7 +32,7 @@ def test_weights_words_and_positions_carry_over(tmp_path, make_inputs):
     torch.manual_seed(2)
     model = build_model("restr-tiny", **{**MODEL, "image_size": 48, "vocab_size": len(vocabulary), "fast": True})
     fresh = model.state_dict()[WORDS].clone()
-    assert init_from_trained(model, vocabulary, folder) == 4 + 2
+    assert init_from_trained(model, vocabulary, folder) == (folder, 4 + 2)
     for name, tensor in trained.state_dict().items():
         if name not in (POSITIONS, WORDS):
             assert torch.equal(model.state_dict()[name], tensor), name
@@ -54,13 +55,14 @@ def test_a_model_of_another_architecture_is_refused(tmp_path):
     folder, _, vocabulary = trained_model(tmp_path, ["red", "circle"], fusion="vme")
     model = build_model("restr-tiny", **{**MODEL, "vocab_size": len(vocabulary)})
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"another architecture: fusion 'vme' \(run: 'cme'\); start from"):
+    with pytest.raises(ValueError, match=r"another architecture: fusion 'vme' \(run: 'cme'\); only image_size, "
+                                         r"max_words, .* and the vocabulary may differ \(restr-fast train without"):
         init_from_trained(model, vocabulary, folder)
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
     other = Vocabulary(["blue", "square"])
     with pytest.warns(UserWarning, match="no word of the run's vocabulary is in .*trained's: every word"):
         assert init_from_trained(build_model("restr-tiny", **{**MODEL, "vocab_size": 6, "fusion": "vme"}),
-                                 other, folder) == 4
+                                 other, folder)[1] == 4
     with pytest.raises(ValueError, match="the vocabulary has 8 words but the model's embedding table 6 rows"):
         init_from_trained(model, Vocabulary(["blue", "square", "top", "left"]), folder)
     with pytest.raises(FileNotFoundError, match="init_from: checkpoint not found"):
@@ -79,24 +81,32 @@ def data_root(tmp_path_factory):
 def test_cli_fine_tunes_a_trained_run_at_another_size(data_root, tmp_path, capsys):
     common = ["--data-root", str(data_root), "--dataset", "synthetic", "--batch-size", "2", "--device", "cpu",
               "--workers", "0"]
+    tiny = get_config("restr-tiny")
+    torch.save(VisionTransformer(img_size=32, patch_size=8, embed_dim=tiny.vision_dim, depth=tiny.vision_depth,
+                                 num_heads=tiny.vision_heads, num_classes=0).state_dict(), tmp_path / "vit.pth")
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump({
+        "model": "restr-tiny", "model_overrides": {"attention": "math"},
+        "train": {"vit_weights": str(tmp_path / "vit.pth")}}))
     first = tmp_path / "first"
-    assert main(["train", "--config", "restr-tiny", "--out", str(first), "--steps", "2", "--img-size", "32",
-                 *common]) == 0
+    assert main(["train", "--config", str(tmp_path / "first.yaml"), "--out", str(first), "--steps", "2",
+                 "--img-size", "32", *common]) == 0
     trained = load_checkpoint(first / "checkpoints" / "best.pt")
-    # no --config: the trained model's architecture; an lr so small that the weights stay the trained ones
+    # no --config: the trained model's architecture (on the machine's fastest attention); an lr so small that
+    # the weights stay the trained ones
     second = tmp_path / "second"
     args = ["train", "--init-from", str(first), "--out", str(second), "--steps", "1", "--img-size", "48",
             "--lr", "1e-30", *common]
     assert main(args) == 0
     tuned = load_checkpoint(second / "checkpoints" / "latest.pt")
-    assert tuned["config"] == {**trained["config"], "image_size": 48}
+    assert tuned["config"] == {**trained["config"], "image_size": 48, "attention": "auto"}
     assert tuned["vocabulary"] == trained["vocabulary"]  # built from the same sentences
     for name, tensor in trained["model"].items():
         if name != POSITIONS:
             torch.testing.assert_close(tuned["model"][name], tensor, rtol=1e-6, atol=1e-20, msg=name)
     assert tuned["model"][POSITIONS].shape == (1, 1 + 6 * 6, trained["config"]["vision_dim"])
     records = [json.loads(line) for line in (second / "log.jsonl").read_text().splitlines()]
-    assert records[0]["init_from"] == str(first) and records[0]["words_from_init"] == len(trained["vocabulary"]) - 4
+    assert records[0]["init_from"] == str(first) and records[0]["init_weights"] == str((first / "model").resolve())
+    assert records[0]["words_from_init"] == len(trained["vocabulary"]) - 4
     assert yaml.safe_load((second / "config.yaml").read_text())["train"]["init_from"] == str(first)
     capsys.readouterr()
     # the same command resumes; another starting model does not
@@ -105,6 +115,13 @@ def test_cli_fine_tunes_a_trained_run_at_another_size(data_root, tmp_path, capsy
     assert "--init-from differs from" in capsys.readouterr().err
     assert main(["train", "--init-from", str(tmp_path / "nothing"), "--out", str(tmp_path / "none"), *common]) == 2
     assert "--init-from: checkpoint not found" in capsys.readouterr().err
+    # a run folder's config.yaml starts a run like it: from the trained model, not from its vit_weights
+    again = ["train", "--config", str(first / "config.yaml"), "--init-from", str(first), "--steps", "1", *common]
+    assert main(again + ["--out", str(tmp_path / "again")]) == 0
+    assert ("restr-fast train: warning: --init-from: the vision encoder starts from the trained model, not from "
+            "the config's vit_weights") in capsys.readouterr().err
+    assert main(again + ["--out", str(tmp_path / "unset"), "--vit-weights", ""]) == 0  # "" unsets it: no warning
+    assert "warning" not in capsys.readouterr().err
     # a model of another architecture is named before anything is written
     third = tmp_path / "third"
     assert main(["train", "--config", "restr-b16", "--init-from", str(first), "--out", str(third), *common]) == 2
