@@ -56,6 +56,12 @@ def compile_for_sm90(module: str, name: str, pointers: str, constexprs: dict, nu
                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
 
 
+def ptxas_missing(error: str) -> bool:
+    """Whether ``error`` says that this machine has no ptxas to run (rather than that ptxas failed on a kernel)."""
+    error = error.lower()
+    return "ptxas" in error and any(words in error for words in ("not found", "cannot find", "no such file"))
+
+
 def ptxas_figures(ptx: str) -> dict:
     """ptxas's registers a thread and spill bytes (None where its report has none) for ``ptx``,
     and the report's tail.

@@ -10,12 +10,10 @@ import pytest  # noqa: E402
 
 from restr_fast import get_config  # noqa: E402
 
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 @pytest.fixture
 def tiny_config():
-    """A small, fast config: 32x32 images, patch 8, width 32; fp32 math attention by default."""
+    """A small, fast config: 32x32 images, patch 8, width 32; the auto attention (SDPA on the CPU)."""
     return get_config("restr-tiny", image_size=32, vision_dim=32, vision_depth=2, vision_heads=2,
                       vocab_size=50, word_dim=24, text_depth=2, text_heads=2, text_mlp_dim=48,
                       dim=32, fusion_heads=2, fusion_depth=2)

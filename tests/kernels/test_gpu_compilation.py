@@ -87,6 +87,8 @@ SHARED_RESERVED = 1024  # taken for each resident program besides the shared mem
 MIN_RESIDENT_WARPS = 16
 
 ROOT = Path(__file__).resolve().parents[2]  # where benchmarks/ is (not an installed package)
+sys.path.insert(0, str(ROOT))
+from benchmarks.kernel_sass import ptxas_missing  # noqa: E402
 COMPILE_ALL = r"""
 import concurrent.futures, json, os, sys
 
@@ -123,7 +125,7 @@ def compilation_results():
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        if "No module named 'triton" in last or "ptxas" in last.lower():
+        if "No module named 'triton" in last or ptxas_missing(last):
             pytest.skip(f"Triton cannot compile for CUDA on this machine: {last}")
         pytest.fail(f"the compiling subprocess failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -131,7 +133,7 @@ def compilation_results():
 
 def compiled(results, index) -> dict:
     result = results[index]["result"]
-    if "ptxas" in result.lower() and "not found" in result.lower():
+    if ptxas_missing(result):
         pytest.skip(f"Triton's ptxas is not available here: {result.splitlines()[0]}")
     assert result == "cubin", result
     return results[index]

@@ -1,9 +1,14 @@
 """The fast model (Triton kernels) against the reference model on the same weights."""
+import importlib
+
 import pytest
 import torch
 
 import restr_fast
 from restr_fast import build_model
+
+seed_mask_module = importlib.import_module("restr_fast.kernels.seed_mask")
+decoder_module = importlib.import_module("restr_fast.kernels.decoder")
 
 # Where the kernels run: the GPU, or the CPU under Triton's interpreter (set by conftest.py).
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,6 +46,24 @@ def test_outputs_and_every_gradient_match(overrides, tiny_config, make_inputs):
     fast_params = dict(fast.named_parameters())
     for name, parameter in reference.named_parameters():
         torch.testing.assert_close(fast_params[name].grad, parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_fast_model_launches_the_kernels_forward_and_backward(tiny_config, make_inputs, monkeypatch):
+    """What the comparisons with the reference rest on: a fast model that ran the PyTorch form of the fused
+    ops instead would match the reference whatever the kernels compute."""
+    launched = []
+    for module in (seed_mask_module, decoder_module):
+        def recording(kernel, launch=module.launcher):
+            launched.append(kernel.__name__)
+            return launch(kernel)
+        monkeypatch.setattr(module, "launcher", recording)
+    _, fast = pair(tiny_config)
+    images, tokens = on_device(*make_inputs(tiny_config))
+    out = fast(images, tokens)
+    assert set(launched) == {"_seed_mask_fwd_kernel", "_upsample_act_fwd_kernel", "_upsample_act_head_fwd_kernel"}
+    launched.clear()
+    restr_fast.loss(out, torch.zeros_like(out.pixel_logits), fast.config).backward()
+    assert set(launched) >= {"_seed_mask_bwd_kernel", "_upsample_act_bwd_kernel"}  # (and forwards, recomputing)
 
 
 def test_a_few_training_steps_give_the_same_losses(tiny_config, make_inputs):

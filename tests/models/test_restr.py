@@ -114,6 +114,30 @@ def test_deterministic_under_a_seed(tiny_config, make_inputs):
     assert torch.equal(outputs[0][1], outputs[1][1])
 
 
+@pytest.mark.parametrize("overrides", [{}, {"fast": True}, {"fusion": "vme", "weight_sharing": True}])
+def test_activation_checkpointing_keeps_the_outputs_and_every_gradient(overrides, tiny_config, make_inputs):
+    """Each checkpointed block runs again in the backward pass: the same outputs and gradients as without."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config, **overrides)
+    images, tokens = make_inputs(tiny_config)
+    images.requires_grad_()
+    results = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        images.grad = None
+        model.set_grad_checkpointing(checkpointing)
+        out = model(images, tokens)
+        (out.pixel_logits.square().mean() + out.patch_logits.mean()).backward()
+        results.append((out, images.grad, {name: p.grad for name, p in model.named_parameters()}))
+    (plain, plain_input, plain_grads), (checkpointed, checkpointed_input, checkpointed_grads) = results
+    assert torch.equal(checkpointed.pixel_logits, plain.pixel_logits)
+    assert torch.equal(checkpointed.patch_logits, plain.patch_logits)
+    torch.testing.assert_close(checkpointed_input, plain_input, rtol=1e-6, atol=1e-9)
+    for name, grad in plain_grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-6, atol=1e-9, msg=name)
+
+
 def test_the_state_dict_is_the_whole_model(tiny_config, make_inputs):
     """A model built on the meta device and loaded, or cast to bf16 and back and loaded, gives the
     original's outputs: nothing it computes with (the word positions) lives outside its state dict."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from timm.models.vision_transformer import VisionTransformer
 
 from restr_fast import Predictor, build_model, get_config
 from restr_fast.cli import main
@@ -88,6 +89,50 @@ def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
         assert torch.equal(deployed.model.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):
         train(get_config("restr-tiny", **MODEL), config(data_root), run)
+
+
+def test_accumulated_micro_batches_train_as_their_whole_batch(data_root, tmp_path):
+    model_config = get_config("restr-tiny", **MODEL)
+    runs = {}
+    for name, batch_size, accumulate in (("whole", 4, 1), ("accumulated", 2, 2)):
+        torch.manual_seed(0)
+        train(model_config, config(data_root, batch_size=batch_size, accumulate=accumulate), tmp_path / name)
+        runs[name] = load_checkpoint(tmp_path / name / "checkpoints" / "latest.pt")
+        runs[name]["losses"] = [json.loads(line).get("loss") for line in (tmp_path / name / "log.jsonl").open()]
+    whole, accumulated = runs["whole"], runs["accumulated"]
+    assert accumulated["samples_seen"] == whole["samples_seen"] == 6 * 4
+    assert [loss for loss in accumulated["losses"] if loss] == pytest.approx([l for l in whole["losses"] if l], rel=1e-5)
+    torch.manual_seed(0)
+    initial = build_model(model_config.replace(vocab_size=whole["model"]["language.embed.weight"].shape[0])).state_dict()
+    for name, tensor in whole["model"].items():
+        ours = accumulated["model"][name]
+        if name.endswith("attn.qkv.bias"):  # the keys' bias has no gradient in exact arithmetic (a softmax does not
+            third = len(tensor) // 3        # change under a shift), so AdamW makes lr-sized steps of rounding noise
+            tensor, ours = torch.cat([tensor[:third], tensor[2 * third:]]), torch.cat([ours[:third], ours[2 * third:]])
+        torch.testing.assert_close(ours, tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(not torch.equal(whole["model"][name], initial[name]) for name in
+               ("vision.vit.blocks.0.attn.qkv.weight", "decoder.head.weight"))  # the steps trained
+
+
+def test_a_run_starts_from_its_glove_vectors_and_vit_weights(data_root, tmp_path):
+    vocabulary = Vocabulary.from_sentences(sentences_of(data_root, "synthetic", "unc", "train"))
+    glove = {word: np.random.default_rng(i).standard_normal(MODEL["word_dim"]).round(4)
+             for i, word in enumerate(["red", "circle", "left", "Square"])}  # "Square": its lower-case form
+    (tmp_path / "glove.txt").write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in glove.items()))
+    torch.manual_seed(3)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=MODEL["vision_dim"], depth=MODEL["vision_depth"],
+                            num_heads=MODEL["vision_heads"], num_classes=0)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    # one step at an lr too small to move a weight: the checkpoint holds what the run started from
+    train(get_config("restr-tiny", **MODEL), config(data_root, steps=1, lr=1e-30, glove=str(tmp_path / "glove.txt"),
+                                                    vit_weights=str(tmp_path / "vit.pth")), tmp_path / "run")
+    weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["model"]
+    for name, tensor in vit.state_dict().items():
+        torch.testing.assert_close(weights[f"vision.vit.{name}"], tensor, rtol=1e-6, atol=1e-20, msg=name)
+    for word, vector in glove.items():
+        assert word.lower() in vocabulary
+        row = weights["language.embed.weight"][vocabulary.index(word.lower())]
+        torch.testing.assert_close(row, torch.tensor(vector, dtype=torch.float32), rtol=1e-6, atol=1e-20, msg=word)
 
 
 @pytest.mark.parametrize("amp", ["off", "fp16"])  # fp16: the loss scale, lowered in the first part, goes on
