@@ -71,11 +71,11 @@ def bench_json(tmp_path):
     return path, data
 
 
-def table_rows(markdown, heading):
-    """The cells of each body row of the table under ``heading``."""
+def table_rows(markdown, heading, with_header=False):
+    """The cells of each body row of the table under ``heading`` (after its header's, ``with_header``)."""
     lines = markdown.split(heading, 1)[1].strip().splitlines()
     rows = []
-    for line in lines[2:]:  # header and separator
+    for line in lines[:1] * with_header + lines[2:]:  # (the separator left out)
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
@@ -88,13 +88,14 @@ def test_tables_hold_the_json_numbers(bench_json, tmp_path, capsys):
     markdown = capsys.readouterr().out
     assert "NVIDIA H200" in markdown and "0123456789ab" in markdown
     for group in ("train_step", "inference", "seed_mask", "decoder"):
-        rows = {(r[0], r[1]): r for r in table_rows(markdown, f"### {group}\n")}
+        header, *rows = table_rows(markdown, f"### {group}\n", with_header=True)
+        rows = {(r[0], r[1]): r for r in rows}
         for entry in (b for b in data["benchmarks"] if b["group"] == group):
             info = entry["extra_info"]
             cells = rows[(info["case"], info["impl"])]
-            for key, _, fmt in report.COLUMNS:
-                if key in info:
-                    assert fmt.format(info[key]) in cells, (group, key)
+            for key, title, fmt in report.COLUMNS:
+                if key in info:  # under its own column's header
+                    assert cells[header.index(title)] == fmt.format(info[key]), (group, key)
 
 
 def test_a_multi_line_error_stays_in_its_cell(tmp_path, capsys):

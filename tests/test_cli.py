@@ -15,7 +15,8 @@ def test_forward_prints_parts_and_shapes(capsys):
     assert "['the', 'small', 'green', 'square']" in out
 
 
-def test_bad_arguments_give_one_line_errors(capsys):
+def test_bad_arguments_give_one_line_errors(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a bug would write never-written/
     assert main(["forward", "--text", "..."]) == 2
     assert "error: text '...' has no words" in capsys.readouterr().err
     assert main(["forward", "--image-size", "100"]) == 2

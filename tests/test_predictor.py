@@ -452,6 +452,9 @@ def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys)
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
     assert Image.open(tmp_path / "overlay.png").size == (80, 50)
 
+    for suffix in (".bmp", ".tif"):  # the other lossless formats
+        assert main(common + ["--text", SENTENCES[0], "--out", str(tmp_path / f"mask{suffix}")]) == 0
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"mask{suffix}")) == 255, expected.numpy()), suffix
     assert main(common + ["--text", SENTENCES[1], "--text", SENTENCES[2], "--out", str(tmp_path / "m.png")]) == 0
     for number, text in enumerate(SENTENCES[1:3], start=1):
         written = np.asarray(Image.open(tmp_path / f"m_{number}.png")) == 255

@@ -46,7 +46,8 @@ def backward_lanes(request, monkeypatch):
 
 
 # (B, h, w, C, C_out): odd sizes, single rows and columns, a non-power-of-two channel count
-BLOCK_SHAPES = [(2, 3, 5, 12, 6), (1, 1, 1, 8, 4), (1, 4, 1, 6, 3), (3, 2, 7, 20, 10), (1, 7, 3, 96, 48), (1, 2, 2, 300, 150)]
+BLOCK_SHAPES = [(2, 3, 5, 12, 6), (1, 1, 1, 8, 4), (1, 4, 1, 6, 3), (3, 2, 7, 20, 10), (1, 7, 3, 96, 48), (1, 2, 2, 300, 150),
+                (1, 15, 20, 96, 48), (1, 15, 20, 768, 384), (1, 30, 30, 64, 32)]  # larger maps: 300 and 900 pixels
 
 
 @pytest.mark.usefixtures("backward_lanes")

@@ -501,6 +501,8 @@ def test_compiled_function_traces_through_the_op_without_graph_breaks():
     (lambda z, c: seed_mask(z, c, bias=c[:, 0:1]), ValueError, r"bias must have shape \(2,\)"),
     (lambda z, c: seed_mask(z, c, prefix=z[:1]), ValueError, r"prefix must have shape \(B, N, Dp\)"),
     (lambda z, c: seed_mask(z, c, torch.empty(2, 5, 63)), ValueError, r"out must have shape \(B, N, >=D\)"),
+    (lambda z, c: seed_mask(z, c, torch.empty(2, 5, 64), prefix=z), ValueError, "give either out or prefix, not both"),
+    (lambda z, c: seed_mask(z, c, torch.empty(2, 5, 128)[..., ::2]), ValueError, "out must have unit stride"),
     (lambda z, c: seed_mask(z, c, mask_form="tanh"), ValueError, "mask_form must be"),
     (lambda z, c: seed_mask(z[..., :0], c[:, :0]), ValueError, "patches must have at least one channel"),
 ])
