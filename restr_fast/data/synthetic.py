@@ -28,6 +28,7 @@ COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 215), 
            "purple": (135, 55, 175)}
 KINDS = ("circle", "square", "triangle")
 SPLITS = ("train", "val", "testA", "testB")  # testA: two shapes per image, testB: three or four
+SIZE_RATIO = 1.3 ** 2  # of areas, for "the bigger" / "the smaller"
 
 
 @dataclass
@@ -50,6 +51,11 @@ class Shape:
             r = self.radius
             points = [(self.x, self.y - r), (self.x + r, self.y + 0.8 * r), (self.x - r, self.y + 0.8 * r)]
         return [round(v, 2) for point in points for v in point]
+
+    def area(self) -> float:
+        """Area of the outline (square pixels): what "bigger" and "smaller" compare, as an eye does."""
+        xs, ys = self.polygon()[0::2], self.polygon()[1::2]
+        return abs(sum(x0 * y1 - x1 * y0 for x0, y0, x1, y1 in zip(xs, ys, xs[1:] + xs[:1], ys[1:] + ys[:1]))) / 2
 
     def reach(self) -> float:
         """Distance from the centre to the outline's farthest point: the square's corners lie
@@ -81,9 +87,9 @@ def describe(target: Shape, shapes: list[Shape], rng: random.Random) -> list[str
         relations += [f"the {noun} at the top", f"upper {noun}"]
     if all(target.y > s.y + target.radius for s in group):
         relations += [f"the {noun} at the bottom", f"lower {noun}"]
-    if all(target.radius > 1.3 * s.radius for s in group):
+    if all(target.area() > SIZE_RATIO * s.area() for s in group):
         relations += [f"the bigger {noun}", f"big {noun}"]
-    if all(target.radius < s.radius / 1.3 for s in group):
+    if all(target.area() < s.area() / SIZE_RATIO for s in group):
         relations += [f"the smaller {noun}", f"small {noun}"]
     sentences = []
     for _ in range(rng.randint(1, 3)):
