@@ -3,6 +3,7 @@ import json
 import pickle
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from restr_fast.data import ReferDataset, collate, letterbox_box, unletterbox
+from restr_fast.data import ReferDataset, collate, default_image_root, letterbox_box, unletterbox
 from restr_fast.text import Vocabulary
 
 SIZE = 32
@@ -158,6 +159,14 @@ def test_letterboxed_mask_and_back_mapping(refer_root, vocabulary):
     assert restored.shape == (36, 48) and iou > 0.85
     batch = collate([item, item])
     assert batch["image"].shape == (2, 3, SIZE, SIZE) and len(batch["box"]) == 2
+
+
+def test_image_folders_are_the_refer_toolkits():
+    root = Path("DATA_ROOT")
+    for dataset in ("refcoco", "refcoco+", "refcocog"):
+        assert default_image_root(root, dataset) == root / "images" / "mscoco" / "images" / "train2014"
+    assert default_image_root(root, "refclef") == root / "images" / "saiapr_tc-12"
+    assert default_image_root(root, "mine") == root / "images" / "mine"
 
 
 def test_grayscale_image_becomes_rgb(refer_root, vocabulary):

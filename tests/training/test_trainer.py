@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -545,6 +546,12 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     for checkpoint in (run, run / "model", bf16):  # a run folder and model folders, as predict takes them
         assert main(evaluate + ["--checkpoint", str(checkpoint), "--limit", "3"]) == 0
         assert "| all | 3 |" in capsys.readouterr().out
+    shutil.copytree(data_root / "images" / "synthetic", tmp_path / "moved")
+    assert main(evaluate + ["--checkpoint", str(run), "--limit", "3", "--sentence", "circle", "--attention", "math",
+                            "--image-root", str(tmp_path / "moved")]) == 0
+    assert "synthetic (unc) testA, every sentence = 'circle'" in capsys.readouterr().out
+    assert main(evaluate + ["--checkpoint", str(run), "--image-root", str(tmp_path / "nowhere")]) == 2
+    assert "images of this split are missing, e.g. " in capsys.readouterr().err
     assert main(evaluate + ["--checkpoint", str(run / "checkpoints" / "best.pt"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"overall_iou", "mean_iou", "precision", "samples", "empty_targets", "by_length",
