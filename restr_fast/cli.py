@@ -158,9 +158,9 @@ def _changed_on_resume(args: argparse.Namespace, model_config: ReSTRConfig, trai
 
 
 def _differs(given: Any, saved: Any) -> bool:
-    """Whether a setting given now differs from the run's (paths compared as paths)."""
+    """Whether a setting given now differs from the run's (paths compared as the files they name from here)."""
     if isinstance(given, (str, Path)) and isinstance(saved, (str, Path)):
-        return Path(given) != Path(saved)
+        return Path(given).resolve() != Path(saved).resolve()
     return given != saved
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from ..config import ReSTRConfig
 from ..models import ReSTR
 from ..text import SPECIAL_TOKENS, Vocabulary
 from .checkpoint import load_weights
@@ -32,24 +33,13 @@ def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) ->
     Raises FileNotFoundError/ValueError when ``path`` holds no trained model, or one whose architecture
     differs from ``model``'s in more than the settings of :data:`ADJUSTABLE`.
     """
-    from ..predictor import load_model, saved_model  # the predictor reads every kind of saved model
+    from ..predictor import load_model  # the predictor reads every kind of saved model
 
     if len(vocabulary) != model.config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model's embedding table "
                          f"{model.config.vocab_size} rows: build the model with vocab_size=len(vocabulary)")
-    try:
-        source = saved_model(path)
-        trained, trained_vocabulary = load_model(source)
-    except (FileNotFoundError, ValueError) as error:
-        raise type(error)(f"init_from: {error}") from error
-    differences = [f"{field.name} {getattr(trained.config, field.name)!r} (run: {getattr(model.config, field.name)!r})"
-                   for field in dataclasses.fields(model.config) if field.name not in ADJUSTABLE
-                   and getattr(trained.config, field.name) != getattr(model.config, field.name)]
-    if differences:
-        allowed = ", ".join(name for name in ADJUSTABLE if name != "vocab_size")
-        raise ValueError(f"init_from: {path} is a model of another architecture: {', '.join(differences)}; only "
-                         f"{allowed} and the vocabulary may differ (restr-fast train without --config takes the "
-                         f"trained model's architecture)")
+    source = check_architecture(model.config, path)
+    trained, trained_vocabulary = load_model(source)
     weights = trained.state_dict()
     grid, trained_grid = model.config.grid_size, trained.config.grid_size
     if grid != trained_grid:
@@ -68,3 +58,27 @@ def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) ->
 
     load_weights(model, weights)
     return source, len(carried)
+
+
+def check_architecture(config: ReSTRConfig, path: str | Path) -> Path:
+    """The model folder or checkpoint that ``path`` names, once its config (read without the weights) is found
+    to be ``config``'s architecture: equal but for the settings of :data:`ADJUSTABLE`.
+
+    Raises FileNotFoundError/ValueError when ``path`` holds no trained model, or one of another architecture.
+    """
+    from ..predictor import saved_model, saved_model_config
+
+    try:
+        source = saved_model(path)
+        trained = saved_model_config(source)
+    except (FileNotFoundError, ValueError) as error:
+        raise type(error)(f"init_from: {error}") from error
+    differences = [f"{field.name} {getattr(trained, field.name)!r} (run: {getattr(config, field.name)!r})"
+                   for field in dataclasses.fields(config) if field.name not in ADJUSTABLE
+                   and getattr(trained, field.name) != getattr(config, field.name)]
+    if differences:
+        allowed = ", ".join(name for name in ADJUSTABLE if name != "vocab_size")
+        raise ValueError(f"init_from: {path} is a model of another architecture: {', '.join(differences)}; only "
+                         f"{allowed} and the vocabulary may differ (restr-fast train without --config takes the "
+                         f"trained model's architecture)")
+    return source

@@ -39,7 +39,7 @@ from . import distributed
 from .checkpoint import (load_checkpoint, load_weights, model_from_checkpoint, rng_state, save_checkpoint,
                          set_rng_state, write_text_atomically)
 from .evaluate import autocast, evaluate
-from .init_from import init_from_trained
+from .init_from import check_architecture, init_from_trained
 from .optim import build_optimizer, warmup_poly_schedule
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -333,7 +333,9 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     if state is not None and state["step"] >= config.steps:
         return None  # complete
 
-    # vocabulary, data (checked before anything is trained or written)
+    # the model to start from, vocabulary, data (checked before anything is trained or written)
+    if state is None and config.init_from:
+        check_architecture(model_config, config.init_from)
     if state is not None:
         vocabulary = Vocabulary(state["vocabulary"][4:])
     elif config.vocabulary:

@@ -110,7 +110,7 @@ def test_cli_fine_tunes_a_trained_run_at_another_size(data_root, tmp_path, capsy
     assert yaml.safe_load((second / "config.yaml").read_text())["train"]["init_from"] == str(first)
     capsys.readouterr()
     # the same command resumes; another starting model does not
-    assert main(args + ["--resume", "--steps", "2"]) == 0
+    assert main(args + ["--resume", "--steps", "2", "--init-from", str(first.resolve())]) == 0  # the same folder
     assert main(args + ["--resume", "--init-from", str(first / "model")]) == 2
     assert "--init-from differs from" in capsys.readouterr().err
     assert main(["train", "--init-from", str(tmp_path / "nothing"), "--out", str(tmp_path / "none"), *common]) == 2
@@ -122,8 +122,9 @@ def test_cli_fine_tunes_a_trained_run_at_another_size(data_root, tmp_path, capsy
             "the config's vit_weights") in capsys.readouterr().err
     assert main(again + ["--out", str(tmp_path / "unset"), "--vit-weights", ""]) == 0  # "" unsets it: no warning
     assert "warning" not in capsys.readouterr().err
-    # a model of another architecture is named before anything is written
+    # a model of another architecture is named before anything is read or written
     third = tmp_path / "third"
-    assert main(["train", "--config", "restr-b16", "--init-from", str(first), "--out", str(third), *common]) == 2
+    arguments = ["train", "--config", "restr-b16", "--init-from", str(first), "--out", str(third), *common]
+    assert main(arguments[:-len(common)] + ["--data-root", str(tmp_path / "no-data")]) == 2
     assert "is a model of another architecture: patch_size 8 (run: 16), vision_dim 96" in capsys.readouterr().err
     assert not third.exists()
