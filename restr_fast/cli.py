@@ -77,6 +77,7 @@ TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
 # what a resumed run keeps from its config.yaml: the model, its data and its sample order (given again, the
 # same values are accepted; the first two are the model's, the rest TrainConfig fields)
 RESUME_FIXED = ("config", "img_size", "dataset", "split_by", "vocabulary", "glove", "vit_weights", "init_from", "seed")
+PATH_SETTINGS = ("vocabulary", "glove", "vit_weights", "init_from")  # of those, the files
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -102,7 +103,7 @@ def _train(args: argparse.Namespace) -> None:
                              f"cannot change it; start a new run in another --out instead")
     else:
         if args.config is None and args.init_from:  # the architecture of the model it starts from, on any backend
-            from .predictor import saved_model_config
+            from .deployable import saved_model_config
             try:
                 preset, model_overrides, train_values = saved_model_config(args.init_from), {"attention": "auto"}, {}
             except (FileNotFoundError, ValueError) as error:
@@ -147,19 +148,23 @@ def _changed_on_resume(args: argparse.Namespace, model_config: ReSTRConfig, trai
         if "img_size" in given:  # the flag's to compare, not the file's
             overrides["image_size"] = model_config.image_size
         described = get_config(preset, **overrides).replace(vocab_size=model_config.vocab_size)
-        if described != model_config or any(_differs(config_train[name], train_values.get(name))
-                                             for name in RESUME_FIXED if name in config_train and name not in given):
+        left_out = ("vit_weights",) if train_values.get("init_from") else ()  # as the run's start left it out
+        if described != model_config or any(_differs(name, config_train[name], train_values.get(name))
+                                             for name in RESUME_FIXED if name in config_train
+                                             and name not in given and name not in left_out):
             changed.append("--config")
     if "img_size" in given and given["img_size"] != model_config.image_size:
         changed.append("--img-size")
     changed += [f"--{name.replace('_', '-')}" for name in RESUME_FIXED[2:]
-                if name in given and _differs(given[name], train_values.get(name))]
+                if name in given and _differs(name, given[name], train_values.get(name))]
     return changed
 
 
-def _differs(given: Any, saved: Any) -> bool:
-    """Whether a setting given now differs from the run's (paths compared as the files they name from here)."""
-    if isinstance(given, (str, Path)) and isinstance(saved, (str, Path)):
+def _differs(name: str, given: Any, saved: Any) -> bool:
+    """Whether the setting ``name`` given now differs from the run's: "" as unset (as TrainConfig takes it),
+    paths as the files they name from here."""
+    given, saved = (None if value == "" else value for value in (given, saved))
+    if name in PATH_SETTINGS and given is not None and saved is not None:
         return Path(given).resolve() != Path(saved).resolve()
     return given != saved
 
@@ -180,7 +185,7 @@ def _resolve_config(name: str):
 def _evaluate(args: argparse.Namespace) -> None:
     from .data import ReferDataset
     from .metrics import format_table
-    from .predictor import load_model
+    from .deployable import load_model
     from .training import evaluate
     from .training.distributed import setup, teardown
 
@@ -335,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--glove", help="GloVe file for the word embeddings")
     train.add_argument("--vit-weights", dest="vit_weights", help="timm ViT checkpoint for the vision encoder")
     train.add_argument("--init-from", dest="init_from",
-                       help="start from a trained model (a model folder, a run folder's best model or a .pt checkpoint) "
+                       help="start from a trained model (a model folder, a .pt checkpoint or a run folder: its best model) "
                             "to fine-tune it: same architecture, any image size (a multiple of the patch), any "
                             "vocabulary")
     train.add_argument("--vocabulary", help="vocabulary file (default: built from the training sentences)")

@@ -5,7 +5,8 @@ A model folder holds ``model.safetensors`` (the state dict), ``config.json`` (th
 atomically (to a temporary folder, then renamed) by :meth:`restr_fast.Predictor.save` and by
 training (``RUN/model`` on each new best evaluation), and read with validation: missing files, a
 config or weights of another model, or a vocabulary that does not fit are one-line errors naming
-the path.
+the path. :func:`load_model` reads any saved model: a model folder, a training checkpoint (``.pt``) or
+a run folder.
 """
 from __future__ import annotations
 
@@ -158,3 +159,52 @@ def read_model_config(directory: str | Path, **overrides: Any) -> ReSTRConfig:
         return ReSTRConfig.from_dict(header["model"]).replace(**overrides)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: the model config is not valid here: {error}") from error
+
+
+def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
+    """Model (on the CPU) and vocabulary of a model folder, a training checkpoint or a run folder."""
+    path = saved_model(path)
+    if path.is_dir():
+        return load_model_folder(path, **overrides)
+    from .training import load_checkpoint, model_from_checkpoint  # the training package is only needed here
+
+    state = load_checkpoint(path, mmap=True)  # the weights are copied into the model; the optimiser's never read
+    try:
+        model, vocabulary = model_from_checkpoint(state, **overrides)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    return model.eval(), vocabulary
+
+
+def saved_model_config(path: str | Path) -> ReSTRConfig:
+    """The model config of a model folder, a training checkpoint or a run folder, read without the weights."""
+    path = saved_model(path)
+    if path.is_dir():
+        return read_model_config(path)
+    from .training import load_checkpoint
+
+    saved = load_checkpoint(path, mmap=True)["config"]
+    try:
+        return ReSTRConfig.from_dict(saved)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: the checkpoint's model config is not valid here: {error}") from error
+
+
+def saved_model(path: str | Path) -> Path:
+    """The model folder or checkpoint file that ``path`` names: itself, given a file of a model folder its
+    folder, given a run folder its model/ (else checkpoints/best.pt, then latest.pt)."""
+    path = Path(path)
+    if path.is_file() and path.name in FILES:
+        path = path.parent
+    if path.is_dir():
+        if is_model_folder(path):
+            return path
+        for candidate in (path / "model", path / "checkpoints" / "best.pt", path / "checkpoints" / "latest.pt"):
+            if candidate.is_file() or is_model_folder(candidate):  # (an incomplete model/ is passed over)
+                return candidate
+        raise FileNotFoundError(f"{path} holds no restr_fast checkpoint: expected a model folder ({WEIGHTS}, "
+                                f"{CONFIG}, {VOCABULARY}) or a run folder (model/ or checkpoints/best.pt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; pass a model folder, a run folder or a .pt "
+                                f"checkpoint written by restr-fast train")
+    return path

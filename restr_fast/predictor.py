@@ -25,8 +25,7 @@ from PIL import Image
 from .config import ReSTRConfig
 from .cuda_graphs import CUDAGraphed
 from .data.transforms import Letterbox, letterbox_image, load_image, to_rgb, unletterbox
-from .deployable import (CONFIG, FILES, VOCABULARY, WEIGHTS, is_model_folder, load_model_folder, read_model_config,
-                         save_model_folder)
+from .deployable import load_model, save_model_folder
 from .devices import resolve_device
 from .models import ReSTR, build_model
 from .text import PAD_INDEX, UNK_INDEX, Vocabulary
@@ -279,55 +278,6 @@ def overlay(image: ImageLike, mask: torch.Tensor | np.ndarray) -> Image.Image:
     shown = pixels * 0.4
     shown[mask] = pixels[mask] * 0.5 + np.array([255.0, 0.0, 0.0]) * 0.5
     return Image.fromarray(shown.round().astype(np.uint8))
-
-
-def load_model(path: str | Path, **overrides) -> tuple[ReSTR, Vocabulary]:
-    """Model (on the CPU) and vocabulary of a model folder, a training checkpoint or a run folder."""
-    path = saved_model(path)
-    if path.is_dir():
-        return load_model_folder(path, **overrides)
-    from .training import load_checkpoint, model_from_checkpoint  # the training package is only needed here
-
-    state = load_checkpoint(path, mmap=True)  # the weights are copied into the model; the optimiser's never read
-    try:
-        model, vocabulary = model_from_checkpoint(state, **overrides)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
-    return model.eval(), vocabulary
-
-
-def saved_model_config(path: str | Path) -> ReSTRConfig:
-    """The model config of a model folder, a training checkpoint or a run folder, read without the weights."""
-    path = saved_model(path)
-    if path.is_dir():
-        return read_model_config(path)
-    from .training import load_checkpoint
-
-    saved = load_checkpoint(path, mmap=True)["config"]
-    try:
-        return ReSTRConfig.from_dict(saved)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: the checkpoint's model config is not valid here: {error}") from error
-
-
-def saved_model(path: str | Path) -> Path:
-    """The model folder or checkpoint file that ``path`` names: itself, given a file of a model folder its
-    folder, given a run folder its model/ (else checkpoints/best.pt, then latest.pt)."""
-    path = Path(path)
-    if path.is_file() and path.name in FILES:
-        path = path.parent
-    if path.is_dir():
-        if is_model_folder(path):
-            return path
-        for candidate in (path / "model", path / "checkpoints" / "best.pt", path / "checkpoints" / "latest.pt"):
-            if candidate.is_file() or is_model_folder(candidate):  # (an incomplete model/ is passed over)
-                return candidate
-        raise FileNotFoundError(f"{path} holds no restr_fast checkpoint: expected a model folder ({WEIGHTS}, "
-                                f"{CONFIG}, {VOCABULARY}) or a run folder (model/ or checkpoints/best.pt)")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; pass a model folder, a run folder or a .pt "
-                                f"checkpoint written by restr-fast train")
-    return path
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device,

@@ -9,21 +9,23 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from ..config import ReSTRConfig
+from ..deployable import load_model, saved_model, saved_model_config
 from ..models import ReSTR
 from ..text import SPECIAL_TOKENS, Vocabulary
 from .checkpoint import load_weights
 
-# Settings a run may change from the model it starts from: none of them shapes a weight but the image size
-# (the position table is resampled) and the vocabulary (word rows carried over by word).
-ADJUSTABLE = ("image_size", "vocab_size", "max_words", "patch_label", "patch_label_threshold",
-              "patch_loss_weight", "attention", "fast")
+# Settings a run may change from the model it starts from: none of them shapes a weight or what one means but
+# the image size (the position table is resampled) and the vocabulary (word rows carried over by word). Not
+# max_words: sentences are left-padded to it, so it moves every word to other positions.
+ADJUSTABLE = ("image_size", "vocab_size", "patch_label", "patch_label_threshold", "patch_loss_weight", "attention",
+              "fast")
 POSITIONS = "vision.vit.pos_embed"
 WORDS = "language.embed.weight"
 
 
 def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) -> tuple[Path, int]:
-    """Load into ``model`` the weights of the trained model at ``path`` (a model folder, a run folder's best
-    model or a ``.pt`` checkpoint); returns the model folder or checkpoint read, and how many of
+    """Load into ``model`` the weights of the trained model at ``path`` (a model folder, a ``.pt`` checkpoint or
+    a run folder: its best model, or before its first evaluation its latest checkpoint); returns the model folder or checkpoint read, and how many of
     ``vocabulary``'s words (special tokens included) took their trained embedding.
 
     The position table is resampled (bicubic, as the vision encoder resamples it for another input size)
@@ -33,8 +35,6 @@ def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) ->
     Raises FileNotFoundError/ValueError when ``path`` holds no trained model, or one whose architecture
     differs from ``model``'s in more than the settings of :data:`ADJUSTABLE`.
     """
-    from ..predictor import load_model  # the predictor reads every kind of saved model
-
     if len(vocabulary) != model.config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model's embedding table "
                          f"{model.config.vocab_size} rows: build the model with vocab_size=len(vocabulary)")
@@ -66,8 +66,6 @@ def check_architecture(config: ReSTRConfig, path: str | Path) -> Path:
 
     Raises FileNotFoundError/ValueError when ``path`` holds no trained model, or one of another architecture.
     """
-    from ..predictor import saved_model, saved_model_config
-
     try:
         source = saved_model(path)
         trained = saved_model_config(source)

@@ -226,14 +226,12 @@ class ReferDataset(Dataset):
         if missing:
             raise FileNotFoundError(f"{len(missing)} of the {len(paths)} images of this split are missing, "
                                     f"e.g. {missing[0]}; pass --image-root if they are elsewhere")
-        wrong = []
-        for image_id, path in paths.items():
-            recorded = self.annotations.image_size(image_id)
-            stored, upright = image_header_size(path)
-            if stored != recorded:
-                wrong.append((image_id, path, stored, upright == recorded, recorded))
+        wrong = [(image_id, path, image_header_size(path), self.annotations.image_size(image_id))
+                 for image_id, path in paths.items()]
+        wrong = [entry for entry in wrong if entry[2] != entry[3]]
         if wrong:
-            image_id, path, (width, height), turned, recorded = wrong[0]
+            image_id, path, (width, height), recorded = wrong[0]
+            turned = image_header_size(path, upright=True) == recorded
             hint = (": turned by its EXIF orientation it has the recorded size, so its masks were drawn on the "
                     "upright image; store such images upright (PIL.ImageOps.exif_transpose)" if turned else "")
             raise ValueError(f"{len(wrong)} of the {len(paths)} images of this split differ in size from their "

@@ -41,12 +41,13 @@ def load_image(path: str | Path, upright: bool = False) -> Image.Image:
         return to_rgb(image)
 
 
-def image_header_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(width, height) of an image file as stored and as shown upright by its EXIF orientation, read from its
-    header (the pixels are not decoded)."""
+def image_header_size(path: str | Path, upright: bool = False) -> tuple[int, int]:
+    """(width, height) of an image file as stored, or with ``upright`` as shown turned by its EXIF
+    orientation, from its header (without ``upright`` no pixel is decoded; Pillow may decode a PNG's to
+    look for its EXIF)."""
     with _opened(path) as image:
-        size = image.size
-        return size, size[::-1] if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS else size
+        turned = upright and image.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS
+        return image.size[::-1] if turned else image.size
 
 
 @contextlib.contextmanager

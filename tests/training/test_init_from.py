@@ -56,7 +56,7 @@ def test_a_model_of_another_architecture_is_refused(tmp_path):
     model = build_model("restr-tiny", **{**MODEL, "vocab_size": len(vocabulary)})
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"another architecture: fusion 'vme' \(run: 'cme'\); only image_size, "
-                                         r"max_words, .* and the vocabulary may differ \(restr-fast train without"):
+                                         r"patch_label, .* and the vocabulary may differ \(restr-fast train without"):
         init_from_trained(model, vocabulary, folder)
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
     other = Vocabulary(["blue", "square"])
@@ -122,6 +122,9 @@ def test_cli_fine_tunes_a_trained_run_at_another_size(data_root, tmp_path, capsy
             "the config's vit_weights") in capsys.readouterr().err
     assert main(again + ["--out", str(tmp_path / "unset"), "--vit-weights", ""]) == 0  # "" unsets it: no warning
     assert "warning" not in capsys.readouterr().err
+    for run, flags in (("again", []), ("unset", ["--vit-weights", ""])):  # and the same commands resume
+        assert main(again + ["--out", str(tmp_path / run), *flags, "--resume"]) == 0
+        assert "is complete (1 steps): nothing to resume" in capsys.readouterr().out
     # a model of another architecture is named before anything is read or written
     third = tmp_path / "third"
     arguments = ["train", "--config", "restr-b16", "--init-from", str(first), "--out", str(third), *common]
