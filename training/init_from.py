@@ -25,8 +25,9 @@ WORDS = "language.embed.weight"
 
 def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) -> tuple[Path, int]:
     """Load into ``model`` the weights of the trained model at ``path`` (a model folder, a ``.pt`` checkpoint or
-    a run folder: its best model, or before its first evaluation its latest checkpoint); returns the model folder or checkpoint read, and how many of
-    ``vocabulary``'s words (special tokens included) took their trained embedding.
+    a run folder: its best model, or before its first evaluation its latest checkpoint); returns the model
+    folder or checkpoint read, and how many of ``vocabulary``'s words (special tokens included) took their
+    trained embedding.
 
     The position table is resampled (bicubic, as the vision encoder resamples it for another input size)
     where the image sizes differ. A word of ``vocabulary`` that the trained model knows takes its trained
@@ -39,7 +40,10 @@ def init_from_trained(model: ReSTR, vocabulary: Vocabulary, path: str | Path) ->
         raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model's embedding table "
                          f"{model.config.vocab_size} rows: build the model with vocab_size=len(vocabulary)")
     source = check_architecture(model.config, path)
-    trained, trained_vocabulary = load_model(source)
+    try:
+        trained, trained_vocabulary = load_model(source)
+    except (FileNotFoundError, ValueError) as error:
+        raise type(error)(f"init_from: {error}") from error
     weights = trained.state_dict()
     grid, trained_grid = model.config.grid_size, trained.config.grid_size
     if grid != trained_grid:
