@@ -127,7 +127,7 @@ def test_cli_fine_tunes_a_trained_run_at_another_size(data_root, tmp_path, capsy
         assert "is complete (1 steps): nothing to resume" in capsys.readouterr().out
     # a model of another architecture is named before anything is read or written
     third = tmp_path / "third"
-    arguments = ["train", "--config", "restr-b16", "--init-from", str(first), "--out", str(third), *common]
-    assert main(arguments[:-len(common)] + ["--data-root", str(tmp_path / "no-data")]) == 2
+    assert main(["train", "--config", "restr-b16", "--init-from", str(first), "--out", str(third),
+                 "--data-root", str(tmp_path / "no-data")]) == 2
     assert "is a model of another architecture: patch_size 8 (run: 16), vision_dim 96" in capsys.readouterr().err
     assert not third.exists()
