@@ -1,4 +1,5 @@
 """The fast model (Triton kernels) against the reference model on the same weights."""
+import copy
 import importlib
 
 import pytest
@@ -85,19 +86,48 @@ def test_a_few_training_steps_give_the_same_losses(tiny_config, make_inputs):
     assert curves[1] == pytest.approx(curves[0], rel=1e-4)
 
 
-def test_bf16_autocast_runs_the_fast_path(tiny_config, make_inputs):
+def outputs_loss_and_gradients(model, images, tokens, masks, autocast: bool) -> dict[str, torch.Tensor]:
+    """{name: value} of the two outputs, the loss and every parameter's gradient, for one step."""
+    model.zero_grad()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        out = model(images, tokens)
+        loss = restr_fast.loss(out, masks, model.config)
+    loss.backward()
+    values = {"patch_logits": out.patch_logits, "pixel_logits": out.pixel_logits, "loss": loss}
+    values |= {name: parameter.grad for name, parameter in model.named_parameters()}
+    return {name: value.detach() for name, value in values.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bf16_autocast_is_as_close_to_the_exact_model_as_the_reference(seed, tiny_config, make_inputs):
+    """DESIGN.md 6's rule for the whole model under bf16 autocast: the outputs, the loss and every
+    parameter's gradient of the fast model are no further from the exact (fp64) model's than twice the
+    reference model's error, plus about the error of rounding the exact value to bf16 once (the RMS of
+    a rounding error is about 2^-9 of the value's: either model's gradients pass through bf16).
+
+    Errors are RMS over a tensor, not its largest element: thousands of roundings compound through the
+    layers, and the largest error of a few elements (the head's 8 weights) is a noisy figure. On ten
+    seeds on the CPU the fast model's RMS error came to at most 2.3x the reference's and 0.82 of this
+    bound; with Triton's interpreter truncating to bf16 (tests/conftest.py), 9x and 2.4.
+    """
     reference, fast = pair(tiny_config)
-    images, tokens = on_device(*make_inputs(tiny_config))
-    with torch.autocast(DEVICE, dtype=torch.bfloat16):
-        ref_out, fast_out = reference(images, tokens), fast(images, tokens)
-    for name in ("patch_logits", "pixel_logits"):
-        assert getattr(fast_out, name).dtype == getattr(ref_out, name).dtype, name
-    with torch.no_grad():
-        exact = reference.double()(images.double(), tokens)
-    for name in ("patch_logits", "pixel_logits"):
-        ours = (getattr(fast_out, name).double() - getattr(exact, name)).abs().max().item()
-        theirs = (getattr(ref_out, name).double() - getattr(exact, name)).abs().max().item()
-        assert ours <= 2 * theirs + 1e-2, f"{name}: fast error {ours:.3g}, reference bf16 error {theirs:.3g}"
+    images, tokens = on_device(*make_inputs(tiny_config, seed=seed))
+    masks = (torch.rand(2, 1, tiny_config.image_size, tiny_config.image_size,
+                        generator=torch.Generator().manual_seed(seed)) > 0.5).float().to(DEVICE)
+    exact = outputs_loss_and_gradients(copy.deepcopy(reference).double(), images.double(), tokens, masks.double(),
+                                       autocast=False)
+    theirs = outputs_loss_and_gradients(reference, images, tokens, masks, autocast=True)
+    ours = outputs_loss_and_gradients(fast, images, tokens, masks, autocast=True)
+    assert ours.keys() == exact.keys()
+    assert all(ours[name].dtype == theirs[name].dtype for name in ("patch_logits", "pixel_logits"))
+
+    def rms(tensor):
+        return tensor.double().square().mean().sqrt().item()
+
+    for name, value in exact.items():
+        our_error, their_error = rms(ours[name].double() - value), rms(theirs[name].double() - value)
+        bound = 2 * their_error + 2 ** -9 * rms(value)
+        assert our_error <= bound, f"{name}: fast RMS error {our_error:.3g}, reference {their_error:.3g}, bound {bound:.3g}"
 
 
 def test_second_derivatives_through_the_kernels_are_a_clear_error(tiny_config, make_inputs):
