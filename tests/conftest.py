@@ -20,8 +20,8 @@ def round_bf16_to_nearest_in_the_interpreter() -> None:
 
     The interpreter (Triton 3.8) truncates instead, toward zero: every bf16 value a kernel
     stores is then biased, and the bias compounds through a model: under bf16 autocast the fast
-    restr-tiny's gradients came up to 9x further from fp64's than the reference model's (RMS error of
-    a parameter's gradient), against at most 2.3x with rounding to nearest. With this, the CPU suite
+    restr-tiny's gradients came up to 8.4x further from fp64's than the reference model's (RMS error
+    of a parameter's gradient), against at most 2.2x with rounding to nearest. With this, the CPU suite
     checks the rounding the kernels get on a GPU; tests/kernels/test_interpreter_rounding.py fails
     where it could not be applied.
     """
