@@ -286,8 +286,9 @@ def test_float64_runs_in_pytorch(monkeypatch):
 def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     monkeypatch.setattr(op_registry, "INTERPRETED", False)
     monkeypatch.setattr(decoder_module, "_call", lambda *args: pytest.fail("a kernel was called"))
-    weights, head_weight, head_bias = [torch.randn(16, 32), torch.randn(8, 16)], torch.randn(1, 8), torch.randn(1)
-    x = torch.randn(2, 3, 4, 32)
+    weights, head_weight, head_bias = decoder_weights((32, 16), seed=40)
+    weights, head_weight, head_bias = [w.cpu() for w in weights], head_weight.cpu(), head_bias.cpu()
+    x = rand(2, 3, 4, 32, seed=43).cpu()
     torch.testing.assert_close(fused_decoder(x, weights, head_weight, head_bias),
                                decoder_reference(x, weights, head_weight, head_bias))
     torch.testing.assert_close(upsample_linear_act(x, weights[0]), upsample_linear_act_reference(x, weights[0]))
