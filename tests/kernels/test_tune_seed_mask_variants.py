@@ -40,7 +40,8 @@ def test_variant_matches_the_reference_fp32(label, replacements, assert_within_r
         ours = outputs_and_grads(lambda z, c, b, p: seed_mask(z, c, bias=b, prefix=p), torch.float32)
     names = ("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix")
     for name, a, b, c in zip(names, ours, theirs, exact):
-        assert_within_rule(a, b, c, 1e-5, f"{label}: {name}")
+        summed = name in ("grad classifier", "grad bias")  # over the N patches
+        assert_within_rule(a, b, c, 1e-6 * (N ** 0.5 if summed else 1.0), f"{label}: {name}")
 
 
 def test_the_tool_times_every_variant_in_every_case(monkeypatch, capsys):
