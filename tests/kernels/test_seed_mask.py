@@ -47,6 +47,50 @@ def fused(mask_form, with_bias=True):
     return fn
 
 
+OUTPUT_NAMES = ("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix")
+
+
+def assert_rounded_once(ours, fp32, exact, name):
+    """Each element of ``ours`` (bf16 or fp16) is the exact value rounded once to its dtype, as a
+    computation in fp32 that rounds only when it stores gives: within half a unit in the last place
+    of the exact value, plus twice fp32 PyTorch's largest error on the same inputs. The tolerance
+    rule's bound is set by the largest elements; this one holds each element, so a product or a sum
+    rounded to the low precision on the way fails it by units."""
+    info = torch.finfo(ours.dtype)
+    _, exponent = torch.frexp(exact.abs().clamp_min(info.tiny))  # |exact| = m 2^e, m in [0.5, 1)
+    ulp = torch.ldexp(torch.full_like(exact, info.eps / 2), exponent)  # the dtype's spacing at |exact|
+    error = (ours.double() - exact).abs()
+    bound = ulp / 2 + 2 * (fp32.double() - exact).abs().max().item()
+    worst = (error / bound).flatten().argmax()
+    assert (error <= bound).all(), (
+        f"{name}: {error.flatten()[worst].item():.3g} from the exact {exact.flatten()[worst].item():.6g}, "
+        f"{(error / ulp).flatten()[worst].item():.2f} units in the last place of {ours.dtype}; "
+        f"bound {bound.flatten()[worst].item():.3g}")
+
+
+def assert_low_precision_results(tensors, grads, mask_form, with_bias, atol, assert_within_rule):
+    """The kernels' outputs and input gradients in the dtype of ``tensors`` (patches, classifier,
+    bias, prefix; bias and prefix may be None) for upstream ``grads``, against the fp64 reference:
+    within the tolerance rule of PyTorch in the same dtype, and in bf16 and fp16 rounded once."""
+    dtype = tensors[0].dtype
+
+    def reference_results(precision):
+        cast = [t.to(precision) if t is not None else None for t in tensors]
+        outputs, input_grads = run(reference(mask_form, with_bias), cast, [g.to(precision) for g in grads])
+        return outputs + input_grads
+    exact, fp32, theirs = (reference_results(precision) for precision in (torch.float64, torch.float32, dtype))
+    outputs, input_grads = run(fused(mask_form, with_bias), tensors, grads)
+    for name, ours, torch_same_dtype, torch_fp32, exact_result in zip(OUTPUT_NAMES, outputs + input_grads, theirs,
+                                                                       fp32, exact):
+        if exact_result is None:  # no bias or no prefix
+            assert ours is None, name
+            continue
+        assert ours.dtype == dtype and ours.shape == exact_result.shape, name
+        assert_within_rule(ours, torch_same_dtype, exact_result, atol, name)
+        if dtype != torch.float32:
+            assert_rounded_once(ours, torch_fp32, exact_result, name)
+
+
 @pytest.mark.parametrize("B, N, D", SHAPES)
 @pytest.mark.parametrize("mask_form", ["sigmoid", "logit"])
 def test_forward_and_backward_match_the_reference_fp32(B, N, D, mask_form, assert_within_rule):
@@ -101,18 +145,8 @@ def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_bl
     generator = torch.Generator(DEVICE).manual_seed(3)
     grads = [torch.randn(B, N, generator=generator, device=DEVICE, dtype=dtype),
              torch.randn(B, N, 8 + D, generator=generator, device=DEVICE, dtype=dtype)]
-    exact_out, exact_grads = run(reference("sigmoid", with_bias), [t.double() if t is not None else None for t in tensors],
-                                 [g.double() for g in grads])
-    torch_out, torch_grads = run(reference("sigmoid", with_bias), tensors, grads)
-    our_out, our_grads = run(fused("sigmoid", with_bias), tensors, grads)
     atol = 1e-6 if dtype == torch.float32 else 1e-3  # bf16: that of the low-precision tests below
-    names = ("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix")
-    for name, ours, theirs, exact in zip(names, our_out + our_grads, torch_out + torch_grads, exact_out + exact_grads):
-        if exact is None:  # no bias
-            assert ours is None, name
-            continue
-        assert ours.dtype == dtype, name
-        assert_within_rule(ours, theirs, exact, atol, name)
+    assert_low_precision_results(tensors, grads, "sigmoid", with_bias, atol, assert_within_rule)
 
 
 def forward_in_strips(monkeypatch, blocks_per_strip: int, stages: int) -> None:
@@ -527,16 +561,7 @@ def test_low_precision_at_small_sizes(dtype, B, N, D, DP, mask_form, assert_with
     generator = torch.Generator(DEVICE).manual_seed(2)
     grads = [torch.randn(B, N, generator=generator, device=DEVICE, dtype=dtype),
              torch.randn(B, N, DP + D, generator=generator, device=DEVICE, dtype=dtype)]
-    exact_out, exact_grads = run(reference(mask_form), [t.double() if t is not None else None for t in tensors],
-                                 [g.double() for g in grads])
-    torch_out, torch_grads = run(reference(mask_form), tensors, grads)
-    our_out, our_grads = run(fused(mask_form), tensors, grads)
-    names = ("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix")
-    for name, ours, theirs, exact in zip(names, our_out + our_grads, torch_out + torch_grads, exact_out + exact_grads):
-        if exact is None:  # no prefix
-            continue
-        assert ours.dtype == dtype and ours.shape == exact.shape, name
-        assert_within_rule(ours, theirs, exact, 1e-3, name)
+    assert_low_precision_results(tensors, grads, mask_form, True, 1e-3, assert_within_rule)
 
 
 @requires_gpu
@@ -547,10 +572,4 @@ def test_low_precision_at_real_size_on_gpu(dtype, N, mask_form, assert_within_ru
     B, D, DP = 8, 768, 768
     tensors = inputs(B, N, D, dtype=dtype, prefix_dim=DP, seed=N)
     grads = [torch.randn(B, N, device=DEVICE, dtype=dtype), torch.randn(B, N, DP + D, device=DEVICE, dtype=dtype)]
-    exact_out, exact_grads = run(reference(mask_form), [t.double() for t in tensors], [g.double() for g in grads])
-    torch_out, torch_grads = run(reference(mask_form), tensors, grads)
-    our_out, our_grads = run(fused(mask_form), tensors, grads)
-    for name, ours, theirs, exact in zip(("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix"),
-                                         our_out + our_grads, torch_out + torch_grads, exact_out + exact_grads):
-        assert ours.dtype == dtype
-        assert_within_rule(ours, theirs, exact, 1e-3, name)
+    assert_low_precision_results(tensors, grads, mask_form, True, 1e-3, assert_within_rule)
