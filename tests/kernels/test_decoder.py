@@ -1,5 +1,7 @@
 """The fused decoder kernels against the reference decoder (DESIGN.md section 6)."""
 import importlib
+import contextlib
+from unittest import mock
 
 import numpy
 import pytest
@@ -13,14 +15,74 @@ from restr_fast.kernels.sizes import cdiv
 from restr_fast.models.decoder import Decoder, upsample2x
 
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
+models_decoder_module = importlib.import_module("restr_fast.models.decoder")
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SLOPE = 0.01
+# Pre-activations closer to 0 than this: fp32 cannot tell which side of LeakyReLU's kink they are on
+# (their fp32 error in these tests is at most 2.3e-6), and the two sides' gradients differ by 99 %.
+KINK_BAND = 1e-5
 
 
 def rand(*shape, seed, dtype=torch.float32, scale=1.0):
-    generator = torch.Generator(DEVICE).manual_seed(seed)
-    return torch.randn(*shape, generator=generator, device=DEVICE, dtype=dtype) * scale
+    """Drawn on the CPU, so that a GPU tests the inputs whose distances from the kink the CPU checked."""
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator, dtype=dtype) * scale).to(DEVICE)
+
+
+def source_rows(n):
+    """Output rows 0..2n-1 of x2 upsampling (align_corners=True) of n rows: the two source rows each
+    reads and the second's weight, from the source coordinate o (n - 1) / (2n - 1) in fp32, as
+    PyTorch's fp32 upsampling and the kernels compute it."""
+    scale = torch.tensor(n - 1.0) / (2 * n - 1)  # fp32
+    source = torch.arange(2 * n, dtype=torch.float32) * scale
+    first = source.floor().long().clamp(max=n - 1)
+    return first.to(DEVICE), (first + 1).clamp(max=n - 1).to(DEVICE), (source - first).double().to(DEVICE)
+
+
+def upsample2x_with_fp32_weights(t):
+    """fp64 upsample2x (B, h, w, C) -> (B, 2h, 2w, C) with the interpolation weights of the fp32 op:
+    the exact result of what fp32 PyTorch and the kernels compute. Against exact weights, fp32's
+    source coordinates are an error of their own, which grows with the map: 8e-6 at w = 30."""
+    (r0, r1, row_weight), (c0, c1, column_weight) = source_rows(t.shape[1]), source_rows(t.shape[2])
+    row_weight, column_weight = row_weight[None, :, None, None], column_weight[None, None, :, None]
+    rows = t[:, r0] * (1 - row_weight) + t[:, r1] * row_weight  # (B, 2h, w, C)
+    return rows[:, :, c0] * (1 - column_weight) + rows[:, :, c1] * column_weight
+
+
+@contextlib.contextmanager
+def fp32_interpolation_weights():
+    """Within it, the reference decoder and the decoder module upsample with the fp32 op's weights."""
+    with mock.patch.object(decoder_module, "upsample2x", upsample2x_with_fp32_weights), \
+            mock.patch.object(models_decoder_module, "upsample2x", upsample2x_with_fp32_weights):
+        yield
+
+
+def pre_activations(x, weights):
+    """Each block's fp64 pre-activations, linear(upsample(input)), for blocks of ``weights`` (None:
+    upsampling alone)."""
+    t, result = x.double(), []
+    for weight in weights:
+        up = upsample2x_with_fp32_weights(t)
+        result.append(up if weight is None else F.linear(up, weight.double()))
+        t = F.leaky_relu(result[-1], SLOPE)
+    return result
+
+
+def assert_clear_of_the_kink(x, weights):
+    """Where the gradients pass through several activations (or the head's sum over channels), no
+    pre-activation may be within KINK_BAND of 0: a kink fp32 put on the other side than the exact
+    result would fail the gradients' comparison by far more than their rounding."""
+    for k, pre in enumerate(pre_activations(x, weights)):
+        closest = pre.abs().min().item()
+        assert closest >= KINK_BAND, (f"block {k}: a pre-activation is {closest:.2g} from LeakyReLU's kink, closer than "
+                                      f"fp32 can resolve; draw the test's inputs with another seed")
+
+
+def zero_at_the_kink(grad, pre):
+    """The upstream gradient ``grad`` of a single activation, zero where its pre-activation ``pre`` is
+    within KINK_BAND of 0: there fp32 cannot tell the side, and either side's gradient is right."""
+    return torch.where(pre.abs() < KINK_BAND, 0.0, grad.double()).to(grad.dtype)
 
 
 def grads_of(fn, tensors, grad):
@@ -58,8 +120,10 @@ def test_block_matches_the_reference_fp32(B, h, w, C, C_out, with_bias, assert_w
     tensors = [rand(B, h, w, C, seed=seed), rand(C_out, C, seed=seed + 1, scale=C ** -0.5)]
     if with_bias:
         tensors.append(rand(C_out, seed=seed + 2))
-    grad = rand(B, 2 * h, 2 * w, C_out, seed=seed + 3)
-    exact_out, exact_grads = grads_of(upsample_linear_act_reference, [t.double() for t in tensors], grad.double())
+    pre = F.linear(*pre_activations(tensors[0], [None]), *(t.double() for t in tensors[1:]))
+    grad = zero_at_the_kink(rand(B, 2 * h, 2 * w, C_out, seed=seed + 3), pre)
+    with fp32_interpolation_weights():
+        exact_out, exact_grads = grads_of(upsample_linear_act_reference, [t.double() for t in tensors], grad.double())
     torch_out, torch_grads = grads_of(upsample_linear_act_reference, tensors, grad)
     our_out, our_grads = grads_of(upsample_linear_act, tensors, grad)
     assert our_out.shape == (B, 2 * h, 2 * w, C_out) and our_out.dtype == torch.float32
@@ -85,13 +149,15 @@ def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, asse
     exact.load_state_dict(reference.state_dict())
     x = rand(2, h, w, 2 * dim, seed=h * w)
     grad = rand(2, 1, patch * h, patch * w, seed=7)
+    assert_clear_of_the_kink(x, [block.linear.weight for block in exact.blocks])
 
     outputs, grads = {}, {}
     for name, model, dtype in (("exact", exact, torch.float64), ("torch", reference, torch.float32),
                                ("ours", fast, torch.float32)):
         leaf = x.to(dtype).detach().clone().requires_grad_()  # (x.to(float32) is x itself)
-        out = model(leaf)
-        out.backward(grad.to(dtype))
+        with fp32_interpolation_weights() if name == "exact" else contextlib.nullcontext():
+            out = model(leaf)
+            out.backward(grad.to(dtype))
         outputs[name] = out.detach()
         grads[name] = {"input": leaf.grad, **{n: p.grad for n, p in model.named_parameters()}}
     assert outputs["ours"].shape == (2, 1, patch * h, patch * w)
@@ -111,7 +177,9 @@ def assert_two_block_decoder_matches(channels, x, grad, seed, assert_within_rule
 
     def run(fn):
         return lambda x, w0, w1, hw, hb: fn(x, [w0, w1], hw, hb, SLOPE)
-    exact_out, exact_grads = grads_of(run(decoder_reference), [t.double() for t in tensors], grad.double())
+    assert_clear_of_the_kink(x, weights)
+    with fp32_interpolation_weights():
+        exact_out, exact_grads = grads_of(run(decoder_reference), [t.double() for t in tensors], grad.double())
     torch_out, torch_grads = grads_of(run(decoder_reference), tensors, grad)
     our_out, our_grads = grads_of(run(fused_decoder), tensors, grad)
     assert_within_rule(our_out, torch_out, exact_out, 1e-6, "output")
@@ -169,6 +237,10 @@ def test_backward_stores_each_gradient_once(monkeypatch, backward_lanes, stored_
     t = rand(*shape, seed=h * w)
     grad = rand(B, 2 * h, 2 * w, *(() if head else (C,)), seed=h + w)
     head_weight = rand(C, seed=C) if head else None
+    if head:  # the head sums over channels: no single pixel's gradient can be left out
+        assert_clear_of_the_kink(t, [None])
+    else:
+        grad = zero_at_the_kink(grad, *pre_activations(t, [None]))
     grad_t = torch.empty_like(t)
     grad_weight = decoder_module._launch_upsample_act_backward(t, grad, head_weight, grad_t, SLOPE)
 
@@ -182,7 +254,8 @@ def test_backward_stores_each_gradient_once(monkeypatch, backward_lanes, stored_
     assert len(partials) == (programs * C if head else 0) and len(numpy.unique(partials)) == len(partials)
 
     def backward(t, head_weight=None):
-        y = F.leaky_relu(upsample2x(t), SLOPE)
+        up = upsample2x_with_fp32_weights(t) if t.dtype == torch.float64 else upsample2x(t)
+        y = F.leaky_relu(up, SLOPE)
         return y if head_weight is None else y @ head_weight
     exact, theirs = (grads_of(backward, [t.to(dtype)] + ([head_weight.to(dtype)] if head else []), grad.to(dtype))[1]
                      for dtype in (torch.float64, torch.float32))
@@ -199,7 +272,7 @@ def test_the_gpu_tiles(monkeypatch, assert_within_rule):
     monkeypatch.setattr(op_registry, "kernel_can_run", lambda tensor: True)  # CPU tensors still take the kernels
     assert decoder_module._row_blocks(192)[:2] == (32, 64) and decoder_module._row_blocks(96)[:2] == (64, 32)
     # block input (1, 2, 40, 192): 41 pairs; head input (1, 4, 80, 96): 81 pairs
-    assert_two_block_decoder_matches((384, 192), rand(1, 2, 40, 384, seed=9), rand(1, 1, 8, 160, seed=10), 8,
+    assert_two_block_decoder_matches((384, 192), rand(1, 2, 40, 384, seed=21), rand(1, 1, 8, 160, seed=10), 8,
                                      assert_within_rule)
 
 
