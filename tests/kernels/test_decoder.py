@@ -1,7 +1,8 @@
 """The fused decoder kernels against the reference decoder (DESIGN.md section 6)."""
 import importlib
-import contextlib
-from unittest import mock
+import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 import numpy
 import pytest
@@ -14,75 +15,19 @@ from restr_fast.kernels.decoder import decoder_reference, upsample_linear_act_re
 from restr_fast.kernels.sizes import cdiv
 from restr_fast.models.decoder import Decoder, upsample2x
 
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' helper modules
+from decoder_exactness import (SLOPE, assert_clear_of_the_kink, fp32_interpolation_weights,  # noqa: E402
+                               pre_activations, upsample2x_with_fp32_weights, zero_at_the_kink)
+
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
-models_decoder_module = importlib.import_module("restr_fast.models.decoder")
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SLOPE = 0.01
-# Pre-activations closer to 0 than this: fp32 cannot tell which side of LeakyReLU's kink they are on
-# (their fp32 error in these tests is at most 2.3e-6), and the two sides' gradients differ by 99 %.
-KINK_BAND = 1e-5
 
 
 def rand(*shape, seed, dtype=torch.float32, scale=1.0):
     """Drawn on the CPU, so that a GPU tests the inputs whose distances from the kink the CPU checked."""
     generator = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=generator, dtype=dtype) * scale).to(DEVICE)
-
-
-def source_rows(n):
-    """Output rows 0..2n-1 of x2 upsampling (align_corners=True) of n rows: the two source rows each
-    reads and the second's weight, from the source coordinate o (n - 1) / (2n - 1) in fp32, as
-    PyTorch's fp32 upsampling and the kernels compute it."""
-    scale = torch.tensor(n - 1.0) / (2 * n - 1)  # fp32
-    source = torch.arange(2 * n, dtype=torch.float32) * scale
-    first = source.floor().long().clamp(max=n - 1)
-    return first.to(DEVICE), (first + 1).clamp(max=n - 1).to(DEVICE), (source - first).double().to(DEVICE)
-
-
-def upsample2x_with_fp32_weights(t):
-    """fp64 upsample2x (B, h, w, C) -> (B, 2h, 2w, C) with the interpolation weights of the fp32 op:
-    the exact result of what fp32 PyTorch and the kernels compute. Against exact weights, fp32's
-    source coordinates are an error of their own, which grows with the map: 8e-6 at w = 30."""
-    (r0, r1, row_weight), (c0, c1, column_weight) = source_rows(t.shape[1]), source_rows(t.shape[2])
-    row_weight, column_weight = row_weight[None, :, None, None], column_weight[None, None, :, None]
-    rows = t[:, r0] * (1 - row_weight) + t[:, r1] * row_weight  # (B, 2h, w, C)
-    return rows[:, :, c0] * (1 - column_weight) + rows[:, :, c1] * column_weight
-
-
-@contextlib.contextmanager
-def fp32_interpolation_weights():
-    """Within it, the reference decoder and the decoder module upsample with the fp32 op's weights."""
-    with mock.patch.object(decoder_module, "upsample2x", upsample2x_with_fp32_weights), \
-            mock.patch.object(models_decoder_module, "upsample2x", upsample2x_with_fp32_weights):
-        yield
-
-
-def pre_activations(x, weights):
-    """Each block's fp64 pre-activations, linear(upsample(input)), for blocks of ``weights`` (None:
-    upsampling alone)."""
-    t, result = x.double(), []
-    for weight in weights:
-        up = upsample2x_with_fp32_weights(t)
-        result.append(up if weight is None else F.linear(up, weight.double()))
-        t = F.leaky_relu(result[-1], SLOPE)
-    return result
-
-
-def assert_clear_of_the_kink(x, weights):
-    """Where the gradients pass through several activations (or the head's sum over channels), no
-    pre-activation may be within KINK_BAND of 0: a kink fp32 put on the other side than the exact
-    result would fail the gradients' comparison by far more than their rounding."""
-    for k, pre in enumerate(pre_activations(x, weights)):
-        closest = pre.abs().min().item()
-        assert closest >= KINK_BAND, (f"block {k}: a pre-activation is {closest:.2g} from LeakyReLU's kink, closer than "
-                                      f"fp32 can resolve; draw the test's inputs with another seed")
-
-
-def zero_at_the_kink(grad, pre):
-    """The upstream gradient ``grad`` of a single activation, zero where its pre-activation ``pre`` is
-    within KINK_BAND of 0: there fp32 cannot tell the side, and either side's gradient is right."""
-    return torch.where(pre.abs() < KINK_BAND, 0.0, grad.double()).to(grad.dtype)
 
 
 def grads_of(fn, tensors, grad):
@@ -155,7 +100,7 @@ def test_whole_decoder_matches_the_reference_decoder_fp32(patch, dim, h, w, asse
     for name, model, dtype in (("exact", exact, torch.float64), ("torch", reference, torch.float32),
                                ("ours", fast, torch.float32)):
         leaf = x.to(dtype).detach().clone().requires_grad_()  # (x.to(float32) is x itself)
-        with fp32_interpolation_weights() if name == "exact" else contextlib.nullcontext():
+        with fp32_interpolation_weights() if name == "exact" else nullcontext():
             out = model(leaf)
             out.backward(grad.to(dtype))
         outputs[name] = out.detach()
@@ -282,11 +227,13 @@ def test_the_gpu_tiles(monkeypatch, assert_within_rule):
 def test_kernels_in_low_precision(dtype, B, h, w, C, assert_within_rule, assert_rounded_once):
     """Loads, fp32 arithmetic and stores in bf16/fp16 (on the CPU too, under the interpreter). An
     identity weight makes the low-resolution product exact, so the block and the head run the
-    kernels on the very inputs the fp64 reference gets: no rounding before the activation flips a
-    LeakyReLU slope in one computation and not the other. What the kernels return is then each
-    exact value rounded once; the block weight's gradient, PyTorch's sum over pixels of the kernels'
-    rounded gradient, is held to the tolerance rule alone."""
+    kernels on the very inputs the fp64 reference gets: no rounding to bf16/fp16 before the activation
+    flips a LeakyReLU slope in one computation and not the other (and the inputs keep clear of the
+    kink by more than fp32's rounding). What the kernels return is then each exact value rounded
+    once; the block weight's gradient, PyTorch's sum over pixels of the kernels' rounded gradient, is
+    held to the tolerance rule alone."""
     x = rand(B, h, w, C, seed=C + h, dtype=dtype)
+    assert_clear_of_the_kink(x, [None])
     identity = torch.eye(C, device=DEVICE, dtype=dtype)
     head_weight, head_bias = rand(C, seed=31, dtype=dtype, scale=C ** -0.5), rand(1, seed=32, dtype=dtype)
     cases = {  # name: (ours, reference, inputs, upstream gradient)
@@ -425,7 +372,7 @@ def test_mixed_devices_are_named():
 @pytest.mark.usefixtures("backward_lanes")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B, h, w, channels", [
-    (2, 6, 6, (192, 96, 48, 24)),  # 96 x 96 maps, in seconds under the interpreter
+    (2, 6, 6, (192, 96, 48, 24)),  # 96 x 96 maps, in 10 to 15 s under the interpreter
     pytest.param(8, 30, 30, (1536, 768, 384, 192), marks=requires_gpu, id="real size"),  # restr-b16, 480 x 480
 ])
 def test_low_precision_whole_decoder(dtype, B, h, w, channels, assert_within_rule):
@@ -455,7 +402,7 @@ def test_low_precision_whole_decoder(dtype, B, h, w, channels, assert_within_rul
 @pytest.mark.usefixtures("backward_lanes")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B, h, w, C", [
-    (2, 16, 16, 192), (1, 4, 120, 96),  # in seconds under the interpreter
+    (2, 16, 16, 192), (1, 4, 120, 96),  # in 2 s under the interpreter
     pytest.param(8, 30, 30, 1536, marks=requires_gpu), pytest.param(3, 17, 45, 96, marks=requires_gpu),
     pytest.param(2, 1, 240, 192, marks=requires_gpu),
 ])

@@ -50,7 +50,8 @@ def fused(mask_form, with_bias=True):
 OUTPUT_NAMES = ("logits", "decoder input", "grad patches", "grad classifier", "grad bias", "grad prefix")
 
 
-def assert_low_precision_results(tensors, grads, mask_form, with_bias, atol, assert_within_rule, assert_rounded_once):
+def assert_results_match_the_reference(tensors, grads, mask_form, with_bias, atol, assert_within_rule,
+                                       assert_rounded_once):
     """The kernels' outputs and input gradients in the dtype of ``tensors`` (patches, classifier,
     bias, prefix; bias and prefix may be None) for upstream ``grads``, against the fp64 reference:
     within the tolerance rule of PyTorch in the same dtype, and in bf16 and fp16 rounded once."""
@@ -128,7 +129,8 @@ def test_backward_reduces_over_several_programs_per_row(monkeypatch, rows_per_bl
     grads = [torch.randn(B, N, generator=generator, device=DEVICE, dtype=dtype),
              torch.randn(B, N, 8 + D, generator=generator, device=DEVICE, dtype=dtype)]
     atol = 1e-6 if dtype == torch.float32 else 1e-3  # bf16: that of the low-precision tests below
-    assert_low_precision_results(tensors, grads, "sigmoid", with_bias, atol, assert_within_rule, assert_rounded_once)
+    assert_results_match_the_reference(tensors, grads, "sigmoid", with_bias, atol, assert_within_rule,
+                                       assert_rounded_once)
 
 
 def forward_in_strips(monkeypatch, blocks_per_strip: int, stages: int) -> None:
@@ -543,7 +545,7 @@ def test_low_precision_at_small_sizes(dtype, B, N, D, DP, mask_form, assert_with
     generator = torch.Generator(DEVICE).manual_seed(2)
     grads = [torch.randn(B, N, generator=generator, device=DEVICE, dtype=dtype),
              torch.randn(B, N, DP + D, generator=generator, device=DEVICE, dtype=dtype)]
-    assert_low_precision_results(tensors, grads, mask_form, True, 1e-3, assert_within_rule, assert_rounded_once)
+    assert_results_match_the_reference(tensors, grads, mask_form, True, 1e-3, assert_within_rule, assert_rounded_once)
 
 
 @requires_gpu
@@ -554,4 +556,4 @@ def test_low_precision_at_real_size_on_gpu(dtype, N, mask_form, assert_within_ru
     B, D, DP = 8, 768, 768
     tensors = inputs(B, N, D, dtype=dtype, prefix_dim=DP, seed=N)
     grads = [torch.randn(B, N, device=DEVICE, dtype=dtype), torch.randn(B, N, DP + D, device=DEVICE, dtype=dtype)]
-    assert_low_precision_results(tensors, grads, mask_form, True, 1e-3, assert_within_rule, assert_rounded_once)
+    assert_results_match_the_reference(tensors, grads, mask_form, True, 1e-3, assert_within_rule, assert_rounded_once)
