@@ -605,7 +605,7 @@ def upsample_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         float64, the same order in PyTorch.
     """
     _check_map(x, "x")
-    _check_weight(weight, x, "weight", x.shape[-1])
+    _check_weight(weight, x, "weight", x.shape[-1], applies_to_x=True)
     if bias is not None:
         _check_vector(bias, weight.shape[0], x, "bias")
     for name, tensor in (("weight", weight), ("bias", bias)):
@@ -649,7 +649,7 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
         raise ValueError("fused_decoder needs at least one block weight")
     channels = x.shape[-1]
     for k, weight in enumerate(weights):
-        _check_weight(weight, x, f"weights[{k}]", in_channels=channels)
+        _check_weight(weight, x, f"weights[{k}]", in_channels=channels, applies_to_x=k == 0)
         channels = weight.shape[0]
     if isinstance(head_weight, torch.Tensor) and head_weight.dim() == 2 and head_weight.shape[0] == 1:
         head_weight = head_weight.reshape(-1)
@@ -696,10 +696,13 @@ def _check_map(x, name: str) -> None:
                         f"(and float64, in PyTorch)")
 
 
-def _check_weight(weight, x: torch.Tensor, name: str, in_channels: int) -> None:
+def _check_weight(weight, x: torch.Tensor, name: str, in_channels: int, applies_to_x: bool) -> None:
+    """A (C_out, in_channels) weight like x; ``applies_to_x``: it multiplies x itself (not a later
+    block's map), so a weight that fits x's second dimension instead means a channels-first x."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != in_channels:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        channels_first = isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == x.shape[1]
+        channels_first = applies_to_x and isinstance(weight, torch.Tensor) and weight.dim() == 2 \
+            and weight.shape[1] == x.shape[1]
         hint = " (x looks channels-first: the decoder takes (B, h, w, C), use x.permute(0, 2, 3, 1))" if channels_first else ""
         raise ValueError(f"{name} must be a (C_out, {in_channels}) Linear weight for an input of "
                          f"{in_channels} channels, got {shape}{hint}")

@@ -352,6 +352,8 @@ def test_compiled_function_traces_through_the_ops_without_graph_breaks():
     (lambda x, w, hw: fused_decoder(x, w, hw, None, "0.1"), TypeError, "negative_slope must be a real number"),
     (lambda x, w, hw: fused_decoder(x, [], hw), ValueError, "at least one block weight"),
     (lambda x, w, hw: fused_decoder(x, [w[0], w[0]], hw), ValueError, r"weights\[1\] must be a \(C_out, 8\)"),
+    # a later block's weight that happens to fit x's second dimension: no channels-first hint
+    (lambda x, w, hw: fused_decoder(x, [w[0], w[1][:, :3]], hw), ValueError, r"weights\[1\] must be .* got \(4, 3\)$"),
     (lambda x, w, hw: fused_decoder(x, w, hw[:, :3]), ValueError, r"head_weight must have shape \(4,\)"),
     (lambda x, w, hw: fused_decoder(x, w, hw.tolist()), ValueError, r"head_weight must have shape \(4,\), got list"),
     (lambda x, w, hw: fused_decoder(x, w, hw, torch.zeros(2)), ValueError, r"head_bias must have shape \(1,\)"),
