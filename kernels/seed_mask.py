@@ -601,6 +601,12 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
     same computation in plain PyTorch, with the same result dtypes.
     """
     _check_inputs(patches, classifier, out, bias, prefix, mask_form)
+    # an inference tensor refuses in-place writes outside inference mode, as PyTorch's ops do (dynamo
+    # cannot trace this test; under torch.compile the copy into out refuses it)
+    writes_inference_tensor = out is not None and not torch.compiler.is_compiling() and out.is_inference()
+    if writes_inference_tensor and not torch.is_inference_mode_enabled():
+        raise RuntimeError("out was made under torch.inference_mode() and cannot be written outside it: "
+                           "call seed_mask inside torch.inference_mode(), or make out outside it")
     if not op_registry.kernel_can_run(patches) or not _kernel_fits(patches, bias, prefix, out):
         logits, masked = (result.to(patches.dtype) for result in seed_mask_reference(patches, classifier, bias, mask_form))
         if out is not None:

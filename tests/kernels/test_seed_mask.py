@@ -345,6 +345,23 @@ def test_out_with_elements_that_share_memory_is_an_error():
             seed_mask(patches, classifier, out)
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "fallback"])
+def test_out_made_in_inference_mode_is_written_only_there(monkeypatch, kernels):
+    """As PyTorch's in-place ops: an inference tensor refuses writes outside inference mode, on both paths."""
+    if not kernels:
+        monkeypatch.setattr(op_registry, "kernel_can_run", lambda tensor: False)
+    patches, classifier, _, _ = inputs(2, 7, 12)
+    with torch.inference_mode():
+        buffer = torch.full((2, 7, 24), float("nan"), device=DEVICE)
+    with pytest.raises(RuntimeError, match="made under torch.inference_mode"):
+        seed_mask(patches, classifier, buffer[..., 12:])
+    assert buffer.isnan().all()
+    with torch.inference_mode():
+        logits, out = seed_mask(patches, classifier, buffer[..., 12:])
+    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double())
+    torch.testing.assert_close(out.double(), exact_masked, rtol=1e-5, atol=1e-5)
+
+
 def test_an_empty_out_is_taken_with_a_zero_stride():
     patches, classifier, _, _ = inputs(2, 0, 12)
     out = torch.zeros(1, 0, 12, device=DEVICE).expand(2, 0, 12)  # strides (0, 12, 1): no elements to share
