@@ -596,9 +596,10 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         patch_logits (B, N) = (patches . classifier + bias) / sqrt(D), and the masked patches
         (B, N, D), or ``[prefix, masked]`` with ``prefix``, or ``out`` with ``out``.
 
-    On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), in float64, for rows
-    wider than 8192 (patches or prefix) and for a batch row of 2^31 elements or more, this runs the
-    same computation in plain PyTorch, with the same result dtypes.
+    Not autocast: it computes in fp32 (float64 in float64) from the inputs' dtypes, whatever autocast
+    is on. On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), in float64, for
+    rows wider than 8192 (patches or prefix) and for a batch row of 2^31 elements or more, this runs
+    the same computation in plain PyTorch, autocast off too, with the same result dtypes.
     """
     _check_inputs(patches, classifier, out, bias, prefix, mask_form)
     # an inference tensor refuses in-place writes outside inference mode, as PyTorch's ops do (dynamo
@@ -608,7 +609,9 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         raise RuntimeError("out was made under torch.inference_mode() and cannot be written outside it: "
                            "call seed_mask inside torch.inference_mode(), or make out outside it")
     if not op_registry.kernel_can_run(patches) or not _kernel_fits(patches, bias, prefix, out):
-        logits, masked = (result.to(patches.dtype) for result in seed_mask_reference(patches, classifier, bias, mask_form))
+        with torch.autocast(patches.device.type, enabled=False):  # in the inputs' dtypes, as the kernels
+            logits, masked = seed_mask_reference(patches, classifier, bias, mask_form)
+        logits, masked = logits.to(patches.dtype), masked.to(patches.dtype)
         if out is not None:
             out[..., : patches.shape[-1]].copy_(masked)
             return logits, out

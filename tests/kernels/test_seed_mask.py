@@ -437,6 +437,21 @@ def test_results_take_the_patches_dtype_whatever_the_bias_and_prefix(monkeypatch
     torch.testing.assert_close(out.double(), torch.cat([prefix.half().double(), exact_masked], -1), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "fallback"])
+def test_autocast_does_not_lower_the_computation(monkeypatch, kernels):
+    """Under bf16 autocast, fp32 inputs are scored and masked in fp32 on both paths: the fallback's
+    einsum is not run in bf16 (which put these logits up to 6.4e-3 off)."""
+    if not kernels:
+        monkeypatch.setattr(op_registry, "kernel_can_run", lambda tensor: False)
+    patches, classifier, bias, prefix = inputs(2, 9, 64, prefix_dim=8)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        logits, out = seed_mask(patches, classifier, bias=bias, prefix=prefix)
+    assert logits.dtype == out.dtype == torch.float32
+    exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double(), bias.double())
+    torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), torch.cat([prefix.double(), exact_masked], -1), rtol=1e-5, atol=1e-5)
+
+
 def test_the_kernels_take_rows_that_32_bit_offsets_reach_and_no_wider_rows():
     """Wider rows (patches or prefix), or rows spread over 2^31 elements or more (the kernels' row
     offsets are int32), take the PyTorch fallback. Shapes and strides only: meta tensors."""
