@@ -596,8 +596,8 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         patch_logits (B, N) = (patches . classifier + bias) / sqrt(D), and the masked patches
         (B, N, D), or ``[prefix, masked]`` with ``prefix``, or ``out`` with ``out``.
 
-    Not autocast: it computes in fp32 (float64 in float64) from the inputs' dtypes, whatever autocast
-    is on. On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), in float64, for
+    Not autocast: it computes from the inputs' dtypes (the kernels in fp32) whatever autocast is on.
+    On CPU tensors, unless Triton's interpreter is on (``TRITON_INTERPRET=1``), in float64, for
     rows wider than 8192 (patches or prefix) and for a batch row of 2^31 elements or more, this runs
     the same computation in plain PyTorch, autocast off too, with the same result dtypes.
     """
