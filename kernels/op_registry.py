@@ -90,10 +90,30 @@ def device_of(values) -> torch.device | None:
 
 def launcher(kernel: Callable) -> Callable:
     """``kernel`` made launchable inside a registered op: ``wrap_triton(kernel)`` on a GPU, where
-    ``torch.compile`` traces the launch; the bare kernel under :class:`eager_launches`, and under
+    ``torch.compile`` traces the launch; the bare kernel under :class:`eager_launches`; and under
     the interpreter, where there is nothing to trace (and torch < 2.12's ``wrap_triton`` rejects
-    interpreted kernels)."""
-    return kernel if INTERPRETED or getattr(_launches, "bare", False) else wrap_triton(kernel)
+    interpreted kernels), the kernel launched one call at a time (:class:`InterpretedLaunches`)."""
+    if INTERPRETED:
+        return InterpretedLaunches(kernel)
+    return kernel if getattr(_launches, "bare", False) else wrap_triton(kernel)
+
+
+class InterpretedLaunches:
+    """An interpreted kernel whose launches run one at a time in the process. Triton's interpreter
+    patches ``triton.language`` for the length of each launch, for every thread: a second thread's
+    launch meanwhile fails (``InterpreterError: Did you forget to add @triton.jit ?``)."""
+    lock = threading.Lock()
+
+    def __init__(self, kernel: Callable) -> None:
+        self.kernel = kernel
+
+    def __getitem__(self, grid) -> Callable:
+        launch = self.kernel[grid]
+
+        def launch_alone(*args, **kwargs):
+            with self.lock:
+                return launch(*args, **kwargs)
+        return launch_alone
 
 
 # The kernels' gradients are not differentiable again. A graph of them would lack this op's

@@ -117,3 +117,36 @@ def test_eager_ops_launch_on_their_tensors_device(monkeypatch):
     x = torch.ones(3, requires_grad=True)
     op(x).sum().backward()
     assert devices == [x.device, x.device]
+
+
+@pytest.mark.skipif(not op_registry.INTERPRETED, reason="checks launches on Triton's interpreter (TRITON_INTERPRET=1)")
+def test_interpreted_kernels_can_be_called_from_several_threads():
+    """The interpreter patches triton.language for each launch, for the whole process: launches from
+    two threads at once failed now and then (2 of 30 calls) until they were made one at a time."""
+    from restr_fast.kernels import seed_mask, upsample_linear_act
+
+    generator = torch.Generator().manual_seed(0)
+    patches, classifier = torch.randn(4, 64, 32, generator=generator), torch.randn(4, 32, generator=generator)
+    x, weight = torch.randn(1, 3, 5, 16, generator=generator), torch.randn(8, 16, generator=generator)
+    calls = [lambda: seed_mask(patches, classifier), lambda: (upsample_linear_act(x, weight),)]
+    expected = [call() for call in calls]
+    errors, mismatches = [], []
+    start = threading.Barrier(2)
+
+    def run(t):
+        start.wait()
+        for i in range(40):
+            try:
+                results = calls[(t + i) % 2]()
+            except Exception as error:  # reported in the main thread
+                errors.append(repr(error)[:200])
+                continue
+            if not all(torch.equal(a, b) for a, b in zip(results, expected[(t + i) % 2])):
+                mismatches.append(i)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and not mismatches
