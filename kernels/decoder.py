@@ -602,7 +602,8 @@ def upsample_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     Returns:
         (B, 2h, 2w, C_out). The product runs at the low resolution and the upsampling and
         activation in one Triton kernel; on CPU tensors without Triton's interpreter, and in
-        float64, the same order in PyTorch.
+        float64, the same order in PyTorch. With inf in x, the kernels may give NaN where PyTorch
+        gives +-inf (they interpolate as a + l (b - a)); what PyTorch gives finite, they give too.
     """
     _check_map(x, "x")
     _check_weight(weight, x, "weight", x.shape[-1], applies_to_x=True)
@@ -643,6 +644,7 @@ def fused_decoder(x: torch.Tensor, weights: Sequence[torch.Tensor], head_weight:
         pixel logits (B, 1, 2^K h, 2^K w) in the compute dtype. Only the low-resolution products are kept
         for the backward; the final full-resolution map is never materialised. On CPU tensors
         without Triton's interpreter, and in float64, the same low-resolution order in PyTorch.
+        Non-finite inputs as in :func:`upsample_linear_act`.
     """
     _check_map(x, "x")
     if len(weights) == 0:

@@ -320,6 +320,27 @@ def test_cpu_without_the_interpreter_falls_back_to_pytorch(monkeypatch):
     torch.testing.assert_close(upsample_linear_act(x, weights[0]), upsample_linear_act_reference(x, weights[0]))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy on inf
+def test_non_finite_inputs_reach_only_the_outputs_they_reach_in_pytorch(monkeypatch):
+    """Against PyTorch's form of the same order (the fallback), with inf, -inf and NaN in x: every
+    output PyTorch gives finite is finite and equal here, and the rest stay non-finite but where
+    PyTorch's NaN comes from an input multiplied by an interpolation weight of 0, a product the
+    kernels skip. (Where PyTorch gives +-inf the kernels may give NaN: they interpolate between
+    two columns as a + l (b - a).)"""
+    weights, head_weight, head_bias = decoder_weights((12, 6), seed=60)
+    x = rand(2, 4, 5, 12, seed=61)
+    x.view(-1)[torch.tensor([7, 100, 333])] = torch.tensor([float("inf"), -float("inf"), float("nan")], device=DEVICE)
+    for decode in (lambda: fused_decoder(x, weights, head_weight, head_bias), lambda: upsample_linear_act(x, weights[0])):
+        ours = decode()
+        with monkeypatch.context() as patch:
+            patch.setattr(op_registry, "kernel_can_run", lambda tensor: False)
+            theirs = decode()
+        assert not ours.isfinite().all() and not theirs.isfinite().all()
+        finite = theirs.isfinite()
+        torch.testing.assert_close(ours[finite], theirs[finite], rtol=1e-5, atol=1e-5)
+        assert theirs[ours.isfinite() & ~finite].isnan().all()
+
+
 @pytest.mark.usefixtures("backward_lanes")
 def test_compiled_function_traces_through_the_ops_without_graph_breaks():
     weights, head_weight, head_bias = decoder_weights((16, 8), seed=2)
