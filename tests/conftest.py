@@ -49,6 +49,16 @@ if triton.knobs.runtime.interpret:
 
 
 @pytest.fixture
+def interpreter_can_run():
+    """Skips, with the reason, a test that starts Triton's interpreter in a subprocess where these
+    versions cannot run it (a GPU machine's Triton before 3.7 with numpy 2.4 or later)."""
+    from restr_fast.kernels.op_registry import interpreter_incompatibility
+
+    if problem := interpreter_incompatibility(triton.__version__, np.__version__):
+        pytest.skip(problem)
+
+
+@pytest.fixture
 def tiny_config():
     """A small, fast config: 32x32 images, patch 8, width 32; the auto attention (SDPA on the CPU)."""
     return get_config("restr-tiny", image_size=32, vision_dim=32, vision_depth=2, vision_heads=2,

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]  # benchmarks/ is not an installed package
 
 
@@ -26,6 +28,7 @@ def test_prints_host_time_of_both_launch_paths():
     assert 0 < bare[0] < wrapped[0] and 0 < bare[1] < wrapped[1], rows  # the higher-order op costs host time
 
 
+@pytest.mark.usefixtures("interpreter_can_run")
 def test_refuses_the_interpreter():
     result = run(interpreted=True)
     assert result.returncode != 0 and "without TRITON_INTERPRET=1" in result.stderr

@@ -45,6 +45,7 @@ def test_the_kernels_are_those_the_launchers_choose():
     assert ("_upsample_act_head_fwd_kernel", (("BLOCK_C", 32), ("BLOCK_Q", 64), ("HAS_BIAS", True))) in found
 
 
+@pytest.mark.usefixtures("interpreter_can_run")
 def test_refuses_the_interpreter():
     result = run(interpreted=True)
     assert result.returncode != 0 and "without TRITON_INTERPRET=1" in result.stderr
