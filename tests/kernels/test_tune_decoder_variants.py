@@ -17,6 +17,7 @@ from decoder_exactness import SLOPE, assert_clear_of_the_kink, fp32_interpolatio
 
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
 VARIANTS = variants()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU, the kernels the tool times
 
 
 @pytest.mark.parametrize("label, replacements", VARIANTS, ids=[label for label, _ in VARIANTS])
@@ -32,9 +33,9 @@ def test_variant_matches_the_reference_fp32(monkeypatch, label, replacements, as
     assert_clear_of_the_kink(x, weights)
 
     def outputs_and_grads(fn, dtype):
-        leaves = [t.to(dtype).requires_grad_() for t in tensors]
+        leaves = [t.to(DEVICE, dtype).requires_grad_() for t in tensors]
         out = fn(leaves[0], leaves[1:3], leaves[3], leaves[4], SLOPE)
-        return [out.detach(), *torch.autograd.grad(out, leaves, grad.to(dtype))]
+        return [out.detach(), *torch.autograd.grad(out, leaves, grad.to(DEVICE, dtype))]
 
     with fp32_interpolation_weights():
         exact = outputs_and_grads(decoder_reference, torch.float64)

@@ -14,6 +14,7 @@ from benchmarks.tune_seed_mask import variants  # noqa: E402
 from benchmarks.tuning import replaced  # noqa: E402
 
 VARIANTS = variants()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU, the kernels the tool times
 
 
 @pytest.mark.parametrize("label, replacements", VARIANTS, ids=[label for label, _ in VARIANTS])
@@ -25,9 +26,9 @@ def test_variant_matches_the_reference_fp32(label, replacements, assert_within_r
     grad_logits, grad_out = torch.randn(B, N, generator=generator), torch.randn(B, N, DP + D, generator=generator)
 
     def outputs_and_grads(fn, dtype):
-        leaves = [t.to(dtype).requires_grad_() for t in (patches, classifier, bias, prefix)]
+        leaves = [t.to(DEVICE, dtype).requires_grad_() for t in (patches, classifier, bias, prefix)]
         logits, out = fn(*leaves)
-        grads = torch.autograd.grad([logits, out], leaves, [grad_logits.to(dtype), grad_out.to(dtype)])
+        grads = torch.autograd.grad([logits, out], leaves, [grad_logits.to(DEVICE, dtype), grad_out.to(DEVICE, dtype)])
         return [logits.detach(), out.detach(), *grads]
 
     def reference(patches, classifier, bias, prefix):
