@@ -48,6 +48,19 @@ if triton.knobs.runtime.interpret:
     convert_bf16_as_a_gpu_does_in_the_interpreter()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the mark's reason, where the machine has fewer CUDA GPUs than
+    they need; where it has them, they run first, so that a GPU session's time bound (BENCHMARKS.md)
+    cuts tests that the CPU runs too rather than the ones only a GPU can."""
+    gpus = torch.cuda.device_count()
+    for item in items:
+        mark = item.get_closest_marker("gpu")
+        if mark is not None and gpus < mark.kwargs.get("devices", 1):
+            item.add_marker(pytest.mark.skip(reason=mark.kwargs["reason"]))
+    if gpus:
+        items.sort(key=lambda item: item.get_closest_marker("gpu") is None)  # stable: otherwise as collected
+
+
 @pytest.fixture
 def interpreter_can_run():
     """Skips, with the reason, a test that starts Triton's interpreter in a subprocess where these

@@ -7,7 +7,7 @@ from restr_fast import ReSTRConfig, attention_backend, build_model
 from restr_fast import attention as attention_module
 from restr_fast.attention import attention, backend_status, key_padding_bias, resolve_backend, xformers_status
 
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 kernel comparison: needs a CUDA GPU")
+requires_gpu = pytest.mark.gpu(reason="bf16 kernel comparison: needs a CUDA GPU")
 DTYPES = [torch.float32, torch.float64]
 PARTS = ["vision", "language", "cme", "vme", "ime", "model"]
 

@@ -6,7 +6,7 @@ import torch
 
 from restr_fast.cuda_graphs import CUDAGraphed
 
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
+requires_gpu = pytest.mark.gpu(reason="needs a CUDA GPU (CUDA graphs)")
 
 
 def test_inputs_must_be_on_a_gpu():

@@ -29,7 +29,7 @@ def test_devices_torch_knows_but_restr_fast_does_not_run_on_are_named(name):
         parse_device(name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks a GPU index beyond the machine's")
+@pytest.mark.gpu(reason="needs a CUDA GPU: checks a GPU index beyond the machine's")
 def test_a_gpu_index_beyond_the_machine_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA GPU"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")

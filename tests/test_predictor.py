@@ -16,7 +16,7 @@ from restr_fast.data.transforms import letterbox_image, unletterbox
 from restr_fast.text import UNK_INDEX, Vocabulary
 from restr_fast.training import save_checkpoint
 
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (fast path, bf16)")
+requires_gpu = pytest.mark.gpu(reason="needs a CUDA GPU (fast path, bf16)")
 
 SENTENCES = ["the red circle left of the blue square", "big green triangle on the right",
              "a small yellow square", "the shape in the middle"]
@@ -535,7 +535,7 @@ def test_gpu_cuda_graph_replays_equal_eager_calls(model, vocabulary, tmp_path):
     assert len(graphed._graphed._graphs) == 2  # one graph per batch shape: (1 image, 1 pair), (2 images, 3 pairs)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (the model on the second)")
+@pytest.mark.gpu(devices=2, reason="needs two CUDA GPUs (the model on the second)")
 def test_gpu_predictor_on_the_second_gpu(model, vocabulary, tmp_path):
     """The kernels and CUDA graphs run on the model's GPU, not on the current device (cuda:0)."""
     folder = Predictor(model, vocabulary).save(tmp_path / "model")

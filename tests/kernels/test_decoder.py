@@ -20,7 +20,7 @@ from decoder_exactness import (SLOPE, assert_clear_of_the_kink, fp32_interpolati
                                pre_activations, upsample2x_with_fp32_weights, zero_at_the_kink)
 
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
+requires_gpu = pytest.mark.gpu(reason="needs a CUDA GPU (bf16/fp16 at real size)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

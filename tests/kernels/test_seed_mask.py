@@ -10,7 +10,7 @@ from restr_fast.kernels.seed_mask import seed_mask_reference
 from restr_fast.kernels.sizes import next_power_of_2
 
 seed_mask_module = importlib.import_module("restr_fast.kernels.seed_mask")
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16/fp16 at real size)")
+requires_gpu = pytest.mark.gpu(reason="needs a CUDA GPU (bf16/fp16 at real size)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # (B, N, D): every N of {1, 7, 900, 3600} and D of {64, 96, 300, 768}, odd sizes kept, sized for the interpreter
@@ -560,9 +560,8 @@ def test_bad_inputs_are_named(call, error, message):
         call(patches.cpu(), classifier.cpu())
 
 
+@pytest.mark.gpu(reason="needs a CUDA GPU to mix devices")
 def test_mixed_devices_are_named():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU to mix devices")
     patches, classifier, _, _ = inputs(2, 5, 64)
     with pytest.raises(ValueError, match="classifier is on cpu"):
         seed_mask(patches, classifier.cpu())
