@@ -603,7 +603,8 @@ def upsample_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         (B, 2h, 2w, C_out). The product runs at the low resolution and the upsampling and
         activation in one Triton kernel; on CPU tensors without Triton's interpreter, and in
         float64, the same order in PyTorch. With inf in x, the kernels may give NaN where PyTorch
-        gives +-inf (they interpolate as a + l (b - a)); what PyTorch gives finite, they give too.
+        gives +-inf (they interpolate as a + l (b - a)), and a finite value where PyTorch's NaN comes
+        from an interpolation weight of 0 (a product they skip); what PyTorch gives finite, they give too.
     """
     _check_map(x, "x")
     _check_weight(weight, x, "weight", x.shape[-1], applies_to_x=True)

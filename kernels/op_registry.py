@@ -38,8 +38,8 @@ def register_triton_op(name: str, *, fake: Callable) -> Callable:
     """Register ``fn`` as the op ``name`` (no mutated arguments).
 
     On a GPU it becomes a ``torch.library.triton_op``: ``torch.compile`` traces into its kernels and
-    ``fn`` serves as its own fake. Under Triton's interpreter the bare kernel is launched (``launcher``),
-    which cannot be traced, so there the op is an opaque ``custom_op`` whose output shapes
+    ``fn`` serves as its own fake. Under Triton's interpreter the kernel is launched directly
+    (``launcher``), which cannot be traced, so there the op is an opaque ``custom_op`` whose output shapes
     come from ``fake``: compiled graphs still call it without a break.
     """
     def register(fn: Callable):
@@ -51,7 +51,8 @@ def register_triton_op(name: str, *, fake: Callable) -> Callable:
     return register
 
 
-# .bare: whether launcher() hands out bare kernels in this thread. torch keeps a switch of its own
+# .bare: whether launcher() hands out bare kernels in this thread (where Triton is not interpreted,
+# see launcher). torch keeps a switch of its own
 # for its triton_op's eager path (torch._library.triton.set_wrap_triton_enabled), private API; with
 # this flag, launcher() also skips wrap_triton's own cost.
 _launches = threading.local()

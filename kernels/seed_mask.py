@@ -16,6 +16,7 @@ Entry point: :func:`seed_mask`. The op is registered with ``torch.library.triton
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -586,6 +587,7 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         out: optional (B, N, >=D) tensor (e.g. the right half of the decoder's input buffer); the
             masked patches are written into ``out[..., :D]``. Not differentiable: for inference. It may
             be ``patches`` itself (in place); inputs that share other memory with it are copied first.
+            One made under ``torch.inference_mode()`` is written only there (a RuntimeError otherwise).
         bias: optional (B,) score offset added before the 1/sqrt(D) scaling; any supported float dtype.
         prefix: optional (B, N, Dp) tensor placed before the masked patches: the second result is
             then ``[prefix, masked]`` (B, N, Dp + D) in the dtype of ``patches``, the decoder's
@@ -609,7 +611,9 @@ def seed_mask(patches: torch.Tensor, classifier: torch.Tensor, out: torch.Tensor
         raise RuntimeError("out was made under torch.inference_mode() and cannot be written outside it: "
                            "call seed_mask inside torch.inference_mode(), or make out outside it")
     if not op_registry.kernel_can_run(patches) or not _kernel_fits(patches, bias, prefix, out):
-        with torch.autocast(patches.device.type, enabled=False):  # in the inputs' dtypes, as the kernels
+        autocast_off = (torch.autocast(patches.device.type, enabled=False)  # in the inputs' dtypes, as the kernels
+                        if torch.amp.is_autocast_available(patches.device.type) else contextlib.nullcontext())
+        with autocast_off:
             logits, masked = seed_mask_reference(patches, classifier, bias, mask_form)
         logits, masked = logits.to(patches.dtype), masked.to(patches.dtype)
         if out is not None:

@@ -51,12 +51,15 @@ if triton.knobs.runtime.interpret:
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` skip, with the mark's reason, where the machine has fewer CUDA GPUs than
     they need; where it has them, they run first, so that a GPU session's time bound (BENCHMARKS.md)
-    cuts tests that the CPU runs too rather than the ones only a GPU can."""
+    cuts tests that the CPU runs too rather than the ones only a GPU can. (A module's fixtures are
+    then set up once for its GPU tests and again for the others.)"""
     gpus = torch.cuda.device_count()
     for item in items:
         mark = item.get_closest_marker("gpu")
-        if mark is not None and gpus < mark.kwargs.get("devices", 1):
-            item.add_marker(pytest.mark.skip(reason=mark.kwargs["reason"]))
+        devices = mark.kwargs.get("devices", 1) if mark is not None else 0
+        if gpus < devices:
+            reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else None)
+            item.add_marker(pytest.mark.skip(reason=reason or f"needs {devices} CUDA GPU(s)"))
     if gpus:
         items.sort(key=lambda item: item.get_closest_marker("gpu") is None)  # stable: otherwise as collected
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_pytest(tmp_path, gpus: int, *args: str) -> subprocess.CompletedProcess:
     """pytest in a subprocess on a machine that torch says has ``gpus`` CUDA GPUs."""
     (tmp_path / "fake_gpus.py").write_text(f"import torch\ntorch.cuda.device_count = lambda: {gpus}\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "fake_gpus", "-p", "no:cacheprovider", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

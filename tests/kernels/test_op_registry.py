@@ -58,7 +58,8 @@ def device_switches(monkeypatch):
 
 
 def bare_launches() -> bool:
-    """Whether launcher() hands out bare kernels in this thread (it always does under the interpreter)."""
+    """Whether launcher() hands out bare kernels in this thread, where Triton is not interpreted (under
+    the interpreter it launches the kernels directly, whatever this says)."""
     return getattr(op_registry._launches, "bare", False)
 
 

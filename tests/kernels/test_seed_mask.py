@@ -360,6 +360,7 @@ def test_out_made_in_inference_mode_is_written_only_there(monkeypatch, kernels):
         logits, out = seed_mask(patches, classifier, buffer[..., 12:])
     exact_logits, exact_masked = seed_mask_reference(patches.double(), classifier.double())
     torch.testing.assert_close(out.double(), exact_masked, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits.double(), exact_logits, rtol=1e-5, atol=1e-5)
 
 
 def test_an_empty_out_is_taken_with_a_zero_stride():
@@ -471,6 +472,15 @@ def test_the_kernels_take_rows_that_32_bit_offsets_reach_and_no_wider_rows():
     assert not fits(tensor((1, 4, seed_mask_module.MAX_D + 1)), None, None)
     assert not fits(tensor((1, 4, 64)), tensor((1, 4, seed_mask_module.MAX_D + 1)), None)
     assert not fits(tensor((1, 0, 64)), None, None)
+
+
+def test_meta_tensors_give_the_shapes_and_dtypes():
+    """Shape inference without memory (e.g. counting a model's compute): the PyTorch fallback, on meta."""
+    patches, classifier = torch.empty(2, 5, 64, device="meta"), torch.empty(2, 64, device="meta")
+    prefix = torch.empty(2, 5, 8, device="meta", dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, out = seed_mask(patches, classifier, bias=torch.empty(2, device="meta"), prefix=prefix)
+    assert (logits.shape, out.shape, logits.dtype, out.dtype) == ((2, 5), (2, 5, 72), torch.float32, torch.float32)
 
 
 def test_a_wide_prefix_takes_the_fallback(monkeypatch):
