@@ -65,7 +65,8 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
-    "data_root": "data_root", "dataset": "dataset", "split_by": "split_by", "image_root": "image_root",
+    "data_root": "data_root", "dataset": "dataset", "split_by": "split_by", "train_split": "train_split",
+    "val_split": "val_split", "image_root": "image_root",
     "steps": "steps", "batch_size": "batch_size", "lr": "lr", "device": "device", "amp": "amp",
     "accumulate": "accumulate", "grad_checkpointing": "grad_checkpointing", "glove": "glove",
     "vit_weights": "vit_weights", "workers": "workers", "seed": "seed", "eval_every": "eval_every",
@@ -76,7 +77,8 @@ TRAIN_FLAGS = {  # command-line flag -> TrainConfig field
 
 # what a resumed run keeps from its config.yaml: the model, its data and its sample order (given again, the
 # same values are accepted; the first two are the model's, the rest TrainConfig fields)
-RESUME_FIXED = ("config", "img_size", "dataset", "split_by", "vocabulary", "glove", "vit_weights", "init_from", "seed")
+RESUME_FIXED = ("config", "img_size", "dataset", "split_by", "train_split", "val_split", "vocabulary", "glove",
+                "vit_weights", "init_from", "seed")
 PATH_SETTINGS = ("vocabulary", "glove", "vit_weights", "init_from")  # of those, the files
 
 
@@ -325,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", dest="data_root")
     train.add_argument("--dataset")
     train.add_argument("--split-by", dest="split_by")
+    train.add_argument("--train-split", dest="train_split",
+                       help="the split trained on (default: train); several joined by '+', e.g. train+val")
+    train.add_argument("--val-split", dest="val_split",
+                       help="the split evaluated during training, by which best.pt is chosen (default: val)")
     train.add_argument("--image-root", dest="image_root")
     train.add_argument("--steps", type=int)
     train.add_argument("--batch-size", dest="batch_size", type=int, help="per process")

@@ -1,7 +1,8 @@
 """The training loop: the paper's recipe by default, resumable, DDP under torchrun.
 
 A run folder holds ``config.yaml`` (model and training settings), ``vocab.txt``, ``log.jsonl``
-(each invocation's start, every logged step, evaluation and saved checkpoint),
+(each invocation's start with the number of training and validation samples, every logged step,
+evaluation and saved checkpoint),
 ``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU), and ``model/``, the best model as a
 deployable folder for :class:`restr_fast.Predictor`.
 """
@@ -354,11 +355,11 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     word_vectors = load_glove(config.glove, vocabulary, dim=model_config.word_dim) if config.glove and not state else None
     model = build_model(model_config, vision_weights=None if state else config.vit_weights,
                         word_vectors=word_vectors)
-    started = {}
+    started = {"train_samples": len(train_set), "val_samples": len(val_set)}  # sentences with words
     if state is None and config.init_from:
         source, carried = init_from_trained(model, vocabulary, config.init_from)
-        started = {"init_from": config.init_from, "init_weights": str(source.resolve()),
-                   "words_from_init": carried - len(SPECIAL_TOKENS)}
+        started.update(init_from=config.init_from, init_weights=str(source.resolve()),
+                       words_from_init=carried - len(SPECIAL_TOKENS))
     model.to(device)
     model.set_grad_checkpointing(config.grad_checkpointing)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.vision_lr_scale)

@@ -97,13 +97,17 @@ class ReferAnnotations:
         return sorted({ref.get("split", "") for ref in self.refs})
 
     def samples(self, split: str) -> list[Sample]:
-        """Every (ref, sentence) pair of ``split``, in file order."""
-        if split not in self.splits:
-            raise ValueError(f"unknown split {split!r} for {self.dataset} ({self.split_by}); "
-                             f"its splits are {self.splits}")
+        """Every (ref, sentence) pair of ``split``, in file order. Splits joined by ``+`` (``train+val``)
+        take the refs of each."""
+        parts = split.split("+")
+        unknown = [part for part in parts if part not in self.splits]
+        if unknown or len(set(parts)) < len(parts):
+            what = f"unknown split {unknown[0]!r}" if unknown else f"split {split!r} names a split twice"
+            raise ValueError(f"{what} for {self.dataset} ({self.split_by}); its splits are {self.splits} "
+                             f"(join several with '+', e.g. 'train+val')")
         samples = []
         for ref in self.refs:
-            if ref.get("split") != split:
+            if ref.get("split") not in parts:
                 continue
             for field in ("ref_id", "ann_id", "image_id", "sentences"):
                 if field not in ref:
@@ -190,7 +194,8 @@ class ReferDataset(Dataset):
         data_root: the REFER data folder.
         dataset: e.g. ``refcoco``, ``refcoco+``, ``refcocog``, ``refclef`` or any other name in the layout.
         split_by: ``unc``, ``google``, ``umd``, ``berkeley`` (or the one the dataset has).
-        split: e.g. ``train``, ``val``, ``testA``, ``testB``, ``test``.
+        split: e.g. ``train``, ``val``, ``testA``, ``testB``, ``test``; several joined by ``+``
+            (``train+val``) take the samples of each.
         vocabulary: word ids for the sentences.
         image_size: side of the square model input.
         image_root: folder of the images (default: see :data:`IMAGE_DIRS`).

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from restr_fast.data import ReferDataset, collate, default_image_root, letterbox_box, unletterbox
+from restr_fast.data import ReferDataset, collate, default_image_root, letterbox_box, sentences_of, unletterbox
 from restr_fast.text import Vocabulary
 
 SIZE = 32
@@ -180,6 +180,22 @@ def test_neutral_sentence_replaces_every_sentence(refer_root, vocabulary):
     train = dataset(refer_root, vocabulary, "train", sentences="box")
     assert all(train[i]["tokens"].tolist()[-1] == vocabulary.index("box") for i in range(len(train)))
     assert train[0]["words"] == 2  # lengths stay those of the real sentences (for the by-length table)
+
+
+def test_splits_joined_by_plus_take_the_samples_of_each(refer_root, vocabulary):
+    """As the released code trains on ReferIt's trainval: train+val is both splits' samples, in file order."""
+    both = dataset(refer_root, vocabulary, "train+val")
+    assert [s.sentence for s in both.samples] == ["left box", "the wide one", "two parts", "grey strip at the top"]
+    assert [s.sentence for s in dataset(refer_root, vocabulary, "val+train").samples] == \
+        [s.sentence for s in both.samples]
+    assert sentences_of(refer_root[0], "tiny", "unc", "train+testA") == ["left box", "the wide one", "two parts",
+                                                                       "the ring", "..."]
+    with pytest.raises(ValueError, match=r"unknown split 'test' .* \(join several with '\+', e.g. 'train\+val'\)"):
+        dataset(refer_root, vocabulary, "train+test")
+    with pytest.raises(ValueError, match=r"split 'train\+train' names a split twice"):
+        dataset(refer_root, vocabulary, "train+train")
+    with pytest.raises(ValueError, match="unknown split ''"):
+        dataset(refer_root, vocabulary, "train+")
 
 
 def test_bad_data_is_named(refer_root, vocabulary, tmp_path):

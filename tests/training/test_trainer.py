@@ -193,6 +193,23 @@ def cli_train_args(data_root, run, steps, *flags):
             "--workers", "0", *flags]
 
 
+def test_cli_trains_on_joined_splits_and_evaluates_on_another(data_root, tmp_path, capsys):
+    """The released code's ReferIt protocol: train on train+val, evaluate on test (here testA)."""
+    run = tmp_path / "run"
+    assert main(cli_train_args(data_root, run, 2, "--train-split", "train+val", "--val-split", "testA",
+                               "--eval-every", "2", "--log-every", "1")) == 0
+    assert "testA overall IoU" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["eval"] for r in records if "eval" in r] == ["testA"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (saved["train_split"], saved["val_split"]) == ("train+val", "testA")
+    vocabulary = Vocabulary.load(run / "vocab.txt")
+    sizes = {split: len(ReferDataset(data_root, "synthetic", "unc", split, vocabulary, 32))
+             for split in ("train", "val", "testA")}
+    assert {k: records[0][k] for k in ("train_samples", "val_samples")} == {
+        "train_samples": sizes["train"] + sizes["val"], "val_samples": sizes["testA"]}
+
+
 def crash_in_step(monkeypatch, number):
     """Make the loss of training step ``number`` (one batch a step) raise KeyboardInterrupt."""
     trainer = importlib.import_module("restr_fast.training.trainer")
@@ -273,7 +290,7 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it_over(data
                      capsys.readouterr().err)
     assert not (run / "model").exists() and list((run / "checkpoints").iterdir()) == []  # the lost steps' best
     restarted = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [sorted(record) for record in restarted] == [["started", "step"]]  # the lost steps' records gone
+    assert [sorted(record) for record in restarted] == [["started", "step", "train_samples", "val_samples"]]  # the lost steps' records gone
     restore()
     assert main(args + ["--resume"]) == 0
     assert next(scores, None) is None
@@ -533,6 +550,8 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert "--img-size, --seed differ from" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume", "--config", "restr-b16"]) == 2
     assert "--config differs from" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--train-split", "train+val", "--val-split", "val"]) == 2
+    assert "--train-split differs from" in capsys.readouterr().err  # --val-split repeats the run's
     again = tmp_path / "again"  # a run folder's config.yaml starts a new run like it
     assert main(["train", "--config", str(run / "config.yaml"), "--out", str(again), "--steps", "1"]) == 0
     assert yaml.safe_load((again / "config.yaml").read_text())["model"] == yaml.safe_load(saved)["model"]
