@@ -46,6 +46,8 @@ class ReSTRConfig:
             (``proj_patch``/``proj_cls`` of the released code).
         mask_form: ``sigmoid`` masks the patch tokens with the patch probabilities (paper, eq. 10);
             ``logit`` with the raw scores (released code).
+        mask_projected: mask the projected patch tokens ``proj_patch(z'_v)`` (released code) instead of
+            z'_v itself (paper, eq. 10); needs ``patch_projection``.
         decoder: use the coarse-to-fine decoder; without it the patch logits are upsampled bilinearly.
         negative_slope: LeakyReLU slope of the decoder blocks.
         patch_label: ``mean``: a patch is positive when the mean of its mask exceeds
@@ -84,6 +86,7 @@ class ReSTRConfig:
     # patch prediction, masking and decoder
     patch_projection: bool = True
     mask_form: Literal["sigmoid", "logit"] = "sigmoid"
+    mask_projected: bool = False
     decoder: bool = True
     negative_slope: float = 0.01
     # loss
@@ -101,7 +104,7 @@ class ReSTRConfig:
         _check_positive(self, "image_size", "patch_size", "in_chans", "vision_dim", "vision_depth",
                         "vision_heads", "vocab_size", "max_words", "word_dim", "text_depth", "text_heads",
                         "text_mlp_dim", "dim", "fusion_depth", "fusion_heads")
-        for name in ("weight_sharing", "patch_projection", "decoder", "fast"):
+        for name in ("weight_sharing", "patch_projection", "mask_projected", "decoder", "fast"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("vision_mlp_ratio", "fusion_mlp_ratio", "negative_slope", "patch_label_threshold",
@@ -136,6 +139,9 @@ class ReSTRConfig:
         if self.fusion in ("cme", "ime") and self.fusion_depth % 2:
             raise ValueError(f"fusion={self.fusion!r} splits its layers evenly between two "
                              f"sub-encoders: fusion_depth must be even, got {self.fusion_depth}")
+        if self.mask_projected and not self.patch_projection:
+            raise ValueError("mask_projected masks the patch tokens as proj_patch projects them: it needs "
+                             "patch_projection=True")
         if self.vocab_size < 5:
             raise ValueError(f"vocab_size must hold the 4 special tokens and at least one word, "
                              f"got {self.vocab_size}")

@@ -11,7 +11,8 @@ class SeedClassifier(nn.Module):
     """Patch logits and masked patch tokens from the fused patches z'_v and the classifier e'_s.
 
     With ``patch_projection`` the patches and the classifier each pass a Linear before scoring
-    (``proj_patch``/``proj_cls`` of the released code); the masking always applies to z'_v itself.
+    (``proj_patch``/``proj_cls`` of the released code); the masking applies to z'_v itself (eq. 10),
+    or with ``mask_projected`` to the projected patches, as in the released code.
     With ``config.fast`` the scoring, sigmoid, masking and concatenation run as one Triton kernel
     (:func:`restr_fast.kernels.seed_mask`).
     """
@@ -19,6 +20,7 @@ class SeedClassifier(nn.Module):
     def __init__(self, config: ReSTRConfig) -> None:
         super().__init__()
         self.mask_form = config.mask_form
+        self.mask_projected = config.mask_projected
         self.fast = config.fast
         self.proj_patch = nn.Linear(config.dim, config.dim) if config.patch_projection else nn.Identity()
         self.proj_cls = nn.Linear(config.dim, config.dim) if config.patch_projection else nn.Identity()
@@ -35,19 +37,23 @@ class SeedClassifier(nn.Module):
         if self.fast:
             return self._fused(patches, classifier, prefix)
         scale = patches.shape[-1] ** -0.5
-        logits = torch.einsum("bnd,bd->bn", self.proj_patch(patches), classifier) * scale  # (B, N)
+        projected = self.proj_patch(patches)  # (B, N, D)
+        logits = torch.einsum("bnd,bd->bn", projected, classifier) * scale  # (B, N)
         weight = logits.sigmoid() if self.mask_form == "sigmoid" else logits
-        masked = patches * weight.unsqueeze(-1)  # (B, N, D)
+        masked = (projected if self.mask_projected else patches) * weight.unsqueeze(-1)  # (B, N, D)
         return logits, masked if prefix is None else torch.cat([prefix, masked], dim=-1)
 
     def _fused(self, patches: torch.Tensor, classifier: torch.Tensor,
                prefix: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The same in one Triton kernel. proj_patch is folded into the classifier,
-        (z W^T + b) . c = z . (c W) + b . c, so it never runs over the N patches."""
+        (z W^T + b) . c = z . (c W) + b . c, so it never runs over the N patches, unless the
+        projected patches are the ones masked."""
         from ..kernels import seed_mask
 
         bias = None
-        if isinstance(self.proj_patch, nn.Linear):
+        if self.mask_projected:
+            patches = self.proj_patch(patches)  # (B, N, D)
+        elif isinstance(self.proj_patch, nn.Linear):
             bias = classifier @ self.proj_patch.bias  # (B,)
             classifier = classifier @ self.proj_patch.weight  # (B, D)
         # The op is not autocast: like the reference (patches * weight, then the concatenation), it

@@ -26,7 +26,8 @@ VARIANTS = [
     dict(fusion=fusion, fusion_depth=depth, weight_sharing=shared)
     for fusion in ("cme", "vme", "ime") for depth in (2, 4, 6) for shared in (False, True)
 ] + [
-    dict(decoder=False), dict(mask_form="logit"), dict(patch_projection=False), dict(patch_label="any"),
+    dict(decoder=False), dict(mask_form="logit"), dict(mask_projected=True), dict(patch_projection=False),
+    dict(patch_label="any"),
     dict(patch_size=4, image_size=32), dict(patch_size=16, image_size=32), dict(attention="math"),
 ]
 
@@ -100,6 +101,20 @@ def test_sigmoid_and_logit_masking(tiny_config):
         torch.testing.assert_close(logits, expected)
         weight = expected.sigmoid() if form == "sigmoid" else expected
         torch.testing.assert_close(masked, patches * weight[..., None])
+
+
+def test_masking_of_the_projected_patches(tiny_config):
+    """The released code's form: proj_patch(z'_v), scored and masked (with the raw score there)."""
+    torch.manual_seed(0)
+    patches, classifier = torch.randn(2, 9, tiny_config.dim), torch.randn(2, tiny_config.dim)
+    head = build_model(tiny_config, mask_form="logit", mask_projected=True).seed_classifier
+    logits, masked = head(patches, classifier)
+    projected, seed = head.proj_patch(patches), head.proj_cls(classifier)
+    expected = (projected @ seed[:, :, None]).squeeze(-1) / tiny_config.dim ** 0.5
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(masked, projected * expected[..., None])
+    with pytest.raises(ValueError, match="mask_projected .* needs patch_projection=True"):
+        build_model(tiny_config, mask_projected=True, patch_projection=False)
 
 
 def test_deterministic_under_a_seed(tiny_config, make_inputs):
