@@ -47,5 +47,5 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "pytest-benchmark>=4.0"],
     },
-    entry_points={"console_scripts": ["restr-fast = restr_fast.cli:main"]},
+    entry_points={"console_scripts": ["restr-fast = restr_fast.cli:console_main"]},
 )

@@ -103,6 +103,10 @@ def _train(args: argparse.Namespace) -> None:
             raise ValueError(f"--resume continues the run as it was configured: {', '.join(changed)} "
                              f"{'differs' if len(changed) == 1 else 'differ'} from {out / 'config.yaml'} and "
                              f"cannot change it; start a new run in another --out instead")
+        try:
+            TrainConfig(**train_values)  # the file's own settings, before the flags given now change them
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{out / 'config.yaml'}: {error}") from error
     else:
         if args.config is None and args.init_from:  # the architecture of the model it starts from, on any backend
             from .deployable import saved_model_config
@@ -124,10 +128,7 @@ def _train(args: argparse.Namespace) -> None:
             train_values[field] = value
     if not train_values.get("data_root"):
         raise ValueError("--data-root is required (the folder with <dataset>/refs(<split_by>).p)")
-    try:
-        config = TrainConfig(**train_values)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{out / 'config.yaml'}: {error}" if args.resume else str(error)) from error
+    config = TrainConfig(**train_values)
     try:
         metrics = train(model_config, config, out, resume=args.resume)
     except TrainingDiverged as error:
@@ -187,14 +188,19 @@ def _resolve_config(name: str):
 def _evaluate(args: argparse.Namespace) -> None:
     from .data import ReferDataset
     from .metrics import format_table
-    from .deployable import load_model
+    from .deployable import is_model_folder, load_model
     from .training import evaluate
     from .training.distributed import setup, teardown
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if args.json:
-        _check_output(args.json, "--json")
+        _check_output(args.json, "--json", (".json",))
+        if is_model_folder(Path(args.json).resolve().parent):
+            raise ValueError(f"--json {args.json} is in a model folder, which holds the model's files only: "
+                             f"write the metrics elsewhere")
     processes = setup(args.device)  # under torchrun: one shard of the split per process
     try:
         device = processes.device
@@ -307,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     forward = commands.add_parser("forward", help="forward pass of a random model on a random image")
     forward.add_argument("--config", default="restr-tiny", choices=sorted(PRESETS), help="model preset")
     forward.add_argument("--text", default="the red circle left of the blue square", help="the referring sentence")
-    forward.add_argument("--image-size", type=int, default=None, help="input side (default: the preset's)")
+    forward.add_argument("--image-size", "--img-size", dest="image_size", type=int, default=None,
+                         help="input side (default: the preset's)")
     forward.add_argument("--batch-size", type=int, default=1)
     forward.add_argument("--device", default="cpu")
     forward.add_argument("--seed", type=int, default=0)
@@ -440,5 +447,15 @@ def error_message(error: BaseException) -> str:
     return text
 
 
+def console_main() -> int:
+    """The ``restr-fast`` command: :func:`main`, with Ctrl-C a one-line message instead of a traceback."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("restr-fast: interrupted (a training run continues from its latest checkpoint with --resume)",
+              file=sys.stderr)
+        return 130  # as a shell reports a process ended by SIGINT
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

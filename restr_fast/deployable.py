@@ -197,7 +197,7 @@ def saved_model(path: str | Path) -> Path:
     if path.is_file() and path.name in FILES:
         path = path.parent
     if path.is_dir():
-        if is_model_folder(path):
+        if is_model_folder(path) or (path / WEIGHTS).is_file():  # (reading it names a missing file)
             return path
         for candidate in (path / "model", path / "checkpoints" / "best.pt", path / "checkpoints" / "latest.pt"):
             if candidate.is_file() or is_model_folder(candidate):  # (an incomplete model/ is passed over)

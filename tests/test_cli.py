@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from restr_fast import cli
 from restr_fast.cli import main
 
 
@@ -19,8 +20,9 @@ def test_bad_arguments_give_one_line_errors(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where a bug would write never-written/
     assert main(["forward", "--text", "..."]) == 2
     assert "error: text '...' has no words" in capsys.readouterr().err
-    assert main(["forward", "--image-size", "100"]) == 2
-    assert "not a multiple of patch_size" in capsys.readouterr().err
+    for flag in ("--image-size", "--img-size"):  # (train's spelling too)
+        assert main(["forward", flag, "100"]) == 2
+        assert "not a multiple of patch_size" in capsys.readouterr().err
     assert main(["forward", "--text", " ".join(["word"] * 25)]) == 0  # warnings print as one line too
     error = capsys.readouterr().err
     assert error.startswith("restr-fast forward: warning: sentence of 25 words truncated") and error.count("\n") == 1
@@ -130,3 +132,13 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "restr-fast"
     result = subprocess.run([str(script), "forward", "--help"], capture_output=True, text=True, check=True)
     assert "--config" in result.stdout
+    assert "console_main" in script.read_text()  # Ctrl-C without a traceback
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch, capsys):
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "main", interrupted)
+    assert cli.console_main() == 130
+    assert capsys.readouterr().err == ("restr-fast: interrupted (a training run continues from its latest checkpoint "
+                                       "with --resume)\n")

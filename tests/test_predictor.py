@@ -409,6 +409,9 @@ def test_checkpoints_of_another_model_are_clear_errors(predictor, model, vocabul
     (folder / "vocab.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"lacks \['vocab.txt'\]"):
         Predictor.from_checkpoint(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks \['config.json', 'vocab.txt'\]"):
+        Predictor.from_checkpoint(folder)
 
     folder = predictor.save(tmp_path / "other")
     header = json.loads((folder / "config.json").read_text())

@@ -1,9 +1,8 @@
 """The training loop: the paper's recipe by default, resumable, DDP under torchrun.
 
 A run folder holds ``config.yaml`` (model and training settings), ``vocab.txt``, ``log.jsonl``
-(each invocation's start with the number of training and validation samples, every logged step,
-evaluation and saved checkpoint),
-``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU), and ``model/``, the best model as a
+(each invocation's start with the number of training and validation samples, every logged step
+and evaluation, and each save of ``latest.pt``), ``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU), and ``model/``, the best model as a
 deployable folder for :class:`restr_fast.Predictor`.
 """
 from __future__ import annotations
@@ -55,6 +54,9 @@ def _finite(model: torch.nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all())
 
 
+PATH_FIELDS = ("data_root", "image_root", "vocabulary", "glove", "vit_weights", "init_from")  # TrainConfig's files
+
+
 @dataclass
 class TrainConfig:
     """Data and recipe of a training run; the defaults are the paper's recipe (DESIGN.md section 1)."""
@@ -93,7 +95,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        for name in ("image_root", "vocabulary", "glove", "vit_weights", "init_from"):
+        for name in PATH_FIELDS[1:]:
             if getattr(self, name) == "":  # (a flag given as "" unsets what a config file set)
                 setattr(self, name, None)
         for name in ("lr", "weight_decay", "vision_lr_scale", "warmup_fraction", "power"):
@@ -123,8 +125,10 @@ class TrainConfig:
 
     def run_settings(self) -> dict:
         """The settings a run folder records: all but ``stop_after``, which ends one invocation,
-        not the run (a resumed run goes to the end unless given its own)."""
-        return {**dataclasses.asdict(self), "stop_after": None}
+        not the run (a resumed run goes to the end unless given its own); paths made absolute, so that
+        a ``--resume`` from another working folder reads the same files."""
+        paths = {name: str(Path(value).resolve()) for name in PATH_FIELDS if (value := getattr(self, name))}
+        return {**dataclasses.asdict(self), "stop_after": None, **paths}
 
     def _check_types(self) -> None:
         """Every setting of its annotated type, in that type: numbers YAML reads as text (``1e-3``)
@@ -297,6 +301,9 @@ class StepBatchSampler(Sampler[list[int]]):
         return self._order[offset]
 
 
+RUN_FOLDER_ENTRIES = ("config.yaml", "vocab.txt", "log.jsonl", "checkpoints", "model")  # what a run writes in its folder
+
+
 def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resume: bool = False) -> dict | None:
     """Train ``model_config`` with ``config``, writing the run folder ``out``. Returns the last
     evaluation's metrics ({} when stopped early by ``stop_after``; None when resuming a run that had
@@ -318,11 +325,31 @@ def train(model_config: ReSTRConfig, config: TrainConfig, out: str | Path, resum
     elif not resume and (latest.exists() or (out / "log.jsonl").exists()):
         hint = "" if latest.exists() else " (stopped before its first checkpoint: --resume starts it over)"
         raise ValueError(f"{out} already holds a run{hint}; pass --resume to continue it or choose another --out")
+    elif not resume and (present := [name for name in RUN_FOLDER_ENTRIES if (out / name).exists()]):
+        raise ValueError(f"{out} holds {', '.join(present)}, which a run writes: nothing is overwritten, choose "
+                         f"another --out (a new or empty folder)")
+    if not resume:
+        for warning in _untrained_parts(model_config, config):
+            warnings.warn(warning, stacklevel=2)
     processes = distributed.setup(config.device)
     try:
         return _train(model_config, config, out, resume, processes)
     finally:
         distributed.teardown()
+
+
+def _untrained_parts(model_config: ReSTRConfig, config: TrainConfig) -> list[str]:
+    """What of the paper's model (a ViT-B vision encoder, GloVe-300 words) a new run starts from random weights,
+    where the paper starts from pretrained ones."""
+    if config.init_from:
+        return []
+    untrained = []
+    if not config.vit_weights and (model_config.vision_dim, model_config.vision_depth) == (768, 12):
+        untrained.append("the ViT-B vision encoder starts from random weights (the paper starts from "
+                         "ImageNet-21k weights: pass --vit-weights)")
+    if not config.glove and model_config.word_dim == 300:
+        untrained.append("the word embeddings start from random vectors (the paper starts from GloVe's: pass --glove)")
+    return untrained
 
 
 def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bool,
@@ -331,7 +358,10 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     torch.manual_seed(config.seed)
     state = load_checkpoint(out / "checkpoints" / "latest.pt") if resume else None
-    if state is not None and state["step"] >= config.steps:
+    if state is not None and state["step"] > config.steps:
+        raise ValueError(f"the run in {out} has trained {state['step']} steps, more than steps={config.steps}: "
+                         f"nothing to resume (a run's steps can grow, not shrink)")
+    if state is not None and state["step"] == config.steps:
         return None  # complete
 
     # the model to start from, vocabulary, data (checked before anything is trained or written)

@@ -221,6 +221,7 @@ class ReferDataset(Dataset):
         self.image_root = Path(image_root) if image_root else default_image_root(Path(data_root), dataset)
         self.vocabulary, self.image_size, self.max_words = vocabulary, image_size, max_words
         self.originals, self.sentences = originals, sentences
+        self.split_name, self.image_root_given = f"{split!r} of {dataset} ({split_by})", image_root
         self._check_images()
 
     def _check_images(self) -> None:
@@ -229,8 +230,10 @@ class ReferDataset(Dataset):
         paths = {i: self.annotations.image_path(self.image_root, i) for i in sorted({s.image_id for s in self.samples})}
         missing = [path for path in paths.values() if not path.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} of the {len(paths)} images of this split are missing, "
-                                    f"e.g. {missing[0]}; pass --image-root if they are elsewhere")
+            where = ("pass --image-root if they are elsewhere" if self.image_root_given is None else
+                     f"is {self.image_root_given} their folder?")
+            raise FileNotFoundError(f"{len(missing)} of the {len(paths)} images of split {self.split_name} are "
+                                    f"missing, e.g. {missing[0]}; {where}")
         wrong = [(image_id, path, image_header_size(path), self.annotations.image_size(image_id))
                  for image_id, path in paths.items()]
         wrong = [entry for entry in wrong if entry[2] != entry[3]]
@@ -239,8 +242,8 @@ class ReferDataset(Dataset):
             turned = image_header_size(path, upright=True) == recorded
             hint = (": turned by its EXIF orientation it has the recorded size, so its masks were drawn on the "
                     "upright image; store such images upright (PIL.ImageOps.exif_transpose)" if turned else "")
-            raise ValueError(f"{len(wrong)} of the {len(paths)} images of this split differ in size from their "
-                             f"record in instances.json, whose size the masks have, e.g. image {image_id} ({path}): "
+            raise ValueError(f"{len(wrong)} of the {len(paths)} images of split {self.split_name} differ in size "
+                             f"from their record in instances.json, whose size the masks have, e.g. image {image_id} ({path}): "
                              f"{width}x{height} pixels, recorded {recorded[0]}x{recorded[1]}{hint}")
 
     def __len__(self) -> int:

@@ -97,8 +97,8 @@ def _read_text(path: Path, dim: int | None, wanted: Callable[[str], bool]) -> It
                                      f"(the word embedding's size, word_dim): pass GloVe vectors of that size")
                 first = False
                 if len(fields) < dim + 1:
-                    raise ValueError(f"{path}, line {number}: expected a word and {dim} numbers, "
-                                     f"got {len(fields)} fields")
+                    raise ValueError(f"{path}, line {number}: expected a word and {dim} numbers (the word "
+                                     f"embedding's size, word_dim), got {len(fields)} fields")
                 word = " ".join(fields[:-dim])
                 if not wanted(word):
                     continue

@@ -208,7 +208,8 @@ def test_bad_data_is_named(refer_root, vocabulary, tmp_path):
         dataset(refer_root, vocabulary, "test")
     with pytest.raises(ValueError, match="split 'empty' of tiny .* has no sentences"):
         dataset(refer_root, vocabulary, "empty")
-    with pytest.raises(FileNotFoundError, match=r"images of this split are missing, e.g. .*nowhere.*1.png"):
+    with pytest.raises(FileNotFoundError, match=r"images of split 'train' of tiny \(unc\) are missing, e.g. "
+                                                r".*nowhere.*1.png; is .*nowhere their folder\?"):
         dataset(refer_root, vocabulary, "train", image_root=tmp_path / "nowhere")
 
     broken = tmp_path / "broken"
@@ -231,8 +232,8 @@ def test_an_image_unlike_its_record_is_named_when_the_dataset_opens(refer_root, 
     shutil.copytree(refer_root[0] / "images" / "tiny", images)
     stored = Image.open(images / "2.png")  # recorded 30 wide, 50 high
     stored.resize((31, 50)).save(images / "2.png")  # a resized copy
-    with pytest.raises(ValueError, match=r"1 of the 2 images of this split differ in size from their record in "
-                                         r"instances.json, .* image 2 \(.*2.png\): 31x50 pixels, recorded 30x50$"):
+    with pytest.raises(ValueError, match=r"1 of the 2 images of split 'train' of tiny \(unc\) differ in size from "
+                                         r"their record in instances.json, .* image 2 \(.*2.png\): 31x50 pixels, recorded 30x50$"):
         dataset(refer_root, vocabulary, "train", image_root=images)
     exif = Image.Exif()
     exif[0x0112] = 6  # shown turned by a quarter: as recorded

@@ -92,6 +92,29 @@ def test_run_writes_its_folder_and_checkpoints(data_root, tmp_path):
         train(get_config("restr-tiny", **MODEL), config(data_root), run)
 
 
+def test_the_papers_model_without_pretrained_weights_is_warned_of():
+    from restr_fast.training.trainer import _untrained_parts
+    paper, tiny = get_config("restr-b16"), get_config("restr-tiny")
+    assert [w.split(" start")[0] for w in _untrained_parts(paper, TrainConfig())] == ["the ViT-B vision encoder",
+                                                                                   "the word embeddings"]
+    assert _untrained_parts(paper, TrainConfig(vit_weights="vit.npz", glove="glove.txt")) == []
+    assert _untrained_parts(paper, TrainConfig(init_from="runs/a")) == []  # a trained model
+    assert _untrained_parts(tiny, TrainConfig()) == []  # the demo's model, trained from scratch as it is meant to
+
+
+def test_a_new_run_writes_over_nothing_in_its_folder(data_root, tmp_path):
+    """A folder holding a file or folder a run writes (a project's own config.yaml, say) is refused, untouched."""
+    for name in ("config.yaml", "vocab.txt", "model"):
+        folder = tmp_path / name.replace(".", "-")
+        folder.mkdir()
+        (folder / name).write_text("the user's") if "." in name else (folder / name).mkdir()
+        with pytest.raises(ValueError, match=rf"holds {name}, which a run writes: nothing is overwritten"):
+            train(get_config("restr-tiny", **MODEL), config(data_root), folder)
+        assert sorted(p.name for p in folder.iterdir()) == [name]
+        if "." in name:
+            assert (folder / name).read_text() == "the user's"
+
+
 def test_accumulated_micro_batches_train_as_their_whole_batch(data_root, tmp_path):
     model_config = get_config("restr-tiny", **MODEL)
     runs = {}
@@ -208,6 +231,21 @@ def test_cli_trains_on_joined_splits_and_evaluates_on_another(data_root, tmp_pat
              for split in ("train", "val", "testA")}
     assert {k: records[0][k] for k in ("train_samples", "val_samples")} == {
         "train_samples": sizes["train"] + sizes["val"], "val_samples": sizes["testA"]}
+
+
+def test_a_run_records_absolute_paths_and_resumes_from_another_folder(data_root, tmp_path, monkeypatch, capsys):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(data_root, tmp_path / "here" / "data")
+    monkeypatch.chdir(tmp_path / "here")
+    args = cli_train_args(Path("data"), Path("run"), 2, "--checkpoint-every", "1", "--eval-every", "2")
+    assert main(args + ["--stop-after", "1"]) == 0
+    saved = yaml.safe_load((tmp_path / "here" / "run" / "config.yaml").read_text())["train"]
+    assert saved["data_root"] == str((tmp_path / "here" / "data").resolve())
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a requeued job, started in another folder
+    assert main(["train", "--out", str(tmp_path / "here" / "run"), "--resume"]) == 0
+    assert load_checkpoint(tmp_path / "here" / "run" / "checkpoints" / "latest.pt")["step"] == 2
+    assert "val overall IoU" in capsys.readouterr().out
 
 
 def crash_in_step(monkeypatch, number):
@@ -546,6 +584,15 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert "val overall IoU" in capsys.readouterr().out
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert f"the run in {run} is complete (4 steps): nothing to resume" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--steps", "3"]) == 2
+    assert "has trained 4 steps, more than steps=3: nothing to resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--steps", "0"]) == 2  # the flag's value, not the file's
+    assert "error: steps must be >= 1, got 0" in capsys.readouterr().err
+    kept = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(kept.replace("log_every: ", "log_every: -"))
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert f"error: {run / 'config.yaml'}: log_every must be >= 1" in capsys.readouterr().err
+    (run / "config.yaml").write_text(kept)
     assert main(["train", "--out", str(run), "--resume", "--img-size", "64", "--seed", "3"]) == 2
     assert "--img-size, --seed differ from" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume", "--config", "restr-b16"]) == 2
@@ -560,9 +607,14 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     evaluate = ["evaluate", "--data-root", str(data_root), "--dataset", "synthetic", "--split", "testA", "--device", "cpu"]
     for wrong, message in ((["--json", str(tmp_path / "nowhere" / "m.json")], "does not exist; create it first"),
-                           (["--limit", "0"], "--limit must be >= 1"), (["--device", "foo"], "unknown device 'foo'")):
+                           (["--limit", "0"], "--limit must be >= 1"), (["--device", "foo"], "unknown device 'foo'"),
+                           (["--json", str(run / "checkpoints" / "best.pt")], "expected a file name ending in .json"),
+                           (["--json", str(run / "model" / "config.json")], "is in a model folder"),
+                           (["--batch-size", "0"], "--batch-size must be >= 1 and --workers >= 0, got 0 and 0")):
+        before = {p: p.read_bytes() for p in (run / "checkpoints" / "best.pt", run / "model" / "config.json")}
         assert main(evaluate + ["--checkpoint", str(run)] + wrong) == 2
         assert message in capsys.readouterr().err
+        assert before == {p: p.read_bytes() for p in before}  # what it evaluates is never written over
     out = tmp_path / "metrics.json"
     trained = Predictor.from_checkpoint(run / "model", device="cpu")
     bf16 = Predictor(trained.model.to(torch.bfloat16), trained.vocabulary).save(tmp_path / "bf16")
@@ -574,7 +626,9 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
                             "--image-root", str(tmp_path / "moved")]) == 0
     assert "synthetic (unc) testA, every sentence = 'circle'" in capsys.readouterr().out
     assert main(evaluate + ["--checkpoint", str(run), "--image-root", str(tmp_path / "nowhere")]) == 2
-    assert "images of this split are missing, e.g. " in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "images of split 'testA' of synthetic (unc) are missing, e.g. " in error
+    assert f"is {tmp_path / 'nowhere'} their folder?" in error  # the --image-root given
     assert main(evaluate + ["--checkpoint", str(run / "checkpoints" / "best.pt"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"overall_iou", "mean_iou", "precision", "samples", "empty_targets", "by_length",
