@@ -102,7 +102,8 @@ def _train(args: argparse.Namespace) -> None:
         if changed:
             raise ValueError(f"--resume continues the run as it was configured: {', '.join(changed)} "
                              f"{'differs' if len(changed) == 1 else 'differ'} from {out / 'config.yaml'} and "
-                             f"cannot change it; start a new run in another --out instead")
+                             f"cannot change it: continue it with '--out {out} --resume' alone (or with training "
+                             f"flags such as --steps), or start a new run in another --out")
         try:
             TrainConfig(**train_values)  # the file's own settings, before the flags given now change them
         except (ValueError, TypeError) as error:
@@ -188,7 +189,7 @@ def _resolve_config(name: str):
 def _evaluate(args: argparse.Namespace) -> None:
     from .data import ReferDataset
     from .metrics import format_table
-    from .deployable import is_model_folder, load_model
+    from .deployable import WEIGHTS, load_model
     from .training import evaluate
     from .training.distributed import setup, teardown
 
@@ -198,9 +199,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if args.json:
         _check_output(args.json, "--json", (".json",))
-        if is_model_folder(Path(args.json).resolve().parent):
-            raise ValueError(f"--json {args.json} is in a model folder, which holds the model's files only: "
-                             f"write the metrics elsewhere")
+        if (Path(args.json).resolve().parent / WEIGHTS).is_file():
+            raise ValueError(f"--json {args.json} is in a model folder (beside {WEIGHTS}), which holds the "
+                             f"model's files only: write the metrics elsewhere")
     processes = setup(args.device)  # under torchrun: one shard of the split per process
     try:
         device = processes.device
@@ -452,8 +453,9 @@ def console_main() -> int:
     try:
         return main()
     except KeyboardInterrupt:
-        print("restr-fast: interrupted (a training run continues from its latest checkpoint with --resume)",
-              file=sys.stderr)
+        training = sys.argv[1:2] == ["train"]
+        print("restr-fast: interrupted" + ("; the same command with --resume continues the run from its latest "
+                                          "checkpoint" if training else ""), file=sys.stderr)
         return 130  # as a shell reports a process ended by SIGINT
 
 

@@ -135,10 +135,13 @@ def test_console_script_is_installed():
     assert "console_main" in script.read_text()  # Ctrl-C without a traceback
 
 
-def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch, capsys):
+@pytest.mark.parametrize("command, message", [
+    ("train", "restr-fast: interrupted; the same command with --resume continues the run from its latest checkpoint\n"),
+    ("demo", "restr-fast: interrupted\n")])
+def test_ctrl_c_is_one_line_and_exit_status_130(command, message, monkeypatch, capsys):
     def interrupted(argv=None):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "main", interrupted)
+    monkeypatch.setattr(sys, "argv", ["restr-fast", command, "--out", "somewhere"])
     assert cli.console_main() == 130
-    assert capsys.readouterr().err == ("restr-fast: interrupted (a training run continues from its latest checkpoint "
-                                       "with --resume)\n")
+    assert capsys.readouterr().err == message

@@ -125,9 +125,9 @@ class TrainConfig:
 
     def run_settings(self) -> dict:
         """The settings a run folder records: all but ``stop_after``, which ends one invocation,
-        not the run (a resumed run goes to the end unless given its own); paths made absolute, so that
-        a ``--resume`` from another working folder reads the same files."""
-        paths = {name: str(Path(value).resolve()) for name in PATH_FIELDS if (value := getattr(self, name))}
+        not the run (a resumed run goes to the end unless given its own); paths made absolute (symbolic
+        links kept), so that a ``--resume`` from another working folder reads the same files."""
+        paths = {name: os.path.abspath(value) for name in PATH_FIELDS if (value := getattr(self, name))}
         return {**dataclasses.asdict(self), "stop_after": None, **paths}
 
     def _check_types(self) -> None:
@@ -358,11 +358,15 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
     amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     torch.manual_seed(config.seed)
     state = load_checkpoint(out / "checkpoints" / "latest.pt") if resume else None
-    if state is not None and state["step"] > config.steps:
-        raise ValueError(f"the run in {out} has trained {state['step']} steps, more than steps={config.steps}: "
-                         f"nothing to resume (a run's steps can grow, not shrink)")
-    if state is not None and state["step"] == config.steps:
-        return None  # complete
+    if state is not None and state["step"] >= config.steps:
+        done, planned = state["step"], state.get("train", {}).get("steps", config.steps)  # (the run's own steps)
+        if done == config.steps == planned:
+            return None  # complete: its last step's evaluation and save are behind it
+        if done > config.steps:
+            raise ValueError(f"the run in {out} has trained {done} steps, more than steps={config.steps}: nothing "
+                             f"to resume (a run's steps can grow, not shrink)")
+        raise ValueError(f"the run in {out} has trained {done} of its {planned} steps, without a last step's "
+                         f"evaluation: give more than {done} steps, or none (--resume goes on to {planned})")
 
     # the model to start from, vocabulary, data (checked before anything is trained or written)
     if state is None and config.init_from:

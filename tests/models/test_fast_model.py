@@ -35,7 +35,8 @@ def on_device(*tensors):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"mask_form": "logit"}, {"patch_projection": False},
-                                       {"mask_projected": True, "mask_form": "logit"}, {"decoder": False},
+                                       {"mask_projected": True}, {"mask_projected": True, "mask_form": "logit"},
+                                       {"decoder": False},
                                        {"fusion": "vme"}],
                          ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
 def test_outputs_and_every_gradient_match(overrides, tiny_config, make_inputs):

@@ -577,6 +577,8 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     assert "continue with --resume" in capsys.readouterr().out
     assert main(args + ["--resume", "--stop-after", "1"]) == 0  # the same command resumes (a requeued job)
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+    assert main(["train", "--out", str(run), "--resume", "--steps", "2"]) == 2  # not complete: no last evaluation
+    assert "has trained 2 of its 4 steps, without a last step's evaluation" in capsys.readouterr().err
     saved = (run / "config.yaml").read_text()
     assert "stop_after: null" in saved  # it ends an invocation, not the run
     (run / "config.yaml").write_text(saved.replace("stop_after: null", "stop_after: 1"))  # as versions before wrote it
@@ -629,6 +631,7 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "images of split 'testA' of synthetic (unc) are missing, e.g. " in error
     assert f"is {tmp_path / 'nowhere'} their folder?" in error  # the --image-root given
+    (tmp_path / "config.json").write_text('{"name": "a project of the user"}')  # not a model folder
     assert main(evaluate + ["--checkpoint", str(run / "checkpoints" / "best.pt"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) == {"overall_iou", "mean_iou", "precision", "samples", "empty_targets", "by_length",
