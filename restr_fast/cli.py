@@ -197,6 +197,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    run = _run_data_settings(args.checkpoint) if None in (args.data_root, args.dataset, args.split_by) else {}
+    args.data_root, args.dataset = args.data_root or run.get("data_root"), args.dataset or run.get("dataset")
+    same_dataset = (args.data_root, args.dataset) == (run.get("data_root"), run.get("dataset"))
+    args.split_by = args.split_by or (run.get("split_by") if args.dataset == run.get("dataset") else None) or "unc"
+    if args.image_root is None and same_dataset:  # (the run's images, where its dataset is the one evaluated)
+        args.image_root = run.get("image_root")
+    if args.data_root is None or args.dataset is None:
+        raise ValueError(f"--data-root and --dataset are required: {args.checkpoint} does not record a run's data "
+                         f"(a run folder or a .pt checkpoint does)")
     if args.json:
         _check_output(args.json, "--json", (".json",))
         if (Path(args.json).resolve().parent / WEIGHTS).is_file():
@@ -226,6 +235,24 @@ def _evaluate(args: argparse.Namespace) -> None:
             print(f"wrote {args.json}")
     finally:
         teardown()
+
+
+def _run_data_settings(checkpoint: str) -> dict:
+    """The training settings (data_root, dataset, ...) of the run that wrote ``checkpoint``: a run folder's
+    config.yaml or a .pt checkpoint's; {} for a model folder or anything else."""
+    import yaml
+
+    from .training import load_checkpoint
+
+    path = Path(checkpoint)
+    try:
+        if path.is_dir() and (path / "config.yaml").is_file():
+            return dict(yaml.safe_load((path / "config.yaml").read_text())["train"])
+        if path.is_file() and path.suffix == ".pt":
+            return dict(load_checkpoint(path, mmap=True).get("train") or {})
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        pass  # (loading the model names what is wrong with it)
+    return {}
 
 
 def _file_identity(path: Path) -> tuple | Path:
@@ -370,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a split")
     evaluate.add_argument("--checkpoint", required=True, help="a model folder, a run folder or a .pt checkpoint")
-    evaluate.add_argument("--data-root", required=True)
-    evaluate.add_argument("--dataset", required=True)
-    evaluate.add_argument("--split-by", default="unc")
+    evaluate.add_argument("--data-root", help="default: the run's, for a run folder or a .pt checkpoint")
+    evaluate.add_argument("--dataset", help="default: the run's, for a run folder or a .pt checkpoint")
+    evaluate.add_argument("--split-by", help="default: the run's, for a run folder or a .pt checkpoint; else unc")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--image-root")
     evaluate.add_argument("--json", help="write the metrics to this JSON file")

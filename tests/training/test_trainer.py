@@ -623,6 +623,11 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
     for checkpoint in (run, run / "model", bf16):  # a run folder and model folders, as predict takes them
         assert main(evaluate + ["--checkpoint", str(checkpoint), "--limit", "3"]) == 0
         assert "| all | 3 |" in capsys.readouterr().out
+    for checkpoint in (run, run / "checkpoints" / "best.pt"):  # the run's data, where it is recorded
+        assert main(["evaluate", "--checkpoint", str(checkpoint), "--split", "testA", "--limit", "3"]) == 0
+        assert "synthetic (unc) testA" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(run / "model"), "--split", "testA"]) == 2
+    assert "--data-root and --dataset are required: " in capsys.readouterr().err
     shutil.copytree(data_root / "images" / "synthetic", tmp_path / "moved")
     assert main(evaluate + ["--checkpoint", str(run), "--limit", "3", "--sentence", "circle", "--attention", "math",
                             "--image-root", str(tmp_path / "moved")]) == 0
