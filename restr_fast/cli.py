@@ -245,13 +245,14 @@ def _run_data_settings(checkpoint: str) -> dict:
     from .training import load_checkpoint
 
     path = Path(checkpoint)
-    try:
-        if path.is_dir() and (path / "config.yaml").is_file():
+    if path.is_dir() and (path / "config.yaml").is_file():
+        try:
             return dict(yaml.safe_load((path / "config.yaml").read_text())["train"])
-        if path.is_file() and path.suffix == ".pt":
-            return dict(load_checkpoint(path, mmap=True).get("train") or {})
-    except (yaml.YAMLError, KeyError, TypeError, ValueError):
-        pass  # (loading the model names what is wrong with it)
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path / 'config.yaml'} is not a run config written by restr-fast train: "
+                             f"{error!r}; pass --data-root and --dataset") from error
+    if path.is_file() and path.suffix == ".pt":
+        return dict(load_checkpoint(path, mmap=True).get("train") or {})  # (it names a file it cannot read)
     return {}
 
 

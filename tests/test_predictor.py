@@ -429,7 +429,7 @@ def test_checkpoints_of_another_model_are_clear_errors(predictor, model, vocabul
         Predictor.from_checkpoint(folder)
 
     (tmp_path / "weights.pt").write_bytes(b"\x00" * 16)
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*weights.pt: not a zip archive, as torch.save writes one"):
         Predictor.from_checkpoint(tmp_path / "weights.pt")
 
     other = build_model(model.config.replace(dim=64), fast=False)

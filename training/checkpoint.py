@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # (torch's own error for it is about mmap, or unpickling)
+        raise ValueError(f"cannot read checkpoint {path}: not a zip archive, as torch.save writes one: "
+                         f"corrupt, truncated or not a torch file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:  # torch's advice to load unsafely does not apply to our files
