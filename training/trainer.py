@@ -2,8 +2,8 @@
 
 A run folder holds ``config.yaml`` (model and training settings), ``vocab.txt``, ``log.jsonl``
 (each invocation's start with the number of training and validation samples, every logged step
-and evaluation, and each save of ``latest.pt``), ``checkpoints/latest.pt`` and ``best.pt`` (by overall IoU), and ``model/``, the best model as a
-deployable folder for :class:`restr_fast.Predictor`.
+and evaluation, and each save of ``latest.pt``), ``checkpoints/latest.pt`` and ``best.pt`` (by
+overall IoU), and ``model/``, the best model as a deployable folder for :class:`restr_fast.Predictor`.
 """
 from __future__ import annotations
 
