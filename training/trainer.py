@@ -352,6 +352,16 @@ def _untrained_parts(model_config: ReSTRConfig, config: TrainConfig) -> list[str
     return untrained
 
 
+def _usable_workers(requested: int) -> int:
+    """``requested`` data-loading workers, at most one per CPU this process may run on (more only slow it
+    down, and torch warns at each loader made, every evaluation); the samples do not depend on it."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > cpus:
+        warnings.warn(f"workers={requested} is more than the {cpus} CPUs this process may use: {cpus} load the "
+                      f"data", stacklevel=3)
+    return min(requested, cpus)
+
+
 def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bool,
            processes: distributed.Processes) -> dict | None:
     device, main = processes.device, processes.is_main
@@ -433,8 +443,9 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
 
     sampler = StepBatchSampler(len(train_set), config.batch_size, config.accumulate, config.steps, config.seed,
                                step, processes.rank, processes.world, start_position=samples_seen)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
-                        persistent_workers=config.workers > 0, pin_memory=device.type == "cuda")
+    workers = _usable_workers(config.workers)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                        persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     batches = iter(loader)
 
     def checkpoint(path: Path, metrics: dict | None = None) -> None:
@@ -454,7 +465,7 @@ def _train(model_config: ReSTRConfig, config: TrainConfig, out: Path, resume: bo
                 file.write(json.dumps(record) + "\n")
 
     def run_evaluation(limit: int | None) -> dict:
-        return evaluate(model, val_set, device, config.eval_batch_size, amp, workers=config.workers, limit=limit)
+        return evaluate(model, val_set, device, config.eval_batch_size, amp, workers=workers, limit=limit)
 
     images_per_step = config.batch_size * config.accumulate * processes.world
     bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and main), unit="step",

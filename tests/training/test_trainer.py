@@ -102,6 +102,14 @@ def test_the_papers_model_without_pretrained_weights_is_warned_of():
     assert _untrained_parts(tiny, TrainConfig()) == []  # the demo's model, trained from scratch as it is meant to
 
 
+def test_data_loading_workers_are_at_most_the_usable_cpus(monkeypatch):
+    from restr_fast.training.trainer import _usable_workers
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [_usable_workers(n) for n in (0, 2)] == [0, 2]
+    with pytest.warns(UserWarning, match="workers=4 is more than the 2 CPUs this process may use: 2 load the data"):
+        assert _usable_workers(4) == 2
+
+
 def test_a_new_run_writes_over_nothing_in_its_folder(data_root, tmp_path):
     """A folder holding a file or folder a run writes (a project's own config.yaml, say) is refused, untouched."""
     for name in ("config.yaml", "vocab.txt", "model"):
