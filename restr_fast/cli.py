@@ -189,7 +189,7 @@ def _resolve_config(name: str):
 def _evaluate(args: argparse.Namespace) -> None:
     from .data import ReferDataset
     from .metrics import format_table
-    from .deployable import WEIGHTS, load_model
+    from .deployable import WEIGHTS, load_model, saved_model
     from .training import evaluate
     from .training.distributed import setup, teardown
 
@@ -197,6 +197,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    saved_model(args.checkpoint)  # a checkpoint that is not there is named first
     run = _run_data_settings(args.checkpoint) if None in (args.data_root, args.dataset, args.split_by) else {}
     args.data_root, args.dataset = args.data_root or run.get("data_root"), args.dataset or run.get("dataset")
     same_dataset = (args.data_root, args.dataset) == (run.get("data_root"), run.get("dataset"))

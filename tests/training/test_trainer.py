@@ -636,6 +636,8 @@ def test_cli_train_resume_and_evaluate(data_root, tmp_path, capsys):
         assert "synthetic (unc) testA" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(run / "model"), "--split", "testA"]) == 2
     assert "--data-root and --dataset are required: " in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "checkpoint not found: " in capsys.readouterr().err
     shutil.copytree(data_root / "images" / "synthetic", tmp_path / "moved")
     assert main(evaluate + ["--checkpoint", str(run), "--limit", "3", "--sentence", "circle", "--attention", "math",
                             "--image-root", str(tmp_path / "moved")]) == 0
