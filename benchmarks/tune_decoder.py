@@ -7,21 +7,30 @@ replaces one choice at a time (the backward's lanes, on input columns or on colu
 and warps, its strip height and pipeline stages, the forward's tile and warps), times the fused
 decoder's forward + backward (batch 8, bf16 autocast, as in the ``decoder`` benchmark group) with
 each, and prints them fastest first, the defaults marked, so that a GPU session can confirm or
-replace them. With ``--then-benchmark JSON``, where a variant beats the defaults
-(:func:`benchmarks.tuning.best_variant`), it then runs the ``decoder`` benchmark group's eager and
-fast cases with that variant into JSON: what making it the default would measure. Needs a CUDA GPU.
+replace them. Before it is timed, each variant's pixel logits and gradients (of the input and every
+weight) at the same size, in bf16, are checked against the fp64 reference decoder within the
+tolerance rule of DESIGN.md section 6 (outputs poisoned first; :func:`results_check`); one that
+fails is listed as a wrong result and never chosen. With ``--then-benchmark JSON``, where a variant
+beats the defaults (:func:`benchmarks.tuning.best_variant`), it then runs the ``decoder`` benchmark
+group's eager and fast cases with that variant into JSON: what making it the default would measure.
+Needs a CUDA GPU.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import statistics
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
+from restr_fast import get_config
+from restr_fast.kernels import fused_decoder
+from restr_fast.kernels.decoder import decoder_reference
+
 from .profile_step import workload
-from .tuning import (Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants,
+from .tuning import (Check, Variant, add_benchmark_arguments, benchmark_fastest, largest_error,
+                     poisoned_outputs, print_fastest_first, replaced, rule_violation, time_variants,
                      variants_deadline)
 
 decoder_kernels = importlib.import_module("restr_fast.kernels.decoder")
@@ -63,6 +72,48 @@ def variants() -> list[Variant]:
     return found
 
 
+def results_check(batch: int, grid: int, channels: Sequence[int], negative_slope: float,
+                  dtype: torch.dtype = torch.bfloat16, device: str = "cuda") -> Check:
+    """A check of the fused decoder as its kernels are set when it is called: pixel logits and the
+    gradients of the input and every weight, on a random (batch, grid, grid, channels[0]) input and
+    random weights at the model's initialisation scale (``channels``: entering each block), in
+    ``dtype``, against the fp64 reference decoder. Within the tolerance rule, where PyTorch's error in
+    ``dtype`` is the larger of the decoder's in two orders: as published, and with the products at
+    low resolution, where the kernels round them (on some draws either order's error is more than
+    twice the other's: 4.9 and 12.9 on one gradient of a 96 x 96 decoder); plus a thousandth of the
+    largest exact value (the GPU tests' bound at the real size)."""
+    generator = torch.Generator(device).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=generator, device=device) * scale
+    weights = [rand(c // 2, c, scale=(2 / c) ** 0.5) for c in channels]
+    last, size = channels[-1] // 2, grid << len(channels)
+    tensors = [rand(batch, grid, grid, channels[0]), *weights, rand(1, last, scale=last ** -0.5), rand(1)]
+    upstream = rand(batch, 1, size, size)  # the pixel logits' gradient
+
+    def results(decoder, precision):
+        leaves = [t.detach().to(precision).requires_grad_() for t in tensors]
+        out = decoder(leaves[0], leaves[1:-2], leaves[-2], leaves[-1], negative_slope)
+        return [out.detach(), *torch.autograd.grad(out, leaves, upstream.to(precision))]
+    exact = results(decoder_reference, torch.float64)
+    with replaced([(decoder_kernels, "_kernels_take", lambda t: False)]):  # PyTorch, low resolution order
+        low_resolution_order = results(fused_decoder, dtype)
+    torch_errors = [max(largest_error(a, e), largest_error(b, e))
+                    for a, b, e in zip(results(decoder_reference, dtype), low_resolution_order, exact)]
+    names = ["pixel logits", "grad x", *(f"grad weight {k}" for k in range(len(weights))), "grad head weight",
+             "grad head bias"]
+
+    def check() -> str | None:
+        with poisoned_outputs():
+            ours = results(fused_decoder, dtype)
+        for name, values, exact_values, torch_error in zip(names, ours, exact, torch_errors):
+            problem = rule_violation(name, values, exact_values, torch_error, 1e-3 * exact_values.abs().max().item())
+            if problem is not None:
+                return problem
+        return None
+    return check
+
+
 def median_ms(step: Callable[[], None], calls: int = 10, rounds: int = 5) -> float:
     """Median over ``rounds`` of the mean GPU time of ``calls`` back-to-back steps (CUDA events)."""
     for _ in range(2):  # compile this variant's kernels
@@ -88,8 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("tune_decoder needs a CUDA GPU")
 
+    config = get_config("restr-b16", image_size=args.image_size, patch_size=args.patch_size)
+    check = results_check(8, args.image_size // args.patch_size, config.decoder_channels[:-1], config.negative_slope)
+    torch.cuda.empty_cache()  # the fp64 reference's maps
     step = workload("fast", args.image_size, args.patch_size, decoder_only=True)
-    results = time_variants(variants(), lambda: {"ms": median_ms(step)}, deadline=variants_deadline(args))
+    results = time_variants(variants(), lambda: {"ms": median_ms(step)}, deadline=variants_deadline(args),
+                            check=check)
     print_fastest_first(f"fused decoder forward + backward, {args.image_size}/{args.patch_size}, batch 8, bf16, "
                         f"{torch.cuda.get_device_name()}", results)
     benchmark_fastest("decoder", results, args.then_benchmark, args.benchmark_timeout)

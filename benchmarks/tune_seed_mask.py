@@ -10,7 +10,10 @@ warps, 8K-element blocks, or 2 or 16 programs per SM, 0.75x, 0.97x, 0.94x and 0.
 an H200 before its loop was pipelined, nor the forward's 8 warps or 8K-element blocks, 0.97x and
 1.01x), and times the ``seed_mask`` benchmark
 group's four cases (B = 8, N = 900 and 3600, D = 768, bf16, forward and forward + backward) as that
-group's ``gpu_ms`` does: a CUDA graph of calls on inputs rotating through 3x the L2 cache. It prints
+group's ``gpu_ms`` does: a CUDA graph of calls on inputs rotating through 3x the L2 cache. Before it
+is timed, each variant's outputs and gradients at both N are checked against the fp64 reference
+within the tolerance rule of DESIGN.md section 6 (outputs poisoned first); one that fails is listed
+as a wrong result and never chosen. It prints
 the times in microseconds, fastest first, with the copy-bandwidth floor of each case, so that a GPU
 session can confirm or replace the defaults. With ``--then-benchmark JSON``, where a variant beats
 the defaults (:func:`benchmarks.tuning.best_variant`), it then runs the ``seed_mask`` benchmark
@@ -24,10 +27,12 @@ import importlib
 
 import torch
 
+from restr_fast.kernels.seed_mask import seed_mask_reference
+
 from .conftest import graphed_gpu_seconds, l2_rotation, measure_copy_bandwidth
 from .test_seed_mask import bytes_moved, call, inputs
-from .tuning import (Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants,
-                     variants_deadline)
+from .tuning import (Check, Variant, add_benchmark_arguments, benchmark_fastest, largest_error,
+                     poisoned_outputs, print_fastest_first, rule_violation, time_variants, variants_deadline)
 
 seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
@@ -101,6 +106,40 @@ def variants() -> list[Variant]:
     return found
 
 
+def results_and_gradients(op, tensors: dict, dtype: torch.dtype) -> list[torch.Tensor]:
+    """[logits, masked, grad patches, grad classifier] of ``op`` as the benchmark calls it, on
+    ``tensors`` (from :func:`benchmarks.test_seed_mask.inputs`) cast to ``dtype``."""
+    patches, classifier = (tensors[name].detach().to(dtype).requires_grad_() for name in ("patches", "classifier"))
+    logits, masked = op(patches, classifier)
+    grads = torch.autograd.grad([logits, masked], [patches, classifier],
+                                [tensors["grad_logits"].to(dtype), tensors["grad_masked"].to(dtype)])
+    return [logits.detach(), masked.detach(), *grads]
+
+
+def results_check(sizes: list[int], atol: float = 1e-3) -> Check:
+    """A check of the kernels as they are set when it is called: forward and backward at each N of
+    ``sizes`` on fresh inputs, against the fp64 reference, within twice the error of PyTorch in the
+    inputs' dtype plus ``atol`` (the GPU tests' bound at these sizes)."""
+    names = ("logits", "masked", "grad patches", "grad classifier")
+    cases = []
+    for n in sizes:
+        tensors = inputs(n, True, seed=1000 + n)
+        exact = results_and_gradients(seed_mask_reference, tensors, torch.float64)
+        same_dtype = results_and_gradients(seed_mask_reference, tensors, tensors["patches"].dtype)
+        cases.append((n, tensors, exact, [largest_error(a, e) for a, e in zip(same_dtype, exact)]))
+
+    def check() -> str | None:
+        for n, tensors, exact, torch_errors in cases:
+            with poisoned_outputs():
+                ours = results_and_gradients(seed_mask_kernels.seed_mask, tensors, tensors["patches"].dtype)
+            for name, values, exact_values, torch_error in zip(names, ours, exact, torch_errors):
+                problem = rule_violation(name, values, exact_values, torch_error, atol)
+                if problem is not None:
+                    return f"N={n} {problem}"
+        return None
+    return check
+
+
 def case_name(n: int, forward_only: bool) -> str:
     """The table's column for a case."""
     return f"{'forward' if forward_only else 'forward+backward'} N={n} us"
@@ -120,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                                                               for tensors in rotation])
                 for case, rotation in rotations.items()}
 
-    results = time_variants(variants(), measure, deadline=variants_deadline(args))
+    check = results_check(sorted({n for n, _ in CASES}))
+    results = time_variants(variants(), measure, deadline=variants_deadline(args), check=check)
     bandwidth = measure_copy_bandwidth()
     print_fastest_first(f"seed_mask GPU time per call, B = 8, D = 768, bf16, {torch.cuda.get_device_name()}", results)
     floors = ", ".join(f"{case_name(*case)} {1e6 * bytes_moved(*case) / bandwidth:.4g}" for case in CASES)

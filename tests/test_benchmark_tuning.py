@@ -1,6 +1,7 @@
 """The tuning tools' shared part (``benchmarks/tuning.py``): alternatives applied one at a time and
-restored, failures reported, the table ordered by speed-up over the defaults, the fastest variant
-chosen only when it beats the defaults, and a benchmark run with a variant applied and recorded."""
+restored, checked before they are timed, failures reported, the table ordered by speed-up over the
+defaults, the fastest variant chosen only when it beats the defaults and its results are right, and a
+benchmark run with a variant applied and recorded."""
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
 from benchmarks import tuning  # noqa: E402
@@ -67,6 +69,58 @@ def test_variants_past_the_deadline_are_left_out(monkeypatch, capsys):
     args = SimpleNamespace(time_limit=80.0, then_benchmark="x.json", benchmark_timeout=35.0)
     assert tuning.variants_deadline(args) == clock[0] - 4.0 + 80.0 - 35.0 - 10.0  # from the process's start
     assert tuning.variants_deadline(SimpleNamespace(time_limit=None)) is None
+
+
+def test_a_variant_with_wrong_results_is_not_timed_and_never_chosen(capsys):
+    module = SimpleNamespace(tile=16)
+    checked = []
+
+    def check():
+        checked.append(module.tile)
+        return "grad x: error nan, PyTorch's 0.01" if module.tile == 64 else None
+    variants = [("tile 64", [(module, "tile", 64)]), ("tile 32", [(module, "tile", 32)])]
+    results = time_variants(variants, lambda: {"case": 16 / module.tile}, check=check)
+    assert checked == [16, 64, 32]  # each with its replacements in place; the defaults once, before they are timed
+    assert results[1] == ("tile 64: WrongResult: grad x: error nan, PyTorch's 0.01", {"case": float("inf")})
+    assert best_variant(results)[0] == "tile 32"  # tile 64 would have been the fastest
+    assert "tile 64: WrongResult: grad x: error nan" in capsys.readouterr().out
+
+    def defaults_fail():  # the defaults are timed all the same: the baseline, said to be wrong
+        return None if module.tile == 32 else "logits: error 3, PyTorch's 0.001"
+    results = time_variants(variants, lambda: {"case": 16 / module.tile}, check=defaults_fail)
+    assert results[0] == ("defaults, WrongResult: logits: error 3, PyTorch's 0.001", {"case": 1.0})
+    assert results[1][1] == {"case": float("inf")} and results[2] == ("tile 32", {"case": 0.5})
+
+
+def test_the_tolerance_rule_and_what_breaks_it():
+    exact = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    ours = torch.tensor([1.0, -2.0, 3.0 + 2 ** -6])
+    assert tuning.largest_error(ours, exact) == 2 ** -6
+    assert tuning.rule_violation("x", ours, exact, torch_error=2 ** -7, atol=0.0) is None  # twice PyTorch's
+    assert tuning.rule_violation("x", ours, exact, torch_error=2 ** -8, atol=2 ** -7) is None  # plus atol
+    assert tuning.rule_violation("x", ours, exact, torch_error=2 ** -8, atol=0.0) == (
+        "x: error 0.0156, PyTorch's 0.00391")
+    assert tuning.rule_violation("x", torch.tensor([1.0, float("nan"), 3.0]), exact, 1.0, 1.0) == (
+        "x: error nan, PyTorch's 1")
+    assert tuning.rule_violation("x", ours[:2], exact, 1.0, 1.0) == "x: shape (2,), expected (3,)"
+
+
+def test_outputs_are_poisoned_inside_the_block_only():
+    torch.use_deterministic_algorithms(False)
+    with tuning.poisoned_outputs():
+        assert torch.empty(5).isnan().all() and torch.ones(3).new_empty(2).isnan().all()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # ops without a deterministic form still run
+    assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        with tuning.poisoned_outputs():
+            assert torch.empty(5).isnan().all()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        torch.use_deterministic_algorithms(False)
 
 
 def results_of(*variants, defaults=None, defaults_again=None):

@@ -12,7 +12,8 @@ from restr_fast.kernels.decoder import decoder_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is not an installed package
 sys.path.insert(0, str(Path(__file__).parent))  # the tests' helper modules
-from benchmarks.tune_decoder import variants  # noqa: E402
+from benchmarks.tune_decoder import results_check, variants  # noqa: E402
+from benchmarks.tuning import replaced  # noqa: E402
 from decoder_exactness import SLOPE, assert_clear_of_the_kink, fp32_interpolation_weights  # noqa: E402
 
 decoder_module = importlib.import_module("restr_fast.kernels.decoder")
@@ -47,11 +48,38 @@ def test_variant_matches_the_reference_fp32(monkeypatch, label, replacements, as
         assert_within_rule(a, b, c, 1e-6 * (240 ** 0.5 if summed else 1.0), f"{label}: {name}")
 
 
+def test_the_check_finds_wrong_results():
+    """The check each variant passes before it is timed, in bf16 on a 64 x 64 map: the defaults pass
+    it; a head that writes nothing (its output poisoned, NaN), or a backward 10 % off, fails it, named."""
+    check = results_check(1, 4, (96, 48), SLOPE, device=DEVICE)
+    assert check() is None
+    with replaced([(decoder_module, "_launch_head", lambda *args: None)]):
+        assert check().startswith("pixel logits: error nan, PyTorch's ")
+    launch_backward = decoder_module._launch_upsample_act_backward
+
+    def backward_off(t, grad, head_weight, grad_t, negative_slope):
+        head_weight_grad = launch_backward(t, grad, head_weight, grad_t, negative_slope)
+        grad_t.mul_(1.1)
+        return head_weight_grad
+    with replaced([(decoder_module, "_launch_upsample_act_backward", backward_off)]):
+        assert check().startswith("grad x: error ")
+    assert check() is None
+
+
 def test_the_tool_times_every_variant(monkeypatch, capsys):
-    """``main``'s glue on the CPU, with stand-ins for the GPU workload and timer: each variant is
-    timed with its replacements in place, and the table lists them all."""
+    """``main``'s glue on the CPU, with stand-ins for the GPU workload, check and timer: each variant
+    is checked and timed with its replacements in place, one with wrong results is not timed, and the
+    table lists them all."""
     from benchmarks import tune_decoder
-    seen = []
+    seen, checked = [], []
+
+    def results_check(batch, grid, channels, negative_slope):
+        assert (batch, grid, channels, negative_slope) == (8, 30, (1536, 768, 384, 192), SLOPE)
+
+        def check():
+            checked.append(decoder_module.BACKWARD_STAGES)
+            return "grad x: error nan, PyTorch's 0.1" if decoder_module.BACKWARD_STAGES == 3 else None
+        return check
 
     def median_ms(step):
         seen.append(decoder_module._backward_blocks)
@@ -60,16 +88,21 @@ def test_the_tool_times_every_variant(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "no GPU (test)")
     monkeypatch.setattr(tune_decoder, "workload", lambda impl, image_size, patch_size, decoder_only: None)
     monkeypatch.setattr(tune_decoder, "median_ms", median_ms)
+    monkeypatch.setattr(tune_decoder, "results_check", results_check)
     benchmarked = []
     monkeypatch.setattr(tune_decoder, "benchmark_fastest", lambda *args: benchmarked.append(args))
     default = decoder_module._backward_blocks
     tune_decoder.main([])
     (tool, results, json_path, timeout_s), = benchmarked
     assert (tool, json_path, timeout_s) == ("decoder", None, 60.0) and len(results) == 2 + len(VARIANTS)
-    assert len(seen) == 2 + len(VARIANTS)  # the defaults first and last
+    assert len(checked) == 1 + len(VARIANTS) and checked.count(3) == 1  # the defaults once
+    wrong = [(label, times) for label, times in results if "WrongResult" in label]
+    assert wrong == [("backward in 3 pipeline stages: WrongResult: grad x: error nan, PyTorch's 0.1",
+                      {"ms": float("inf")})]
+    assert len(seen) == 1 + len(VARIANTS)  # the defaults first and last, not the wrong variant
     assert sum(blocks is not default for blocks in seen) == sum(
         any(name == "_backward_blocks" for _, name, _ in replacements) for _, replacements in VARIANTS)
     assert decoder_module._backward_blocks is default
     table = capsys.readouterr().out
-    for label in ["defaults", *(label for label, _ in VARIANTS)]:
+    for label in ["defaults", *(label for label, _ in VARIANTS if "3 pipeline stages" not in label)]:
         assert f"| {label} |" in table

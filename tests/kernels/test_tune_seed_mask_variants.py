@@ -1,5 +1,6 @@
 """Every alternative ``python -m benchmarks.tune_seed_mask`` times computes the same op, so that
 whichever a GPU session finds fastest can become the default as it is."""
+import importlib
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is n
 from benchmarks.tune_seed_mask import variants  # noqa: E402
 from benchmarks.tuning import replaced  # noqa: E402
 
+seed_mask_module = importlib.import_module("restr_fast.kernels.seed_mask")
 VARIANTS = variants()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU, the kernels the tool times
 
@@ -45,18 +47,39 @@ def test_variant_matches_the_reference_fp32(label, replacements, assert_within_r
         assert_within_rule(a, b, c, 1e-6 * (N ** 0.5 if summed else 1.0), f"{label}: {name}")
 
 
+def small_inputs(n, requires_grad, seed):
+    """The benchmark's inputs for N = n, with n / 100 rows of 64 channels."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = n // 100
+    tensors = dict(patches=torch.randn(2, rows, 64, generator=generator).requires_grad_(requires_grad),
+                   classifier=torch.randn(2, 64, generator=generator).requires_grad_(requires_grad))
+    if requires_grad:
+        tensors.update(grad_logits=torch.randn(2, rows, generator=generator),
+                       grad_masked=torch.randn(2, rows, 64, generator=generator))
+    return tensors
+
+
+def test_the_check_finds_wrong_results(monkeypatch):
+    """The check each variant passes before it is timed: the defaults pass it; a forward that masks
+    with the other form, or a backward whose blocks leave columns of the patches' gradient unwritten
+    (poisoned, NaN), fails it, named."""
+    from benchmarks import tune_seed_mask
+    monkeypatch.setattr(tune_seed_mask, "inputs", small_inputs)
+    check = tune_seed_mask.results_check([900, 3600])
+    assert check() is None
+    launch_forward = seed_mask_module._launch_forward
+    with replaced([(seed_mask_module, "_launch_forward",
+                    lambda *args: launch_forward(*args[:-1], not args[-1]))]):  # sigmoid: the last
+        assert check().startswith("N=900 masked: error ")
+    with replaced([(seed_mask_module, "_backward_blocks", lambda d: (4, d // 2, 4))]):
+        assert check().startswith("N=900 grad patches: error nan, PyTorch's ")
+    assert check() is None
+
+
 def test_the_tool_times_every_variant_in_every_case(monkeypatch, capsys):
     """``main`` on the CPU, with small inputs and a stand-in for the CUDA-graph timer that runs
-    the calls: every variant runs every case, and the table lists them all."""
+    the calls: every variant passes the check and runs every case, and the table lists them all."""
     from benchmarks import tune_seed_mask
-
-    def small_inputs(n, requires_grad, seed):
-        generator = torch.Generator().manual_seed(seed)
-        tensors = dict(patches=torch.randn(2, 7, 64, generator=generator).requires_grad_(requires_grad),
-                       classifier=torch.randn(2, 64, generator=generator).requires_grad_(requires_grad))
-        if requires_grad:
-            tensors.update(grad_logits=torch.randn(2, 7, generator=generator), grad_masked=torch.randn(2, 7, 64))
-        return tensors
     calls_timed = []
 
     def run_calls(calls):
@@ -70,11 +93,24 @@ def test_the_tool_times_every_variant_in_every_case(monkeypatch, capsys):
     monkeypatch.setattr(tune_seed_mask, "l2_rotation", lambda bytes_per_call: 2)
     monkeypatch.setattr(tune_seed_mask, "graphed_gpu_seconds", run_calls)
     monkeypatch.setattr(tune_seed_mask, "measure_copy_bandwidth", lambda: 3e12)
+    checks = []
+
+    def results_check(sizes):
+        check = make_check(sizes)
+        assert sizes == [900, 3600]
+
+        def counted():
+            checks.append(None)
+            return check()
+        return counted
+    make_check = tune_seed_mask.results_check
+    monkeypatch.setattr(tune_seed_mask, "results_check", results_check)
     benchmarked = []
     monkeypatch.setattr(tune_seed_mask, "benchmark_fastest", lambda *args: benchmarked.append(args))
     tune_seed_mask.main(["--then-benchmark", "tuned.json", "--benchmark-timeout", "35"])
     (tool, results, json_path, timeout_s), = benchmarked
     assert (tool, json_path, timeout_s) == ("seed_mask", "tuned.json", 35.0) and len(results) == 2 + len(VARIANTS)
+    assert len(checks) == 1 + len(VARIANTS) and not [label for label, _ in results if "WrongResult" in label]
     assert calls_timed == [2] * (4 * (2 + len(VARIANTS)))  # the defaults first and last
     table = capsys.readouterr().out
     for label in ["defaults", *(label for label, _ in VARIANTS)]:
