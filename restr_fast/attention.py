@@ -71,7 +71,7 @@ def resolve_backend(configured: str, device: torch.device | str = "cpu") -> str:
         available, reason = xformers_status(device)
         if not available:
             raise ValueError(f"attention backend 'xformers' is not available on {device}: {reason}; "
-                             f"use attention='sdpa' or 'auto'")
+                             f"use attention='sdpa' or 'auto' (on the command line, --attention sdpa or auto)")
     return name
 
 

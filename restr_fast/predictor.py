@@ -254,6 +254,8 @@ def to_rgb_image(image: ImageLike) -> Image.Image:
                 raise ValueError(f"a float image tensor must hold values in [0, 1], got {found}"
                                  + (" and NaN" if numbers.numel() < image.numel() else ""))
             image = (image * 255).round().to(torch.uint8)
+        elif image.dtype != torch.uint8:
+            raise TypeError(f"an image tensor must be uint8 (0..255) or float in [0, 1], got {image.dtype}")
         image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, C)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor, "

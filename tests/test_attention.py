@@ -150,7 +150,8 @@ def test_padded_words_never_change_valid_outputs(tiny_config, fusion, backend):
 def test_xformers_on_the_cpu_is_a_clear_error(tiny_config, make_inputs):
     available, reason = xformers_status("cpu")
     assert not available and "no operators for cpu tensors" in reason
-    expected = "attention backend 'xformers' is not available on cpu: .* use attention='sdpa' or 'auto'"
+    expected = (r"attention backend 'xformers' is not available on cpu: .* use attention='sdpa' or 'auto' "
+                r"\(on the command line, --attention sdpa or auto\)")
     model = build_model(tiny_config, attention="xformers")  # building is fine: nothing runs yet
     images, tokens = make_inputs(tiny_config)
     model.vision.forward = lambda images: pytest.fail("the check must come before any encoder runs")

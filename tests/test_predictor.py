@@ -358,8 +358,11 @@ def test_bad_images_are_clear_errors(predictor, tmp_path, monkeypatch):
     for empty in (np.zeros((0, 5, 3), np.uint8), Image.new("RGB", (0, 0)), torch.zeros(3, 4, 0, dtype=torch.uint8)):
         with pytest.raises(ValueError, match="image has no pixels"):
             predictor.predict(empty, "the red circle")
-    with pytest.raises(TypeError, match="must be uint8"):
+    with pytest.raises(TypeError, match="an image array must be uint8 .*, got float64"):
         predictor.predict(np.zeros((8, 8, 3)), "the red circle")
+    for dtype in (torch.bool, torch.int64):
+        with pytest.raises(TypeError, match=rf"an image tensor must be uint8 \(0..255\) or float in \[0, 1\], got {dtype}"):
+            predictor.predict(torch.zeros(3, 8, 8, dtype=dtype), "the red circle")
     with pytest.raises(ValueError, match=r"shape \(3, H, W\)"):
         predictor.predict(torch.zeros(1, 3, 8, 8), "the red circle")
     with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[-1, -1\]$"):
