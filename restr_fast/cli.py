@@ -16,6 +16,7 @@ from .config import ATTENTION_BACKENDS, PRESETS, ReSTRConfig, get_config
 from .devices import resolve_device
 from .models import build_model
 from .text import Vocabulary
+from .text.vocabulary import quoted
 
 
 def _forward(args: argparse.Namespace) -> None:
@@ -275,7 +276,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     for text in args.text:  # the sentences, the outputs and the image, checked before the model loads
         if not tokenize(text):
-            raise ValueError(f"--text {text!r} has no words: give a sentence describing the object")
+            raise ValueError(f"--text {quoted(text)} has no words: give a sentence describing the object")
     outputs = {_file_identity(Path(args.image)): "--image"}
     for number in range(1, len(args.text) + 1):
         for flag, template, suffixes in (("--out", args.out, MASK_SUFFIXES), ("--overlay", args.overlay, IMAGE_SUFFIXES)):

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ReSTRConfig
-from .models import ReSTR, build_model
+from .models import ReSTR, build_float32_model
 from .text import Vocabulary
 
 FORMAT = "restr_fast-model"
@@ -47,7 +47,7 @@ def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabular
     replaced. Returns ``directory``.
     """
     given = directory
-    directory = Path(directory).resolve()  # a link's target; "." and ".." by their names
+    directory = Path(directory).expanduser().resolve()  # a link's target; "." and ".." by their names
     if len(vocabulary) != model.config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model {model.config.vocab_size} "
                          f"embedding rows: build the model with vocab_size=len(vocabulary)")
@@ -76,7 +76,7 @@ def save_model_folder(directory: str | Path, model: ReSTR, vocabulary: Vocabular
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    return Path(given)
+    return Path(given).expanduser()
 
 
 def _check_replaceable(directory: Path, given: str | Path) -> None:
@@ -128,7 +128,7 @@ def load_model_folder(directory: str | Path, **overrides: Any) -> tuple[ReSTR, V
                          f"file): {str(error)[:200]}") from error
     from .training.checkpoint import load_weights  # the training package is only needed here
 
-    model = build_model(config)
+    model = build_float32_model(config)
     try:
         load_weights(model, weights)
     except ValueError as error:
@@ -193,9 +193,12 @@ def saved_model_config(path: str | Path) -> ReSTRConfig:
 def saved_model(path: str | Path) -> Path:
     """The model folder or checkpoint file that ``path`` names: itself, given a file of a model folder its
     folder, given a run folder its model/ (else checkpoints/best.pt, then latest.pt)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_file() and path.name in FILES:
         path = path.parent
+    elif path.is_file() and path.suffix == ".safetensors":
+        raise ValueError(f"{path} is a weights file alone: pass the model folder holding it with its "
+                         f"{CONFIG} and {VOCABULARY} (as Predictor.save writes one)")
     if path.is_dir():
         if is_model_folder(path) or (path / WEIGHTS).is_file():  # (reading it names a missing file)
             return path

@@ -29,6 +29,7 @@ from .deployable import load_model, save_model_folder
 from .devices import resolve_device
 from .models import ReSTR, build_model
 from .text import PAD_INDEX, UNK_INDEX, Vocabulary
+from .text.vocabulary import quoted
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -82,15 +83,17 @@ class Predictor:
         if config.in_chans != 3:
             raise ValueError(f"the model takes images of {config.in_chans} channels; the predictor feeds RGB "
                              f"images (in_chans=3)")
-        if len(vocabulary) > config.vocab_size:
-            raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model only {config.vocab_size} "
-                             f"embedding rows: is it the vocabulary the model was trained with?")
+        if len(vocabulary) != config.vocab_size:  # as a model folder holds them: one embedding row a word
+            raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model {config.vocab_size} "
+                             f"embedding rows: pass the vocabulary the model was trained with (a model built for "
+                             f"a vocabulary has vocab_size=len(vocabulary))")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model.eval()
         self.vocabulary = vocabulary
         self.config = config
         self.device = next(model.parameters()).device
+        self._weights = weights
         self.dtype = resolve_dtype(dtype, self.device, weights)
         if weights != torch.float32 and self.dtype != weights:  # autocast meets weights of another dtype
             ran = "without autocast" if self.dtype == torch.float32 else f"under autocast in {self.dtype}"
@@ -150,6 +153,7 @@ class Predictor:
             goes with every element of the other list. Each distinct image (the same object, or the same
             path) is encoded once per pass, whatever the number of its sentences.
         """
+        self._check_weights_unchanged()
         images = list(image) if isinstance(image, (list, tuple)) else None
         texts = list(text) if isinstance(text, (list, tuple)) else None
         if images is not None and texts is not None and len(images) != len(texts):
@@ -166,19 +170,35 @@ class Predictor:
         tokens = torch.stack(rows)  # (count, L)
         unknown_only = ((tokens == UNK_INDEX) | (tokens == PAD_INDEX)).all(dim=1).tolist()  # (count,)
         for text_ in dict.fromkeys(t for t, unknown in zip(texts, unknown_only) if unknown):
-            warnings.warn(f"no word of {text_!r} is in the model's vocabulary: it reads as <unk> only, so the "
+            warnings.warn(f"no word of {quoted(text_)} is in the model's vocabulary: it reads as <unk> only, so the "
                           f"mask cannot follow the sentence", stacklevel=2)
+        first_image = 0 if isinstance(image, (list, tuple)) else None  # index of images[0] in the caller's list
+        if first_image is not None:  # image files that are not there, before any batch runs
+            for index, item in enumerate(images):
+                if isinstance(item, (str, os.PathLike)) and not Path(item).expanduser().exists():
+                    raise FileNotFoundError(f"image {index} of the list not found: {item}")
         predictions = []
         for start in range(0, count, self.max_batch):
             stop = min(start + self.max_batch, count)
-            predictions += self._predict_batch(images[start:stop], tokens[start:stop])
+            predictions += self._predict_batch(images[start:stop], tokens[start:stop],
+                                               None if first_image is None else start)
         return predictions if isinstance(image, (list, tuple)) or isinstance(text, (list, tuple)) else predictions[0]
 
-    def _predict_batch(self, images: list[ImageLike], tokens: torch.Tensor) -> list[Prediction]:
-        """One forward pass: images (B items), tokens (B, L) -> B predictions."""
+    def _check_weights_unchanged(self) -> None:
+        """A RuntimeError if the model was cast or moved after the predictor was built for it."""
+        parameter = next(self.model.parameters())
+        if parameter.dtype != self._weights or parameter.device != self.device:
+            raise RuntimeError(f"the model's weights are now {parameter.dtype} on {parameter.device}, but this "
+                               f"predictor was built for {self._weights} on {self.device}: build a new Predictor "
+                               f"after casting or moving the model")
+
+    def _predict_batch(self, images: list[ImageLike], tokens: torch.Tensor,
+                       first_index: int | None) -> list[Prediction]:
+        """One forward pass: images (B items), tokens (B, L) -> B predictions. ``first_index``: the index
+        of images[0] in the caller's list, which errors name (None: the caller gave one image)."""
         keys = [_identity(image) for image in images]
         unique = list(dict.fromkeys(keys))  # distinct images, in order of first use
-        inputs, boxes = zip(*(letterbox_image(to_rgb_image(images[keys.index(key)]), self.config.image_size)
+        inputs, boxes = zip(*(letterbox_image(_rgb_item(images, keys.index(key), first_index), self.config.image_size)
                               for key in unique))
         order = [unique.index(key) for key in keys]  # image of each pair
         which = torch.tensor(order, device=self.device)  # (B,)
@@ -205,6 +225,16 @@ def _restore(logits: torch.Tensor, box: Letterbox) -> Prediction:
     """Model-input logits (S, S) -> the prediction at the original (H, W)."""
     restored = unletterbox(logits, box)  # (H, W) float32
     return Prediction((restored > 0).cpu(), restored.sigmoid().cpu())
+
+
+def _rgb_item(images: list[ImageLike], index: int, first_index: int | None) -> Image.Image:
+    """:func:`to_rgb_image` of ``images[index]``; its errors name its place in the caller's list."""
+    try:
+        return to_rgb_image(images[index])
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        if first_index is None:
+            raise
+        raise type(error)(f"image {first_index + index} of the list: {error}") from error
 
 
 def _identity(image: ImageLike) -> tuple:
@@ -243,14 +273,14 @@ def to_rgb_image(image: ImageLike) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         return load_image(image, upright=True)
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return to_rgb(_loaded(image))
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
             raise ValueError(f"an image tensor must have shape (3, H, W), got {tuple(image.shape)}")
         if image.is_floating_point():
             if not bool(((image >= 0) & (image <= 1)).all()):  # NaN fails both comparisons
                 numbers = image[~image.isnan()]
-                found = f"[{float(numbers.min()):.3g}, {float(numbers.max()):.3g}]" if numbers.numel() else "no numbers"
+                found = f"[{float(numbers.min()):.6g}, {float(numbers.max()):.6g}]" if numbers.numel() else "no numbers"
                 raise ValueError(f"a float image tensor must hold values in [0, 1], got {found}"
                                  + (" and NaN" if numbers.numel() < image.numel() else ""))
             image = (image * 255).round().to(torch.uint8)
@@ -261,14 +291,32 @@ def to_rgb_image(image: ImageLike) -> Image.Image:
         raise TypeError(f"image must be a path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor, "
                         f"got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise TypeError(f"an image array must be uint8 (0..255), got {image.dtype}")
+        hint = (": for values in [0, 1], pass (array * 255).round().astype(np.uint8), or a (3, H, W) float tensor"
+                if np.issubdtype(image.dtype, np.floating) else "")
+        raise TypeError(f"an image array must be uint8 (0..255), got {image.dtype}{hint}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-        raise ValueError(f"an image array must have shape (H, W, 3), got {image.shape}")
+        channels_first = image.ndim == 3 and image.shape[0] in (1, 3, 4)
+        hint = ": channels come last in an array, use array.transpose(1, 2, 0)" if channels_first else ""
+        raise ValueError(f"an image array must have shape (H, W, 3), got {image.shape}{hint}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image has no pixels (size {image.shape[1]}x{image.shape[0]})")
     return to_rgb(Image.fromarray(np.ascontiguousarray(image)))
+
+
+def _loaded(image: Image.Image) -> Image.Image:
+    """``image`` with its pixels read; a ValueError where they cannot be (a file image closed before
+    they were read, a truncated file)."""
+    try:
+        image.load()
+    except (AssertionError, ValueError) as error:  # Pillow asserts on an image whose file was closed unread
+        raise ValueError("the PIL image is closed (at the end of its `with Image.open(...)` block, or by "
+                         "image.close()): call image.load() or image.copy() inside the block, or pass the "
+                         "path") from error
+    except OSError as error:
+        raise ValueError(f"cannot read the PIL image: {error}") from error
+    return image
 
 
 def overlay(image: ImageLike, mask: torch.Tensor | np.ndarray) -> Image.Image:

@@ -1,4 +1,5 @@
 """Predictor: equal to forward + threshold + back-mapping, batching, threads, model folders, bad input, CLI."""
+import copy
 import json
 import os
 import threading
@@ -13,6 +14,7 @@ from restr_fast import Predictor, build_model
 from restr_fast.cli import main
 from restr_fast.predictor import resolve_dtype
 from restr_fast.data.transforms import letterbox_image, unletterbox
+from restr_fast.deployable import save_model_folder
 from restr_fast.text import UNK_INDEX, Vocabulary
 from restr_fast.training import save_checkpoint
 
@@ -258,10 +260,42 @@ def test_save_never_overwrites_a_folder_that_is_not_a_model(predictor, tmp_path)
     with pytest.raises(ValueError, match="notes exists and is not a restr_fast model folder"):
         predictor.save(tmp_path / "notes")
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
-    wider = Predictor(build_model("restr-tiny", vocab_size=len(predictor.vocabulary) + 5), predictor.vocabulary)
-    with pytest.raises(ValueError, match="but the model .* embedding rows: build the model with vocab_size"):
-        wider.save(tmp_path / "wider")  # a folder that could not be loaded
-    assert not (tmp_path / "wider").exists()
+
+
+@pytest.mark.parametrize("default_dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_the_host_programs_default_dtype_changes_nothing(predictor, tmp_path, default_dtype):
+    """A program that sets torch's default dtype gets the same model (float32 weights) and predictions."""
+    folder = predictor.save(tmp_path / "model")
+    image = random_image(20, 30)
+    expected = Predictor.from_checkpoint(folder, fast=False).predict(image, SENTENCES[0]).probability
+    torch.set_default_dtype(default_dtype)
+    try:
+        loaded = Predictor.from_checkpoint(folder, fast=False)
+        assert {parameter.dtype for parameter in loaded.model.parameters()} == {torch.float32}
+        for p in (loaded, predictor):
+            assert torch.equal(p.predict(image, SENTENCES[0]).probability, expected)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_model_cast_or_moved_after_the_predictor_was_built_is_a_clear_error(model, vocabulary):
+    predictor = Predictor(copy.deepcopy(model), vocabulary)
+    predictor.model.half()
+    with pytest.raises(RuntimeError, match="the model's weights are now torch.float16 on cpu, but this predictor was "
+                                           "built for torch.float32 on cpu: build a new Predictor"):
+        predictor.predict(random_image(20, 30), SENTENCES[0])
+
+
+def test_a_vocabulary_of_another_size_than_the_models_rows_is_refused_up_front(predictor, tmp_path):
+    """As a model folder holds them, one embedding row a word: a predictor that could not be saved is
+    not built."""
+    for rows in (len(predictor.vocabulary) + 5, len(predictor.vocabulary) - 1):
+        with pytest.raises(ValueError, match=f"the vocabulary has {len(predictor.vocabulary)} words but the model "
+                                             f"{rows} embedding rows: pass the vocabulary the model was trained with"):
+            Predictor(build_model("restr-tiny", vocab_size=rows), predictor.vocabulary)
+        with pytest.raises(ValueError, match="embedding rows: build the model with vocab_size=len"):
+            save_model_folder(tmp_path / "model", build_model("restr-tiny", vocab_size=rows), predictor.vocabulary)
+        assert not (tmp_path / "model").exists()
 
 
 def test_save_replaces_only_a_model_folder_holding_nothing_else(predictor, tmp_path, monkeypatch):
@@ -358,8 +392,22 @@ def test_bad_images_are_clear_errors(predictor, tmp_path, monkeypatch):
     for empty in (np.zeros((0, 5, 3), np.uint8), Image.new("RGB", (0, 0)), torch.zeros(3, 4, 0, dtype=torch.uint8)):
         with pytest.raises(ValueError, match="image has no pixels"):
             predictor.predict(empty, "the red circle")
-    with pytest.raises(TypeError, match="an image array must be uint8 .*, got float64"):
+    with Image.open(tmp_path / "large.png") as unread:
+        pass
+    read = Image.open(tmp_path / "large.png")
+    read.load()
+    read.close()
+    for closed in (unread, read):
+        with pytest.raises(ValueError, match=r"the PIL image is closed \(at the end of its `with Image.open"):
+            predictor.predict(closed, "the red circle")
+    with pytest.raises(TypeError, match=r"an image array must be uint8 .*, got float64: for values in \[0, 1\], pass "
+                                        r"\(array \* 255\).round\(\).astype\(np.uint8\)"):
         predictor.predict(np.zeros((8, 8, 3)), "the red circle")
+    with pytest.raises(TypeError, match="an image array must be uint8 .*, got int64$"):
+        predictor.predict(np.zeros((8, 8, 3), dtype=np.int64), "the red circle")
+    with pytest.raises(ValueError, match=r"must have shape \(H, W, 3\), got \(3, 8, 9\): channels come last in an "
+                                         r"array, use array.transpose\(1, 2, 0\)"):
+        predictor.predict(np.zeros((3, 8, 9), dtype=np.uint8), "the red circle")
     for dtype in (torch.bool, torch.int64):
         with pytest.raises(TypeError, match=rf"an image tensor must be uint8 \(0..255\) or float in \[0, 1\], got {dtype}"):
             predictor.predict(torch.zeros(3, 8, 8, dtype=dtype), "the red circle")
@@ -367,11 +415,18 @@ def test_bad_images_are_clear_errors(predictor, tmp_path, monkeypatch):
         predictor.predict(torch.zeros(1, 3, 8, 8), "the red circle")
     with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[-1, -1\]$"):
         predictor.predict(torch.full((3, 8, 8), -1.0), "the red circle")
+    with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[0, 1.00001\]$"):  # not [0, 1]
+        predictor.predict(torch.zeros(3, 8, 8).index_fill_(1, torch.tensor([3]), 1.00001), "the red circle")
     with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[0.5, 0.5\] and NaN"):
         predictor.predict(torch.full((3, 8, 8), 0.5).index_fill_(1, torch.tensor([3]), float("nan")), "the red circle")
     with pytest.raises(ValueError, match=r"got no numbers and NaN"):
         predictor.predict(torch.full((3, 8, 8), float("nan")), "the red circle")
     assert predictor.predict([], []) == [] and predictor.predict(random_image(8, 8), []) == []
+    batched = Predictor(predictor.model, predictor.vocabulary, max_batch=2)
+    with pytest.raises(FileNotFoundError, match="image 3 of the list not found: .*missing.png"):
+        batched.predict([random_image(8, 8)] * 3 + [tmp_path / "missing.png"], "the red circle")  # before any batch
+    with pytest.raises(ValueError, match=r"image 2 of the list: an image array must have shape \(H, W, 3\)"):
+        batched.predict([random_image(8, 8), random_image(8, 8), np.zeros((3, 8, 9), np.uint8)], "the red circle")
     with pytest.raises(ValueError, match="lists must pair up"):
         predictor.predict([random_image(8, 8)] * 2, ["a", "b", "c"])
 
@@ -431,6 +486,18 @@ def test_checkpoints_of_another_model_are_clear_errors(predictor, model, vocabul
     with pytest.raises(ValueError, match="has 6 words but .*vocab_size"):
         Predictor.from_checkpoint(folder)
 
+    with pytest.raises(ValueError, match=r"weights.safetensors is a weights file alone: pass the model folder holding "
+                                         r"it with its config.json and vocab.txt"):
+        Predictor.from_checkpoint((folder / "model.safetensors").rename(tmp_path / "weights.safetensors"))
+    torch.save(model.state_dict(), tmp_path / "state_dict.pt")
+    with pytest.raises(ValueError, match=r"is not a restr_fast checkpoint \(expected a file written by restr-fast "
+                                         r"train\) \(a bare state dict: load it into build_model"):
+        Predictor.from_checkpoint(tmp_path / "state_dict.pt")
+    torch.save({"epoch": 3}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"is not a restr_fast checkpoint \(expected a file written by restr-fast "
+                                         r"train\)$"):
+        Predictor.from_checkpoint(tmp_path / "other.pt")
+
     (tmp_path / "weights.pt").write_bytes(b"\x00" * 16)
     with pytest.raises(ValueError, match="cannot read checkpoint .*weights.pt: not a zip archive, as torch.save writes one"):
         Predictor.from_checkpoint(tmp_path / "weights.pt")
@@ -440,6 +507,28 @@ def test_checkpoints_of_another_model_are_clear_errors(predictor, model, vocabul
         Predictor(model, vocabulary, other.config)
     fast = Predictor(model, vocabulary, model.config.replace(fast=True))  # implementation settings may differ
     assert fast.model is not model and fast.config.fast and not model.config.fast
+
+
+def test_paths_starting_with_a_tilde_are_in_the_home_folder(predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert predictor.save("~/model") == tmp_path / "model" and (tmp_path / "model" / "config.json").is_file()
+    Image.fromarray(random_image(20, 30)).save(tmp_path / "photo.png")
+    loaded = Predictor.from_checkpoint("~/model", fast=False)
+    assert torch.equal(loaded.predict("~/photo.png", SENTENCES[0]).probability,
+                       predictor.predict(tmp_path / "photo.png", SENTENCES[0]).probability)
+
+
+def test_overlay_tints_the_masked_region_and_dims_the_rest():
+    from restr_fast import overlay
+
+    image, mask = random_image(20, 30), np.zeros((20, 30), dtype=bool)
+    mask[5:10, 3:8] = True
+    shown = np.asarray(overlay(image, torch.from_numpy(mask)), dtype=np.float32)  # (20, 30, 3)
+    pixels = image.astype(np.float32)
+    assert np.array_equal(shown[~mask], (pixels[~mask] * 0.4).round())
+    assert np.array_equal(shown[mask], (pixels[mask] * 0.5 + [127.5, 0.0, 0.0]).round())
+    with pytest.raises(ValueError, match=r"mask of shape \(30, 20\) does not fit the image of shape \(20, 30\)"):
+        overlay(image, mask.T)
 
 
 def test_cli_predict_writes_masks_of_the_image_size(predictor, tmp_path, capsys):

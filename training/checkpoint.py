@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..config import ReSTRConfig
-from ..models import ReSTR, build_model
+from ..models import ReSTR, build_float32_model
 from ..text import Vocabulary
 
 FORMAT = "restr_fast-checkpoint"
@@ -70,7 +70,9 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise ValueError(f"cannot read checkpoint {path} (corrupt or not a torch file): "
                          f"{type(error).__name__}: {str(error)[:200]}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a restr_fast checkpoint (expected a file written by restr-fast train)")
+        bare = " (a bare state dict: load it into build_model(...) with load_state_dict, then save a model folder " \
+               "with Predictor(model, vocabulary).save(folder))" if _is_state_dict(state) else ""
+        raise ValueError(f"{path} is not a restr_fast checkpoint (expected a file written by restr-fast train){bare}")
     if state.get("version") != VERSION:
         raise ValueError(f"{path} is a checkpoint of format version {state.get('version')}; this restr_fast "
                          f"reads version {VERSION}")
@@ -78,6 +80,12 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}")
     return state
+
+
+def _is_state_dict(state: Any) -> bool:
+    """Whether ``state`` looks like a module's state dict: a non-empty dict of names to tensors."""
+    return isinstance(state, dict) and bool(state) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
 
 
 def model_from_checkpoint(state: dict[str, Any], **overrides: Any) -> tuple[ReSTR, Vocabulary]:
@@ -91,7 +99,7 @@ def model_from_checkpoint(state: dict[str, Any], **overrides: Any) -> tuple[ReST
     if len(vocabulary) != config.vocab_size:
         raise ValueError(f"the checkpoint's vocabulary has {len(vocabulary)} words but its config says "
                          f"vocab_size={config.vocab_size}")
-    model = build_model(config)
+    model = build_float32_model(config)
     load_weights(model, state["model"])
     return model, vocabulary
 

@@ -53,7 +53,7 @@ def image_header_size(path: str | Path, upright: bool = False) -> tuple[int, int
 @contextlib.contextmanager
 def _opened(path: str | Path) -> Iterator[Image.Image]:
     """The image file at ``path`` opened by Pillow; a missing, unreadable or oversized file is a clear error."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not an image file")
     if not path.is_file():
@@ -100,7 +100,7 @@ def letterbox_image(image: Image.Image, size: int) -> tuple[torch.Tensor, Letter
     box = letterbox_box(image.height, image.width, size)
     resized = image.resize((box.resized_width, box.resized_height), Image.BILINEAR)
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1) / 255.0  # (3, h, w)
-    canvas = torch.zeros(3, size, size)
+    canvas = torch.zeros(3, size, size, dtype=torch.float32)  # whatever torch's default dtype
     canvas[:, box.top: box.top + box.resized_height, box.left: box.left + box.resized_width] = (pixels - MEAN) / STD
     return canvas, box
 
@@ -114,7 +114,7 @@ def letterbox_mask(mask: np.ndarray, box: Letterbox, size: int) -> torch.Tensor:
                          f"= {(box.height, box.width)}")
     resized = Image.fromarray((mask != 0).astype(np.uint8) * 255).resize((box.resized_width, box.resized_height),
                                                                    Image.NEAREST)
-    canvas = torch.zeros(1, size, size)
+    canvas = torch.zeros(1, size, size, dtype=torch.float32)
     canvas[0, box.top: box.top + box.resized_height, box.left: box.left + box.resized_width] = \
         torch.from_numpy(np.asarray(resized) > 127).float()
     return canvas

@@ -16,6 +16,11 @@ PAD_INDEX, GO_INDEX, EOS_INDEX, UNK_INDEX = range(len(SPECIAL_TOKENS))
 MAX_WORDS = 20
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """``repr(text)`` for messages, cut to its first ``limit`` characters (and its length) when longer."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 class Vocabulary:
     """Words in id order: ``<pad>, <go>, <eos>, <unk>``, then the words.
 
@@ -106,9 +111,9 @@ class Vocabulary:
             raise ValueError(f"max_words must be a positive integer, got {max_words!r}")
         words = tokenize(text)
         if not words:
-            raise ValueError(f"text {text!r} has no words: give a sentence describing the object")
+            raise ValueError(f"text {quoted(text)} has no words: give a sentence describing the object")
         if len(words) > max_words and warn:
-            warnings.warn(f"sentence of {len(words)} words truncated to its first {max_words}: {text!r}",
+            warnings.warn(f"sentence of {len(words)} words truncated to its first {max_words}: {quoted(text)}",
                           stacklevel=1 + stacklevel)
         words = words[:max_words]
         ids = [PAD_INDEX] * (max_words - len(words)) + [self.index(w) for w in words]

@@ -43,6 +43,12 @@ def test_long_sentences_keep_their_first_words_with_a_warning(vocabulary):
         ids = vocabulary.encode(" ".join(words))
     assert caught[0].filename == __file__
     assert ids.tolist() == [vocabulary.index(w) for w in words[:20]]
+    with pytest.warns(UserWarning) as caught:  # a long text is quoted by its first 80 characters
+        vocabulary.encode("red dog " * 5000)
+    assert str(caught[0].message) == (f"sentence of 10000 words truncated to its first 20: {('red dog ' * 10)!r}... "
+                                      f"(40000 characters)")
+    with pytest.raises(ValueError, match=r"^text '!!!!!.*'\.\.\. \(10000 characters\) has no words"):
+        vocabulary.encode("!" * 10000)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "...", "!?"])
