@@ -11,9 +11,9 @@ an H200 before its loop was pipelined, nor the forward's 8 warps or 8K-element b
 1.01x), and times the ``seed_mask`` benchmark
 group's four cases (B = 8, N = 900 and 3600, D = 768, bf16, forward and forward + backward) as that
 group's ``gpu_ms`` does: a CUDA graph of calls on inputs rotating through 3x the L2 cache. Before it
-is timed, each variant's outputs and gradients at both N are checked against the fp64 reference
-within the tolerance rule of DESIGN.md section 6 (outputs poisoned first); one that fails is listed
-as a wrong result and never chosen. It prints
+is timed, each variant's outputs and gradients at both N are checked against the fp64 reference,
+held to the larger error of PyTorch's and the defaults' (:mod:`benchmarks.checks`); one that fails
+is listed as a wrong result and never chosen. It prints
 the times in microseconds, fastest first, with the copy-bandwidth floor of each case, so that a GPU
 session can confirm or replace the defaults. With ``--then-benchmark JSON``, where a variant beats
 the defaults (:func:`benchmarks.tuning.best_variant`), it then runs the ``seed_mask`` benchmark
@@ -31,8 +31,9 @@ from restr_fast.kernels.seed_mask import seed_mask_reference
 
 from .conftest import graphed_gpu_seconds, l2_rotation, measure_copy_bandwidth
 from .test_seed_mask import bytes_moved, call, inputs
-from .tuning import (Check, Variant, add_benchmark_arguments, benchmark_fastest, largest_error,
-                     poisoned_outputs, print_fastest_first, rule_violation, time_variants, variants_deadline)
+from .checks import Check, CheckedCase, check_against_the_defaults, largest_error
+from .tuning import (Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants,
+                     variants_deadline)
 
 seed_mask_kernels = importlib.import_module("restr_fast.kernels.seed_mask")
 _blocks = seed_mask_kernels._blocks
@@ -117,27 +118,19 @@ def results_and_gradients(op, tensors: dict, dtype: torch.dtype) -> list[torch.T
 
 
 def results_check(sizes: list[int], atol: float = 1e-3) -> Check:
-    """A check of the kernels as they are set when it is called: forward and backward at each N of
-    ``sizes`` on fresh inputs, against the fp64 reference, within twice the error of PyTorch in the
-    inputs' dtype plus ``atol`` (the GPU tests' bound at these sizes)."""
-    names = ("logits", "masked", "grad patches", "grad classifier")
+    """A check of the kernels as they are set when it is called, made with the defaults
+    (:func:`benchmarks.checks.check_against_the_defaults`): forward and backward at each N of ``sizes``
+    on fresh inputs, against the fp64 reference, with ``atol`` (the GPU tests' at these sizes)."""
     cases = []
     for n in sizes:
         tensors = inputs(n, True, seed=1000 + n)
+        dtype = tensors["patches"].dtype
         exact = results_and_gradients(seed_mask_reference, tensors, torch.float64)
-        same_dtype = results_and_gradients(seed_mask_reference, tensors, tensors["patches"].dtype)
-        cases.append((n, tensors, exact, [largest_error(a, e) for a, e in zip(same_dtype, exact)]))
-
-    def check() -> str | None:
-        for n, tensors, exact, torch_errors in cases:
-            with poisoned_outputs():
-                ours = results_and_gradients(seed_mask_kernels.seed_mask, tensors, tensors["patches"].dtype)
-            for name, values, exact_values, torch_error in zip(names, ours, exact, torch_errors):
-                problem = rule_violation(name, values, exact_values, torch_error, atol)
-                if problem is not None:
-                    return f"N={n} {problem}"
-        return None
-    return check
+        same_dtype = results_and_gradients(seed_mask_reference, tensors, dtype)
+        cases.append(CheckedCase(
+            f"N={n} ", functools.partial(results_and_gradients, seed_mask_kernels.seed_mask, tensors, dtype), exact,
+            [largest_error(values, exact_values) for values, exact_values in zip(same_dtype, exact)], [atol] * 4))
+    return check_against_the_defaults(("logits", "masked", "grad patches", "grad classifier"), cases)
 
 
 def case_name(n: int, forward_only: bool) -> str:

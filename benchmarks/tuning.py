@@ -1,6 +1,6 @@
 """Shared by the kernel tuning tools (``tune_decoder``, ``tune_seed_mask``): alternatives to a kernel
-module's launch choices (tiles, warps, switches), applied one at a time, each checked against the
-reference on the card before it is timed, the table of their times against the defaults, and the
+module's launch choices (tiles, warps, switches), applied one at a time, each checked on the card
+before it is timed (:mod:`benchmarks.checks`), the table of their times against the defaults, and the
 benchmark group's eager and fast cases run again with the fastest one.
 
 A benchmark run applies one tool's variant throughout when ``RESTR_BENCH_VARIANT`` names it as
@@ -18,17 +18,15 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator, Sequence
 
-import torch
+from .checks import Check
 
 Replacement = tuple[ModuleType, str, object]  # (module, launcher function or switch, replacement)
 Variant = tuple[str, list[Replacement]]  # (label, replacements)
 Times = dict[str, float]  # a time for each case measured, e.g. {"ms": 4.3}
-Check = Callable[[], "str | None"]  # what is wrong with the kernels' results as they are now set, or None
 
 VARIANT_ENV = "RESTR_BENCH_VARIANT"
 TOOLS = ("decoder", "seed_mask")  # benchmarks.tune_<tool>, each with variants() and BENCHMARK
@@ -91,41 +89,6 @@ def time_variants(variants: Sequence[Variant], measure: Callable[[], Times],
     results.append(("defaults, measured again last", measure()))  # shows the drift over the run
     print(f"{results[-1][0]}: {results[-1][1]}", flush=True)
     return results
-
-
-def largest_error(values: torch.Tensor, exact: torch.Tensor) -> float:
-    """max |values - exact| (NaN where ``values`` holds one)."""
-    return (values.double() - exact).abs().max().item()
-
-
-def rule_violation(name: str, ours: torch.Tensor, exact: torch.Tensor, torch_error: float, atol: float) -> str | None:
-    """What breaks the tolerance rule of DESIGN.md section 6 (the largest error of ``ours`` against
-    ``exact`` at most twice ``torch_error``, PyTorch's in the same dtype, plus ``atol``), or None. A NaN
-    or a wrong shape breaks it."""
-    if ours.shape != exact.shape:
-        return f"{name}: shape {tuple(ours.shape)}, expected {tuple(exact.shape)}"
-    ours_error = largest_error(ours, exact)
-    if ours_error <= 2 * torch_error + atol:
-        return None
-    return f"{name}: error {ours_error:.3g}, PyTorch's {torch_error:.3g}"
-
-
-@contextlib.contextmanager
-def poisoned_outputs() -> Iterator[None]:
-    """New tensors (the kernels' outputs) filled with NaN while the block runs, so that an element a
-    variant leaves unwritten fails its check, rather than passing with what an earlier run left in
-    the allocator's memory (PyTorch's deterministic mode fills them, warnings off)."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    filled = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.utils.deterministic.fill_uninitialized_memory = filled
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def geometric_mean_speedup(defaults: Times, times: Times) -> float:

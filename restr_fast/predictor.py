@@ -83,10 +83,9 @@ class Predictor:
         if config.in_chans != 3:
             raise ValueError(f"the model takes images of {config.in_chans} channels; the predictor feeds RGB "
                              f"images (in_chans=3)")
-        if len(vocabulary) != config.vocab_size:  # as a model folder holds them: one embedding row a word
-            raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model {config.vocab_size} "
-                             f"embedding rows: pass the vocabulary the model was trained with (a model built for "
-                             f"a vocabulary has vocab_size=len(vocabulary))")
+        if len(vocabulary) > config.vocab_size:
+            raise ValueError(f"the vocabulary has {len(vocabulary)} words but the model only {config.vocab_size} "
+                             f"embedding rows: is it the vocabulary the model was trained with?")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model.eval()
@@ -172,25 +171,25 @@ class Predictor:
         for text_ in dict.fromkeys(t for t, unknown in zip(texts, unknown_only) if unknown):
             warnings.warn(f"no word of {quoted(text_)} is in the model's vocabulary: it reads as <unk> only, so the "
                           f"mask cannot follow the sentence", stacklevel=2)
-        first_image = 0 if isinstance(image, (list, tuple)) else None  # index of images[0] in the caller's list
-        if first_image is not None:  # image files that are not there, before any batch runs
+        listed = isinstance(image, (list, tuple))  # errors name an image by its index in the caller's list
+        if listed:  # image files that are not there, before any batch runs
             for index, item in enumerate(images):
                 if isinstance(item, (str, os.PathLike)) and not Path(item).expanduser().exists():
                     raise FileNotFoundError(f"image {index} of the list not found: {item}")
         predictions = []
         for start in range(0, count, self.max_batch):
             stop = min(start + self.max_batch, count)
-            predictions += self._predict_batch(images[start:stop], tokens[start:stop],
-                                               None if first_image is None else start)
+            predictions += self._predict_batch(images[start:stop], tokens[start:stop], start if listed else None)
         return predictions if isinstance(image, (list, tuple)) or isinstance(text, (list, tuple)) else predictions[0]
 
     def _check_weights_unchanged(self) -> None:
-        """A RuntimeError if the model was cast or moved after the predictor was built for it."""
-        parameter = next(self.model.parameters())
-        if parameter.dtype != self._weights or parameter.device != self.device:
-            raise RuntimeError(f"the model's weights are now {parameter.dtype} on {parameter.device}, but this "
-                               f"predictor was built for {self._weights} on {self.device}: build a new Predictor "
-                               f"after casting or moving the model")
+        """A RuntimeError if the model (or a part of it) was cast or moved after the predictor was built."""
+        found = {(parameter.dtype, parameter.device) for parameter in self.model.parameters()}
+        if found != {(self._weights, self.device)}:
+            now = ", ".join(sorted(f"{dtype} on {device}" for dtype, device in found))
+            raise RuntimeError(f"the model's weights are now {now}, but this predictor was built for "
+                               f"{self._weights} on {self.device}: build a new Predictor after casting or moving "
+                               f"the model")
 
     def _predict_batch(self, images: list[ImageLike], tokens: torch.Tensor,
                        first_index: int | None) -> list[Prediction]:
@@ -232,7 +231,7 @@ def _rgb_item(images: list[ImageLike], index: int, first_index: int | None) -> I
     try:
         return to_rgb_image(images[index])
     except (FileNotFoundError, ValueError, TypeError) as error:
-        if first_index is None:
+        if first_index is None or type(error) not in (FileNotFoundError, ValueError, TypeError):  # (one message)
             raise
         raise type(error)(f"image {first_index + index} of the list: {error}") from error
 
@@ -311,6 +310,8 @@ def _loaded(image: Image.Image) -> Image.Image:
     try:
         image.load()
     except (AssertionError, ValueError) as error:  # Pillow asserts on an image whose file was closed unread
+        if isinstance(error, ValueError) and "closed" not in str(error):
+            raise ValueError(f"cannot read the PIL image: {error}") from error
         raise ValueError("the PIL image is closed (at the end of its `with Image.open(...)` block, or by "
                          "image.close()): call image.load() or image.copy() inside the block, or pass the "
                          "path") from error

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
-from benchmarks import tuning  # noqa: E402
+from benchmarks import checks, tuning  # noqa: E402
 from benchmarks.tuning import best_variant, print_fastest_first, replaced, time_variants, variant_named  # noqa: E402
 
 
@@ -95,32 +95,58 @@ def test_a_variant_with_wrong_results_is_not_timed_and_never_chosen(capsys):
 def test_the_tolerance_rule_and_what_breaks_it():
     exact = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
     ours = torch.tensor([1.0, -2.0, 3.0 + 2 ** -6])
-    assert tuning.largest_error(ours, exact) == 2 ** -6
-    assert tuning.rule_violation("x", ours, exact, torch_error=2 ** -7, atol=0.0) is None  # twice PyTorch's
-    assert tuning.rule_violation("x", ours, exact, torch_error=2 ** -8, atol=2 ** -7) is None  # plus atol
-    assert tuning.rule_violation("x", ours, exact, torch_error=2 ** -8, atol=0.0) == (
+    assert checks.largest_error(ours, exact) == 2 ** -6
+    assert checks.rule_violation("x", ours, exact, torch_error=2 ** -7, atol=0.0) is None  # twice PyTorch's
+    assert checks.rule_violation("x", ours, exact, torch_error=2 ** -8, atol=2 ** -7) is None  # plus atol
+    assert checks.rule_violation("x", ours, exact, torch_error=2 ** -8, atol=0.0) == (
         "x: error 0.0156, PyTorch's 0.00391")
-    assert tuning.rule_violation("x", torch.tensor([1.0, float("nan"), 3.0]), exact, 1.0, 1.0) == (
+    assert checks.rule_violation("x", torch.tensor([1.0, float("nan"), 3.0]), exact, 1.0, 1.0) == (
         "x: error nan, PyTorch's 1")
-    assert tuning.rule_violation("x", ours[:2], exact, 1.0, 1.0) == "x: shape (2,), expected (3,)"
+    assert checks.rule_violation("x", ours[:2], exact, 1.0, 1.0) == "x: shape (2,), expected (3,)"
 
 
 def test_outputs_are_poisoned_inside_the_block_only():
     torch.use_deterministic_algorithms(False)
-    with tuning.poisoned_outputs():
+    with checks.poisoned_outputs():
         assert torch.empty(5).isnan().all() and torch.ones(3).new_empty(2).isnan().all()
         assert torch.is_deterministic_algorithms_warn_only_enabled()  # ops without a deterministic form still run
     assert not torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
-        with tuning.poisoned_outputs():
+        with checks.poisoned_outputs():
             assert torch.empty(5).isnan().all()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
         assert not torch.utils.deterministic.fill_uninitialized_memory
     finally:
         torch.utils.deterministic.fill_uninitialized_memory = True
         torch.use_deterministic_algorithms(False)
+
+
+def test_variants_are_held_to_the_larger_error_of_pytorchs_and_the_defaults(capsys):
+    """The check made with the defaults: they are reported against PyTorch's error alone; a variant
+    may be off by what the defaults are, not more, and a NaN or an error past both fails."""
+    kernels = SimpleNamespace(offset=0.3)  # the defaults' error: 0.3, three times PyTorch's 0.1
+    exact = [torch.zeros(3, dtype=torch.float64)]
+    case = checks.CheckedCase("N=7 ", lambda: [torch.full((3,), kernels.offset)], exact, [0.1], [0.0])
+    check = checks.check_against_the_defaults(["logits"], [case])
+    assert capsys.readouterr().out == "the defaults against PyTorch: N=7 logits: error 0.3, PyTorch's 0.1\n"
+    for offset, expected in ((0.3, None), (0.6, None), (0.61, "N=7 logits: error 0.61, PyTorch's 0.3"),
+                             (float("nan"), "N=7 logits: error nan, PyTorch's 0.3")):
+        kernels.offset = offset
+        assert check() == expected
+    kernels.offset = 0.05  # defaults within the rule: said so
+    checks.check_against_the_defaults(["logits"], [case])
+    assert capsys.readouterr().out == "the defaults against PyTorch: within the tolerance rule on every output\n"
+
+
+def test_the_kernels_run_with_their_outputs_poisoned():
+    seen = []
+    case = checks.CheckedCase("", lambda: seen.append(torch.empty(4).isnan().all().item()) or [torch.zeros(1)],
+                              [torch.zeros(1, dtype=torch.float64)], [0.0], [0.0])
+    torch.use_deterministic_algorithms(False)
+    checks.check_against_the_defaults(["x"], [case])()
+    assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
 
 
 def results_of(*variants, defaults=None, defaults_again=None):

@@ -14,7 +14,6 @@ from restr_fast import Predictor, build_model
 from restr_fast.cli import main
 from restr_fast.predictor import resolve_dtype
 from restr_fast.data.transforms import letterbox_image, unletterbox
-from restr_fast.deployable import save_model_folder
 from restr_fast.text import UNK_INDEX, Vocabulary
 from restr_fast.training import save_checkpoint
 
@@ -280,22 +279,29 @@ def test_the_host_programs_default_dtype_changes_nothing(predictor, tmp_path, de
 
 def test_a_model_cast_or_moved_after_the_predictor_was_built_is_a_clear_error(model, vocabulary):
     predictor = Predictor(copy.deepcopy(model), vocabulary)
+    predictor.model.vision.half()  # a part of it
+    with pytest.raises(RuntimeError, match="the model's weights are now torch.float16 on cpu, torch.float32 on cpu, "
+                                           "but this predictor was built for torch.float32 on cpu: build a new "
+                                           "Predictor"):
+        predictor.predict(random_image(20, 30), SENTENCES[0])
     predictor.model.half()
     with pytest.raises(RuntimeError, match="the model's weights are now torch.float16 on cpu, but this predictor was "
                                            "built for torch.float32 on cpu: build a new Predictor"):
         predictor.predict(random_image(20, 30), SENTENCES[0])
 
 
-def test_a_vocabulary_of_another_size_than_the_models_rows_is_refused_up_front(predictor, tmp_path):
-    """As a model folder holds them, one embedding row a word: a predictor that could not be saved is
-    not built."""
-    for rows in (len(predictor.vocabulary) + 5, len(predictor.vocabulary) - 1):
-        with pytest.raises(ValueError, match=f"the vocabulary has {len(predictor.vocabulary)} words but the model "
-                                             f"{rows} embedding rows: pass the vocabulary the model was trained with"):
-            Predictor(build_model("restr-tiny", vocab_size=rows), predictor.vocabulary)
-        with pytest.raises(ValueError, match="embedding rows: build the model with vocab_size=len"):
-            save_model_folder(tmp_path / "model", build_model("restr-tiny", vocab_size=rows), predictor.vocabulary)
-        assert not (tmp_path / "model").exists()
+def test_a_vocabulary_must_fit_the_models_embedding_rows(predictor, tmp_path):
+    """More words than rows: refused. Fewer: the predictor runs (the rows past its words are never
+    read), but a model folder holds one row a word, so it cannot be saved as one."""
+    narrower = build_model("restr-tiny", vocab_size=len(predictor.vocabulary) - 1)
+    with pytest.raises(ValueError, match=f"the vocabulary has {len(predictor.vocabulary)} words but the model only "
+                                         f"{len(predictor.vocabulary) - 1} embedding rows"):
+        Predictor(narrower, predictor.vocabulary)
+    wider = Predictor(build_model("restr-tiny", vocab_size=len(predictor.vocabulary) + 5), predictor.vocabulary)
+    assert wider.predict(random_image(20, 30), SENTENCES[0]).mask.shape == (20, 30)
+    with pytest.raises(ValueError, match="but the model .* embedding rows: build the model with vocab_size"):
+        wider.save(tmp_path / "wider")  # a folder that could not be loaded
+    assert not (tmp_path / "wider").exists()
 
 
 def test_save_replaces_only_a_model_folder_holding_nothing_else(predictor, tmp_path, monkeypatch):

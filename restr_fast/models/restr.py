@@ -5,7 +5,6 @@ encoder, patch prediction with the adaptive classifier (eq. 9), masking (eq. 10)
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -163,17 +162,8 @@ def build_model(preset_or_config: str | ReSTRConfig = "restr-b16", *,
     return model
 
 
-_DEFAULT_DTYPE_LOCK = threading.Lock()
-
-
 def build_float32_model(config: ReSTRConfig) -> ReSTR:
-    """``build_model(config)`` in float32 whatever torch's default dtype (torch.set_default_dtype): the
-    model saved weights are loaded into, so that a host program's default dtype neither changes their
-    precision nor the buffers the model computes when it is built."""
-    with _DEFAULT_DTYPE_LOCK:  # the default dtype is global: builds in other threads wait
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float32)
-        try:
-            return build_model(config)
-        finally:
-            torch.set_default_dtype(previous)
+    """``build_model(config)`` with float32 parameters whatever torch's default dtype
+    (torch.set_default_dtype): the model saved weights are loaded into. (It registers no buffers: all
+    it computes when built are initial parameters, which the saved weights replace.)"""
+    return build_model(config).float()
