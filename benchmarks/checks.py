@@ -44,7 +44,8 @@ def poisoned_outputs() -> Iterator[None]:
     """New tensors (the kernels' outputs) filled with NaN while the block runs, so that an element a
     variant leaves unwritten fails its check, rather than passing with what an earlier run left in
     the allocator's memory (PyTorch's deterministic mode fills them, warnings off)."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     filled = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
@@ -88,7 +89,8 @@ def check_against_the_defaults(names: Sequence[str], cases: Sequence[CheckedCase
     for case in cases:
         defaults = kernel_results(case)
         errors = [largest_error(values, exact) for values, exact in zip(defaults, case.exact)]
-        bounds.append([max(torch_error, error) for torch_error, error in zip(case.torch_errors, errors)])  # NaN: PyTorch's
+        # (a NaN error of the defaults leaves PyTorch's: max keeps its first argument against NaN)
+        bounds.append([max(torch_error, error) for torch_error, error in zip(case.torch_errors, errors)])
         problem = first_violation(names, case, defaults, case.torch_errors)
         if problem is not None:
             found.append(problem)

@@ -138,6 +138,13 @@ def test_variants_are_held_to_the_larger_error_of_pytorchs_and_the_defaults(caps
     kernels.offset = 0.05  # defaults within the rule: said so
     checks.check_against_the_defaults(["logits"], [case])
     assert capsys.readouterr().out == "the defaults against PyTorch: within the tolerance rule on every output\n"
+    kernels.offset = float("nan")  # defaults that write NaN: the variants are held to PyTorch's error
+    check = checks.check_against_the_defaults(["logits"], [case])
+    assert capsys.readouterr().out == "the defaults against PyTorch: N=7 logits: error nan, PyTorch's 0.1\n"
+    kernels.offset = 0.19
+    assert check() is None
+    kernels.offset = 0.21
+    assert check() == "N=7 logits: error 0.21, PyTorch's 0.1"
 
 
 def test_the_kernels_run_with_their_outputs_poisoned():
