@@ -203,7 +203,8 @@ class Predictor:
         which = torch.tensor(order, device=self.device)  # (B,)
         forward = self._graphed or self._forward
         logits = forward(torch.stack(inputs).to(self.device), which, tokens.to(self.device))  # (B, 1, S, S)
-        with torch.no_grad():  # not inference mode: the masks are the user's, to edit in place or use as targets
+        # not inference mode, even the caller's: the masks are the user's, to edit in place or use as targets
+        with torch.inference_mode(False), torch.no_grad():
             return [_restore(logits[i, 0], boxes[order[i]]) for i in range(len(images))]
 
     def _forward(self, images: torch.Tensor, which: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

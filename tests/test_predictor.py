@@ -277,6 +277,14 @@ def test_the_host_programs_default_dtype_changes_nothing(predictor, tmp_path, de
         torch.set_default_dtype(torch.float32)
 
 
+def test_predictions_made_under_the_callers_inference_mode_are_ordinary_tensors(predictor):
+    with torch.inference_mode():
+        prediction = predictor.predict(random_image(20, 30), SENTENCES[0])
+    assert not prediction.mask.is_inference() and not prediction.probability.is_inference()
+    prediction.mask[0, 0] = True  # outside inference mode: editable in place
+    prediction.probability.clamp_(0.1, 0.9)
+
+
 def test_a_model_cast_or_moved_after_the_predictor_was_built_is_a_clear_error(model, vocabulary):
     predictor = Predictor(copy.deepcopy(model), vocabulary)
     predictor.model.vision.half()  # a part of it
