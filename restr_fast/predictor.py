@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .attention import resolve_backend
 from .config import ReSTRConfig
 from .cuda_graphs import CUDAGraphed
 from .data.transforms import Letterbox, letterbox_image, load_image, to_rgb, unletterbox
@@ -122,8 +123,10 @@ class Predictor:
             attention: the attention backend, whichever the model was trained with: ``auto`` (the
                 fastest on the device), ``xformers``, ``sdpa`` or ``math`` (the same function).
         """
+        device = resolve_device(device)
+        resolve_backend(attention, device)  # a backend that cannot run there is refused now, not at predict
         model, vocabulary = load_model(path, fast=fast, attention=attention)
-        model = model.to(resolve_device(device))
+        model = model.to(device)
         weights = _weight_dtype(model)
         if weights != torch.float32 and resolve_dtype(dtype, next(model.parameters()).device, weights) != weights:
             model.float()  # autocast in another dtype, or none, runs on fp32 weights

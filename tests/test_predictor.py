@@ -190,6 +190,10 @@ def test_a_model_saved_with_xformers_attention_runs_anywhere(model, vocabulary, 
     assert loaded.config.attention == "auto"
     assert loaded.predict(random_image(20, 30), SENTENCES[0]).mask.shape == (20, 30)
     assert Predictor.from_checkpoint(folder, device="cpu", fast=False, attention="math").config.attention == "math"
+    with pytest.raises(ValueError, match="attention backend 'xformers' is not available on cpu"):  # at load
+        Predictor.from_checkpoint(folder, device="cpu", attention="xformers")
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        Predictor.from_checkpoint(folder, device="cpu", attention="flash")
     Image.fromarray(random_image(20, 30)).save(tmp_path / "photo.png")
     assert main(["predict", "--checkpoint", str(folder), "--image", str(tmp_path / "photo.png"), "--device", "cpu",
                  "--text", SENTENCES[0], "--out", str(tmp_path / "mask.png")]) == 0
