@@ -200,8 +200,8 @@ class Predictor:
         of images[0] in the caller's list, which errors name (None: the caller gave one image)."""
         keys = [_identity(image) for image in images]
         unique = list(dict.fromkeys(keys))  # distinct images, in order of first use
-        inputs, boxes = zip(*(letterbox_image(_rgb_item(images, keys.index(key), first_index), self.config.image_size)
-                              for key in unique))
+        inputs, boxes = zip(*(letterbox_image(_rgb_item(images, keys.index(key), first_index),
+                                              self.config.image_size) for key in unique))
         order = [unique.index(key) for key in keys]  # image of each pair
         which = torch.tensor(order, device=self.device)  # (B,)
         forward = self._graphed or self._forward
