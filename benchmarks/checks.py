@@ -27,16 +27,17 @@ def largest_error(values: torch.Tensor, exact: torch.Tensor) -> float:
     return (values.double() - exact).abs().max().item()
 
 
-def rule_violation(name: str, ours: torch.Tensor, exact: torch.Tensor, torch_error: float, atol: float) -> str | None:
+def rule_violation(name: str, ours: torch.Tensor, exact: torch.Tensor, torch_error: float, atol: float,
+                   whose: str = "PyTorch's") -> str | None:
     """What breaks the tolerance rule of DESIGN.md section 6 (the largest error of ``ours`` against
     ``exact`` at most twice ``torch_error``, PyTorch's in the same dtype, plus ``atol``), or None. A NaN
-    or a wrong shape breaks it."""
+    or a wrong shape breaks it. ``whose``: what the message calls ``torch_error``."""
     if ours.shape != exact.shape:
         return f"{name}: shape {tuple(ours.shape)}, expected {tuple(exact.shape)}"
     ours_error = largest_error(ours, exact)
     if ours_error <= 2 * torch_error + atol:
         return None
-    return f"{name}: error {ours_error:.3g}, PyTorch's {torch_error:.3g}"
+    return f"{name}: error {ours_error:.3g}, {whose} {torch_error:.3g}"
 
 
 @contextlib.contextmanager
@@ -65,11 +66,11 @@ def kernel_results(case: CheckedCase) -> list[torch.Tensor]:
 
 
 def first_violation(names: Sequence[str], case: CheckedCase, results: Sequence[torch.Tensor],
-                    torch_errors: Sequence[float]) -> str | None:
-    """What ``results`` on ``case`` break of the tolerance rule against ``torch_errors``, first output
-    first, or None."""
+                    torch_errors: Sequence[float], whose: str = "PyTorch's") -> str | None:
+    """What ``results`` on ``case`` break of the tolerance rule against ``torch_errors`` (``whose``
+    errors they are), first output first, or None."""
     for name, values, exact, torch_error, atol in zip(names, results, case.exact, torch_errors, case.atols):
-        problem = rule_violation(name, values, exact, torch_error, atol)
+        problem = rule_violation(name, values, exact, torch_error, atol, whose)
         if problem is not None:
             return case.label + problem
     return None
@@ -99,7 +100,8 @@ def check_against_the_defaults(names: Sequence[str], cases: Sequence[CheckedCase
 
     def check() -> str | None:
         for case, case_bounds in zip(cases, bounds):
-            problem = first_violation(names, case, kernel_results(case), case_bounds)
+            problem = first_violation(names, case, kernel_results(case), case_bounds,
+                                      "the larger of PyTorch's and the defaults'")
             if problem is not None:
                 return problem
         return None

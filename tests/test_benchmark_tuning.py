@@ -123,6 +123,9 @@ def test_outputs_are_poisoned_inside_the_block_only():
         torch.use_deterministic_algorithms(False)
 
 
+LARGER = "the larger of PyTorch's and the defaults'"
+
+
 def test_variants_are_held_to_the_larger_error_of_pytorchs_and_the_defaults(capsys):
     """The check made with the defaults: they are reported against PyTorch's error alone; a variant
     may be off by what the defaults are, not more, and a NaN or an error past both fails."""
@@ -131,8 +134,8 @@ def test_variants_are_held_to_the_larger_error_of_pytorchs_and_the_defaults(caps
     case = checks.CheckedCase("N=7 ", lambda: [torch.full((3,), kernels.offset)], exact, [0.1], [0.0])
     check = checks.check_against_the_defaults(["logits"], [case])
     assert capsys.readouterr().out == "the defaults against PyTorch: N=7 logits: error 0.3, PyTorch's 0.1\n"
-    for offset, expected in ((0.3, None), (0.6, None), (0.61, "N=7 logits: error 0.61, PyTorch's 0.3"),
-                             (float("nan"), "N=7 logits: error nan, PyTorch's 0.3")):
+    for offset, expected in ((0.3, None), (0.6, None), (0.61, f"N=7 logits: error 0.61, {LARGER} 0.3"),
+                             (float("nan"), f"N=7 logits: error nan, {LARGER} 0.3")):
         kernels.offset = offset
         assert check() == expected
     kernels.offset = 0.05  # defaults within the rule: said so
@@ -144,7 +147,7 @@ def test_variants_are_held_to_the_larger_error_of_pytorchs_and_the_defaults(caps
     kernels.offset = 0.19
     assert check() is None
     kernels.offset = 0.21
-    assert check() == "N=7 logits: error 0.21, PyTorch's 0.1"
+    assert check() == f"N=7 logits: error 0.21, {LARGER} 0.1"
 
 
 def test_the_kernels_run_with_their_outputs_poisoned():

@@ -57,7 +57,7 @@ def test_the_check_finds_wrong_results(capsys):
     assert capsys.readouterr().out == "the defaults against PyTorch: within the tolerance rule on every output\n"
     assert check() is None
     with replaced([(decoder_module, "_launch_head", lambda *args: None)]):
-        assert check().startswith("pixel logits: error nan, PyTorch's ")
+        assert check().startswith("pixel logits: error nan, the larger of PyTorch's and the defaults' ")
     launch_backward = decoder_module._launch_upsample_act_backward
 
     def backward_off(t, grad, head_weight, grad_t, negative_slope):

@@ -73,7 +73,7 @@ def test_the_check_finds_wrong_results(monkeypatch):
                     lambda *args: launch_forward(*args[:-1], not args[-1]))]):  # sigmoid: the last
         assert check().startswith("N=900 masked: error ")
     with replaced([(seed_mask_module, "_backward_blocks", lambda d: (4, d // 2, 4))]):
-        assert check().startswith("N=900 grad patches: error nan, PyTorch's ")
+        assert check().startswith("N=900 grad patches: error nan, the larger of PyTorch's and the defaults' ")
     assert check() is None
 
 
