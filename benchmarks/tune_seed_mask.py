@@ -29,9 +29,9 @@ import torch
 
 from restr_fast.kernels.seed_mask import seed_mask_reference
 
+from .checks import Check, CheckedCase, check_against_the_defaults, largest_error
 from .conftest import graphed_gpu_seconds, l2_rotation, measure_copy_bandwidth
 from .test_seed_mask import bytes_moved, call, inputs
-from .checks import Check, CheckedCase, check_against_the_defaults, largest_error
 from .tuning import (Variant, add_benchmark_arguments, benchmark_fastest, print_fastest_first, time_variants,
                      variants_deadline)
 

@@ -66,12 +66,11 @@ def time_variants(variants: Sequence[Variant], measure: Callable[[], Times],
     """(label, times) of the defaults, of each variant, and of the defaults again, each also printed
     as it is measured. A variant a kernel cannot take (registers, shared memory), or whose results
     ``check`` finds wrong before it is timed, gets infinite times and the error in its label, so that
-    :func:`best_variant` never picks it. Defaults that fail the check are timed all the same (the
-    baseline), and said to fail. Past ``deadline`` (``time.monotonic()``), the variants left are not
-    timed (said so, and not in the results)."""
-    problem = check() if check is not None else None
-    results = [("defaults" if problem is None else f"defaults, WrongResult: {problem}", measure())]
-    print(f"{results[0][0]}: {results[0][1]}", flush=True)
+    :func:`best_variant` never picks it (the defaults are the baseline: a check made with them reports
+    them, :func:`benchmarks.checks.check_against_the_defaults`). Past ``deadline``
+    (``time.monotonic()``), the variants left are not timed (said so, and not in the results)."""
+    results = [("defaults", measure())]
+    print(f"defaults: {results[0][1]}", flush=True)
     for label, replacements in variants:
         if deadline is not None and time.monotonic() > deadline:
             print(f"{label}: not timed (--time-limit)", flush=True)
